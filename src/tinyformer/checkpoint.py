@@ -1,0 +1,101 @@
+"""Checkpoints: weights, config, tokenizer and training notes in one file, written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerFast
+
+from tinyformer.config import ModelConfig
+from tinyformer.model import Transformer
+from tinyformer.paths import artifacts_dir
+from tinyformer.tokenizer import build_tokenizer
+
+FORMAT = "tinyformer-checkpoint-v1"
+
+
+def save_checkpoint(path: str | Path, model: Transformer, tokenizer: PreTrainedTokenizerFast, **meta) -> Path:
+    """Write ``path`` atomically: a temp file in the same folder, then a rename, so a crash mid-write
+    never leaves a truncated checkpoint under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "tokenizer": tokenizer.backend_tokenizer.to_str(),
+        "special_tokens": dict(tokenizer.special_tokens_map),
+        "meta": meta,
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[Transformer, PreTrainedTokenizerFast, dict]:
+    """(model in eval mode, tokenizer, meta). Raises a ValueError that says what is wrong with
+    a missing, truncated, foreign or mismatched file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; train one with `tinyformer train --out {path}`.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"checkpoint {path} is truncated or corrupted ({type(e).__name__}: {e}). "
+            "Delete it and train again; checkpoints are written atomically, so this file did not come from save_checkpoint."
+        ) from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a tinyformer checkpoint (expected format {FORMAT!r}).")
+    config = ModelConfig.from_dict(payload["config"])
+    model = Transformer(config)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(
+            f"checkpoint {path} does not match its own config {config}: {e}. "
+            "The file was edited or mixed from two models; train it again."
+        ) from e
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(payload["tokenizer"]),
+        model_max_length=config.n_positions,
+        **payload["special_tokens"],
+    )
+    if len(tokenizer) != config.vocab_size:
+        raise ValueError(
+            f"checkpoint {path}: tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+            f"{config.vocab_size}; the two must come from the same training run."
+        )
+    return model.eval(), tokenizer, payload["meta"]
+
+
+def load_or_train(preset: str = "nano", *, path: str | Path | None = None, progress: bool = True):
+    """(model, tokenizer): the checkpoint notebook 04 saved, or the same seeded training run now.
+
+    Later lessons call this so each notebook also runs on its own in a fresh kernel."""
+    from tinyformer.data import Corpus, TokenStream
+    from tinyformer.train import TrainConfig, train
+
+    path = Path(path) if path is not None else artifacts_dir() / f"{preset}.pt"
+    if path.is_file():
+        model, tokenizer, _ = load_checkpoint(path)
+        return model, tokenizer
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset(preset, vocab_size=len(tokenizer)))
+    cfg = TrainConfig.for_preset(preset)
+    result = train(model, TokenStream(Corpus(seed=0), tokenizer), cfg, progress=progress)
+    save_checkpoint(path, model, tokenizer, preset=preset, val_loss=result.final_val_loss, steps=cfg.steps)
+    return model, tokenizer

@@ -1,0 +1,86 @@
+"""Model configuration: one dataclass, a few named presets, and validation with clear errors."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+# Head sizes that vLLM's CPU attention kernel can run (see docs/vllm-on-cpu facts). Any other
+# head size starts a server fine and then kills the engine on the first request.
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+class HeadSizeWarning(UserWarning):
+    """The head size works in PyTorch but vLLM's CPU attention kernel cannot run it."""
+
+
+# Architecture sizes only: the vocabulary size comes from the tokenizer.
+PRESETS: dict[str, dict[str, int]] = {
+    # ~0.1M parameters: trains to the corpus floor in under a minute on 2 CPU cores.
+    "nano": dict(n_positions=128, n_embd=64, n_layer=2, n_head=2),
+    # ~0.4M parameters: the model served by vLLM in the serving lessons.
+    "micro": dict(n_positions=256, n_embd=128, n_layer=2, n_head=4),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of a GPT-2 style transformer (names follow Hugging Face's GPT2Config)."""
+
+    vocab_size: int
+    n_positions: int  # rows of the position table = the longest sequence the model can read
+    n_embd: int  # d, the width of every token vector
+    n_layer: int
+    n_head: int
+    dropout: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}.")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: each head gets "
+                f"n_embd / n_head dimensions. Pick n_head from the divisors of {self.n_embd}."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if self.head_dim not in VLLM_CPU_HEAD_SIZES:
+            warnings.warn(self.vllm_head_size_message(), HeadSizeWarning, stacklevel=3)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def vllm_head_size_message(self) -> str:
+        good = [h for h in (32, 64, 128) if self.n_embd % h == 0]
+        fix = f"e.g. n_head={self.n_embd // good[0]}" if good else "change n_embd to a multiple of 32"
+        return (
+            f"head size n_embd/n_head = {self.n_embd}/{self.n_head} = {self.head_dim} is not one "
+            f"vLLM's CPU attention supports {VLLM_CPU_HEAD_SIZES}; this model trains fine in "
+            f"PyTorch but cannot be served by vLLM on CPU ({fix})."
+        )
+
+    def check_vllm_head_size(self) -> None:
+        """Raise a ValueError naming the fix when vLLM's CPU kernel cannot run this head size."""
+        if self.head_dim not in VLLM_CPU_HEAD_SIZES:
+            raise ValueError(self.vllm_head_size_message())
+
+    @classmethod
+    def preset(cls, name: str, *, vocab_size: int, **overrides) -> "ModelConfig":
+        """A named preset (``"nano"`` or ``"micro"``) sized for a vocabulary of ``vocab_size``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+        return cls(vocab_size=vocab_size, **{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}; is this a tinyformer config?")
+        return cls(**d)

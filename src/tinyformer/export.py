@@ -1,0 +1,206 @@
+"""Export a tinyformer model as a Hugging Face GPT-2 folder that transformers and vLLM load offline.
+
+The model already uses GPT-2's parameter names, so the export is mostly bookkeeping:
+
+* weights: the same names, but GPT-2 stores its projections as ``Conv1D`` with weight
+  ``[in, out]`` where ``nn.Linear`` stores ``[out, in]``, so those four matrices are transposed;
+  ``lm_head.weight`` is not written because it is tied to ``transformer.wte.weight``;
+* config, generation config and tokenizer files come from transformers' own classes.
+
+The folder is written into a temp folder beside ``out_dir``, loaded back with transformers and
+compared with the tinyformer model, and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+from tinyformer.config import ModelConfig
+from tinyformer.model import Transformer
+
+# nn.Linear weights that GPT-2 keeps in Conv1D layout [in, out].
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+TIED_WEIGHTS = ("lm_head.weight",)  # same tensor as transformer.wte.weight; GPT-2 re-ties it on load
+
+# The corpus has no roles, so a chat is just its messages' text joined by spaces; the model
+# continues it. Enough for /v1/chat/completions to accept requests.
+CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] | trim }} {% endfor %}"
+
+PROBE_SEED = 1234
+VERIFY_ATOL = 1e-4  # float32: the same maths in a different order differs by ~1e-6
+
+
+class ExportVerificationError(RuntimeError):
+    """The exported folder, loaded by transformers, does not reproduce the tinyformer model."""
+
+
+def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """GPT2LMHeadModel's state dict for ``model``: Linear weights transposed to Conv1D, tied head dropped."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name in TIED_WEIGHTS:
+            continue
+        if name.endswith(CONV1D_WEIGHTS):
+            tensor = tensor.t()  # nn.Linear [out, in] -> Conv1D [in, out]
+        state[name] = tensor.detach().cpu().contiguous().clone()
+    return state
+
+
+def gpt2_config(config: ModelConfig, tokenizer=None) -> GPT2Config:
+    """The GPT2Config describing the same architecture (token ids taken from ``tokenizer`` if given)."""
+    ids = special_token_ids(tokenizer, config.vocab_size) if tokenizer is not None else {}
+    return GPT2Config(
+        architectures=["GPT2LMHeadModel"],
+        vocab_size=config.vocab_size,
+        n_positions=config.n_positions,
+        n_ctx=config.n_positions,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        activation_function="gelu_new",  # tanh-approximate GELU, as in model.MLP
+        layer_norm_epsilon=config.layer_norm_epsilon,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        tie_word_embeddings=True,
+        dtype="float32",
+        bos_token_id=ids.get("bos_token_id"),
+        eos_token_id=ids.get("eos_token_id"),
+        pad_token_id=ids.get("pad_token_id"),
+    )
+
+
+def special_token_ids(tokenizer, vocab_size: int) -> dict[str, int | None]:
+    """bos/eos/pad ids of ``tokenizer``, each checked to be a row of the model's embedding table."""
+    if len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}: "
+            "export the tokenizer the model was trained with."
+        )
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    for key, value in ids.items():
+        if value is not None and not 0 <= value < vocab_size:
+            raise ValueError(f"tokenizer {key}={value} is not in the vocabulary 0..{vocab_size - 1}.")
+    return ids
+
+
+def to_hf_gpt2(model: Transformer, tokenizer=None) -> GPT2LMHeadModel:
+    """An in-memory transformers GPT2LMHeadModel (eval mode) holding a copy of ``model``'s weights."""
+    hf_model = GPT2LMHeadModel(gpt2_config(model.config, tokenizer))
+    missing, unexpected = hf_model.load_state_dict(hf_state_dict(model), strict=False)
+    if unexpected or set(missing) - set(TIED_WEIGHTS):
+        raise ValueError(f"weight names do not match GPT-2: missing {missing}, unexpected {unexpected}.")
+    hf_model.tie_weights()
+    return hf_model.eval()
+
+
+def export_hf(model: Transformer, tokenizer, out_dir: str | Path, *, overwrite: bool = False, verify: bool = True) -> Path:
+    """Write ``model`` and ``tokenizer`` to ``out_dir`` as a Hugging Face GPT-2 folder; return its path.
+
+    Atomic: everything is written and verified in a temp folder beside ``out_dir`` and renamed into
+    place at the end, so a failed export leaves nothing behind. An existing ``out_dir`` is replaced
+    only with ``overwrite=True`` (and only if it looks like a model folder).
+    """
+    model.config.check_vllm_head_size()  # refuse now rather than crash vLLM on its first request
+    out_dir = Path(out_dir)
+    _check_destination(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        write_hf_folder(model, tokenizer, tmp)
+        if verify:
+            verify_export(model, tokenizer, tmp)
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def write_hf_folder(model: Transformer, tokenizer, folder: Path) -> None:
+    """config.json, generation_config.json, model.safetensors and the tokenizer files."""
+    config = gpt2_config(model.config, tokenizer)
+    config.save_pretrained(folder)
+    GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+    ).save_pretrained(folder)
+    save_file(hf_state_dict(model), folder / "model.safetensors", metadata={"format": "pt"})
+
+    tokenizer = copy.deepcopy(tokenizer)  # don't change the caller's tokenizer
+    tokenizer.model_max_length = model.config.n_positions  # servers read the context length from here too
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder, save_jinja_files=False)  # template inside tokenizer_config.json
+
+
+def probe_ids(config: ModelConfig, batch: int = 2) -> torch.Tensor:
+    """Seeded random token ids [batch, n_positions]: every position row and many token rows get used."""
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    return torch.randint(0, config.vocab_size, (batch, config.n_positions), generator=generator)
+
+
+@torch.inference_mode()
+def verify_export(model: Transformer, tokenizer, folder: Path, atol: float = VERIFY_ATOL) -> float:
+    """Load ``folder`` with transformers (offline) and check it reproduces ``model``; return the max logit gap."""
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval()
+    hf_tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    text = " ".join(tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), 32)))))
+    if hf_tokenizer(text)["input_ids"] != tokenizer(text)["input_ids"]:
+        raise ExportVerificationError(f"the exported tokenizer in {folder} encodes text differently from the original.")
+
+    ids = probe_ids(model.config)  # [2, n_positions]
+    was_training = model.training
+    model.eval()
+    try:
+        expected = model(ids.to(next(model.parameters()).device)).float().cpu()  # [2, n_positions, V]
+    finally:
+        model.train(was_training)
+    got = hf_model(ids).logits.float()  # [2, n_positions, V]
+    gap = (expected - got).abs().max().item()
+    if not gap <= atol:
+        raise ExportVerificationError(
+            f"transformers' GPT2LMHeadModel loaded from the export gives logits up to {gap:.2e} away from the "
+            f"tinyformer model (tolerance {atol:.0e}); the export does not reproduce the model."
+        )
+    return gap
+
+
+def _check_destination(out_dir: Path, overwrite: bool) -> None:
+    if not out_dir.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out_dir} already exists; pass overwrite=True (CLI: --overwrite) or pick a new folder.")
+    if not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file, not an export folder; remove it or pick another path.")
+    if any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
+        raise FileExistsError(
+            f"refusing to replace {out_dir}: it is not empty and has no config.json, so it does not look "
+            "like a model export. Pick a new folder."
+        )
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished folder to ``out_dir``; an old export is moved aside first, then deleted."""
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        out_dir.rename(old / out_dir.name)
+    try:
+        tmp.rename(out_dir)
+    except BaseException:
+        if old is not None:  # put the previous export back
+            (old / out_dir.name).rename(out_dir)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,193 @@
+"""A GPT-2 style transformer written out by hand.
+
+Shapes use B = batch, T = new tokens in this call, S = all tokens attended to (cached + new),
+d = n_embd, nh = n_head, hd = head_dim = d / nh, V = vocab_size.
+
+Parameter names follow Hugging Face's GPT-2 (transformer.wte, transformer.h.0.attn.c_attn, ...),
+so exporting to `GPT2LMHeadModel` is a rename plus a transpose of the Linear weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tinyformer.config import ModelConfig
+from tinyformer.kv_cache import KVCache
+
+
+class CausalSelfAttention(nn.Module):
+    """Every token mixes the value vectors of itself and the tokens before it, in its own sequence."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_dim = config.head_dim
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # x -> q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)  # heads merged -> back to d
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, allowed, cache: KVCache | None = None, layer: int = 0):
+        B, T, d = x.shape
+        q, k, v = self.c_attn(x).split(d, dim=2)  # 3 x [B, T, d]
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, nh, T, hd]
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, nh, T, hd]
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, nh, T, hd]
+        if cache is not None:
+            # Keys and values of earlier tokens never change, so we keep them instead of
+            # recomputing them: append this call's rows and attend over everything cached.
+            k, v = cache.append(layer, k, v)  # [B, nh, S, hd]
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # [B, nh, T, S]
+        # A very negative number rather than -inf: a padding row that may see nothing still
+        # gets a finite (uniform, ignored) softmax instead of NaN.
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)  # [B, nh, T, S]
+        weights = F.softmax(scores, dim=-1)  # [B, nh, T, S], each row sums to 1
+        mixed = self.attn_dropout(weights) @ v  # [B, nh, T, hd]
+        mixed = mixed.transpose(1, 2).contiguous().view(B, T, d)  # [B, T, d], heads merged
+        return self.resid_dropout(self.c_proj(mixed)), weights
+
+
+class MLP(nn.Module):
+    """The same small network applied to every token on its own: expand, GELU, project back."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # [B, T, d] -> [B, T, 4d] -> [B, T, d]
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attention(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x, allowed, cache=None, layer=0):
+        attn_out, weights = self.attn(self.ln_1(x), allowed, cache, layer)
+        x = x + attn_out  # [B, T, d], residual keeps the token's own vector
+        x = x + self.mlp(self.ln_2(x))  # [B, T, d]
+        return x, weights
+
+
+class Transformer(nn.Module):
+    """Token ids [B, T] -> logits [B, T, vocab_size]."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token table [V, d]
+                wpe=nn.Embedding(config.n_positions, config.n_embd),  # position table [n_positions, d]
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied: one [V, d] table read both ways
+        # causal[i, j] is True when position i may look at position j (j <= i).
+        causal = torch.tril(torch.ones(config.n_positions, config.n_positions, dtype=torch.bool))
+        self.register_buffer("causal", causal, persistent=False)  # [n_positions, n_positions]
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2: scale residual writes by depth
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        """Trainable numbers, counting the tied wte/lm_head table once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+        return_attention: bool = False,
+    ):
+        """Logits [B, T, V] for token ids [B, T].
+
+        cache: a KVCache; keys/values of ``ids`` are appended to it and positions continue
+            from its length (prefill with the prompt, then one token per decode step).
+        position_ids: [B, T] explicit positions (for left-padded batches); default past..past+T-1.
+        padding_mask: [B, S] True for real tokens over everything attended to (cached + new);
+            padded keys are never attended to, so rows of a batch cannot mix.
+        return_attention: also return each layer's attention weights [B, nh, T, S].
+        """
+        past = len(cache) if cache is not None else 0
+        self._check_ids(ids)
+        B, T = ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=ids.device).expand(B, T)  # [B, T]
+        self._check_positions(position_ids)
+
+        tok = self.transformer.wte(ids)  # [B, T, d], one row of the token table per id
+        pos = self.transformer.wpe(position_ids)  # [B, T, d], one row of the position table per position
+        x = self.transformer.drop(tok + pos)  # [B, T, d]
+
+        allowed = self.causal[past : past + T, : past + T]  # [T, S], query i sees keys <= past+i
+        allowed = allowed.view(1, 1, T, past + T)  # [1, 1, T, S], same for every row and head
+        if padding_mask is not None:
+            allowed = allowed & padding_mask.view(B, 1, 1, past + T).bool()  # [B, 1, T, S]
+
+        attentions = []
+        for layer, block in enumerate(self.transformer.h):
+            x, weights = block(x, allowed, cache, layer)  # [B, T, d]
+            attentions.append(weights)
+        x = self.transformer.ln_f(x)  # [B, T, d]
+        logits = self.lm_head(x)  # [B, T, V], a score for every token of the vocabulary
+        if cache is not None:
+            cache.advance(T)
+        return (logits, attentions) if return_attention else logits
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        if not isinstance(ids, torch.Tensor):
+            raise ValueError(f"ids must be a torch.LongTensor of shape [batch, seq], got {type(ids).__name__}.")
+        if ids.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+            raise ValueError(f"ids must hold integer token ids (torch.long), got dtype {ids.dtype}.")
+        if ids.dim() != 2:
+            hint = " Add a batch dimension with ids[None]." if ids.dim() == 1 else ""
+            raise ValueError(f"ids must have shape [batch, seq], got {list(ids.shape)}.{hint}")
+        if ids.numel() == 0:
+            raise ValueError("ids is empty: give at least one token.")
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"token id {bad} is outside the vocabulary (ids must be in 0..{self.config.vocab_size - 1}); "
+                "encode text with the same tokenizer the model was built for."
+            )
+
+    def _check_positions(self, position_ids: torch.Tensor) -> None:
+        last = int(position_ids.max())
+        if last >= self.config.n_positions:
+            raise ValueError(
+                f"position {last} has no row in the position table (wpe has n_positions="
+                f"{self.config.n_positions} rows, positions 0..{self.config.n_positions - 1}). "
+                f"Shorten the input to at most {self.config.n_positions} tokens, or build a model "
+                f"with a larger n_positions."
+            )

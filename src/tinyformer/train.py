@@ -1,0 +1,106 @@
+"""The training loop, written out: sample a batch, forward, cross-entropy, backward, SGD step."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from tinyformer.data import TokenStream
+from tinyformer.model import Transformer
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1200
+    batch_size: int = 32
+    block_size: int = 64  # tokens per training window (at most the model's n_positions)
+    lr: float = 0.5
+    momentum: float = 0.9
+    optimizer: str = "sgd"  # "sgd" (the lesson) or "adamw" (for comparison)
+    weight_decay: float = 0.0
+    eval_every: int = 100
+    eval_windows: int = 128
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    steps: list[int] = field(default_factory=list)  # step of each validation
+    train_loss: list[float] = field(default_factory=list)  # every step
+    val_loss: list[float] = field(default_factory=list)  # every eval_every steps
+    seconds: float = 0.0
+
+    @property
+    def final_val_loss(self) -> float:
+        return self.val_loss[-1]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}.")
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the next token: logits [B, T, V], targets [B, T]."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())  # over B*T predictions
+
+
+@torch.inference_mode()
+def evaluate(model: Transformer, stream: TokenStream, block_size: int, max_windows: int = 128) -> float:
+    """Validation loss on a fixed set of windows (forward only, weights frozen)."""
+    was_training = model.training
+    model.eval()
+    windows = stream.ids[stream.val_windows(block_size, max_windows)]  # [N, T + 1]
+    loss = lm_loss(model(windows[:, :-1]), windows[:, 1:]).item()
+    model.train(was_training)
+    return loss
+
+
+def train(
+    model: Transformer,
+    stream: TokenStream,
+    cfg: TrainConfig = TrainConfig(),
+    *,
+    progress: bool = True,
+    on_eval=None,
+) -> TrainResult:
+    """Train ``model`` in place and return the loss history.
+
+    on_eval(step, train_loss, val_loss) is called after each validation (e.g. to redraw a plot).
+    """
+    if cfg.block_size > model.config.n_positions:
+        raise ValueError(
+            f"block_size={cfg.block_size} is longer than the position table (n_positions="
+            f"{model.config.n_positions}); lower block_size or build a model with more positions."
+        )
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = make_optimizer(model, cfg)
+    result = TrainResult()
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(1, cfg.steps + 1), disable=not progress, desc="training", unit="step")
+    for step in bar:
+        x, y = stream.batch("train", cfg.batch_size, cfg.block_size, generator)  # [B, T] each
+        loss = lm_loss(model(x), y)  # forward + cross-entropy
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # backprop: d loss / d every weight
+        optimizer.step()  # SGD: w <- w - lr * (momentum-smoothed) gradient
+        result.train_loss.append(loss.item())
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            val = evaluate(model, stream, cfg.block_size, cfg.eval_windows)
+            result.steps.append(step)
+            result.val_loss.append(val)
+            bar.set_postfix(train=f"{loss.item():.3f}", val=f"{val:.3f}")
+            if on_eval is not None:
+                on_eval(step, loss.item(), val)
+    result.seconds = time.perf_counter() - start
+    model.eval()
+    return result
