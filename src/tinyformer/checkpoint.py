@@ -55,7 +55,7 @@ def load_checkpoint(path: str | Path) -> tuple[Transformer, PreTrainedTokenizerF
     except Exception as e:
         raise ValueError(
             f"checkpoint {path} is truncated or corrupted ({type(e).__name__}: {e}). "
-            "Delete it and train again; checkpoints are written atomically, so this file did not come from save_checkpoint."
+            "Delete it and train again (save_checkpoint writes atomically, so it did not leave this file half-written)."
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a tinyformer checkpoint (expected format {FORMAT!r}).")

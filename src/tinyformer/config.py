@@ -69,7 +69,7 @@ class ModelConfig:
             raise ValueError(self.vllm_head_size_message())
 
     @classmethod
-    def preset(cls, name: str, *, vocab_size: int, **overrides) -> "ModelConfig":
+    def preset(cls, name: str, *, vocab_size: int, **overrides) -> ModelConfig:
         """A named preset (``"nano"`` or ``"micro"``) sized for a vocabulary of ``vocab_size``."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
@@ -79,7 +79,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}; is this a tinyformer config?")

@@ -164,7 +164,7 @@ class TokenStream:
     @staticmethod
     def _true_log_probs(words, tokenizer) -> torch.Tensor:
         dists = Corpus.step_distributions(words)
-        return torch.tensor([math.log(d[w]) for d, w in zip(dists, words)], dtype=torch.float64)
+        return torch.tensor([math.log(d[w]) for d, w in zip(dists, words, strict=True)], dtype=torch.float64)
 
     def batch(self, split: str, batch_size: int, block_size: int, generator: torch.Generator):
         """(x, y) of shape [B, T]: y is x shifted by one token."""

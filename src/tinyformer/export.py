@@ -105,7 +105,9 @@ def to_hf_gpt2(model: Transformer, tokenizer=None) -> GPT2LMHeadModel:
     return hf_model.eval()
 
 
-def export_hf(model: Transformer, tokenizer, out_dir: str | Path, *, overwrite: bool = False, verify: bool = True) -> Path:
+def export_hf(
+    model: Transformer, tokenizer, out_dir: str | Path, *, overwrite: bool = False, verify: bool = True
+) -> Path:
     """Write ``model`` and ``tokenizer`` to ``out_dir`` as a Hugging Face GPT-2 folder; return its path.
 
     Atomic: everything is written and verified in a temp folder beside ``out_dir`` and renamed into

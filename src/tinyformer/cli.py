@@ -1,0 +1,223 @@
+"""The ``tinyformer`` command: ``tinyformer train`` and ``tinyformer export`` (``--help`` on each).
+
+Each subcommand is a :class:`Command` (its name, help text, arguments and a ``run`` function
+returning an exit code). To add one (say ``serve``), define ``COMMAND = Command(...)`` in your own
+module and add that module's name to ``COMMAND_MODULES``; keep heavy imports (torch, vLLM) inside
+``run`` so that ``tinyformer --help`` stays instant.
+
+Mistakes in what the user asked for (a missing file, an existing output, a bad config) print one
+clear line and exit with status 1; set TINYFORMER_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinyformer.config import PRESETS
+
+# Modules that each define ``COMMAND``; their commands are listed after this module's own.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+# What a user can get wrong: these are reported as one line, never as a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str  # one line, shown by `tinyformer --help`
+    description: str  # shown by `tinyformer NAME --help`
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]  # returns the exit code
+    epilog: str = ""  # examples, shown after the options
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``tinyformer ARGS``; return the exit code (0 = success)."""
+    parser = build_parser(all_commands())
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error argparse has already explained
+        return int(exit_.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except USER_ERRORS as error:
+        if os.environ.get("TINYFORMER_DEBUG"):
+            raise
+        print(f"tinyformer {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"tinyformer {args.command}: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+
+
+def all_commands() -> list[Command]:
+    return [TRAIN, EXPORT] + [importlib.import_module(name).COMMAND for name in COMMAND_MODULES]
+
+
+def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinyformer",
+        description="Train, export and serve the small GPT-style transformer of the tinyformer lessons.",
+        epilog="Run `tinyformer COMMAND --help` for what each command does, its options and examples.",
+    )
+    subparsers = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    for command in commands:
+        sub = subparsers.add_parser(
+            command.name,
+            help=command.summary,
+            description=command.description,
+            epilog=command.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
+    return value
+
+
+# -- tinyformer train ----------------------------------------------------------------------------------------
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="nano", help="model size (default: nano)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="PATH",
+        help="checkpoint file (NAME.pt) or a folder to put PRESET.pt in (default: the artifacts folder)",
+    )
+    parser.add_argument("--steps", type=positive_int, help="training steps (default: the preset's own number)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the data (default: 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def checkpoint_path(out: Path | None, preset: str) -> Path:
+    """--out as given when it names a .pt file, else PRESET.pt inside the folder it names."""
+    if out is None:
+        from tinyformer.paths import artifacts_dir
+
+        return artifacts_dir() / f"{preset}.pt"
+    return out if out.suffix == ".pt" else out / f"{preset}.pt"
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import torch
+
+    from tinyformer.checkpoint import save_checkpoint
+    from tinyformer.config import ModelConfig
+    from tinyformer.data import Corpus, TokenStream
+    from tinyformer.model import Transformer
+    from tinyformer.tokenizer import build_tokenizer
+    from tinyformer.train import TrainConfig, train
+
+    path = checkpoint_path(args.out, args.preset)
+    if path.exists() and not args.overwrite:
+        raise FileExistsError(f"{path} already exists; add --overwrite to replace it, or choose another --out.")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(args.seed)
+    model = Transformer(ModelConfig.preset(args.preset, vocab_size=len(tokenizer)))
+    cfg = TrainConfig.for_preset(args.preset)
+    cfg = replace(cfg, seed=args.seed, steps=args.steps or cfg.steps)
+    print(f"training the {args.preset} model ({model.num_parameters():,} parameters) for {cfg.steps} steps")
+    result = train(model, TokenStream(Corpus(seed=args.seed), tokenizer), cfg, progress=not args.quiet)
+    save_checkpoint(path, model, tokenizer, preset=args.preset, val_loss=result.final_val_loss, steps=cfg.steps)
+    print(f"validation loss {result.final_val_loss:.3f} nats (the corpus's floor: {Corpus.entropy_rate():.3f})")
+    print(f"saved {path}\nnext: tinyformer export {path} --out DIR")
+    return 0
+
+
+TRAIN = Command(
+    name="train",
+    summary="train a model preset on the shipped corpus and save a checkpoint",
+    description=(
+        "Train a small GPT-style model with SGD on the synthetic corpus that ships with tinyformer,\n"
+        "showing a progress bar, and save weights + tokenizer to one checkpoint file (written atomically)."
+    ),
+    epilog=(
+        "examples:\n"
+        "  tinyformer train --preset nano --out checkpoints/     # -> checkpoints/nano.pt\n"
+        "  tinyformer train --preset micro --out micro.pt --steps 500"
+    ),
+    add_arguments=_train_arguments,
+    run=_run_train,
+)
+
+
+# -- tinyformer export ---------------------------------------------------------------------------------------
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "checkpoint", type=Path, metavar="CHECKPOINT", help="a checkpoint written by `tinyformer train` (a .pt file)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="folder to write (default: CHECKPOINT's name + '-hf' in the artifacts folder)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip reloading the export with transformers to compare logits"
+    )
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from tinyformer.checkpoint import load_checkpoint
+    from tinyformer.export import export_hf
+
+    model, tokenizer, _ = load_checkpoint(args.checkpoint)
+    if args.out is None:
+        from tinyformer.paths import artifacts_dir
+
+        args.out = artifacts_dir() / f"{args.checkpoint.stem}-hf"
+    out = export_hf(model, tokenizer, args.out, overwrite=args.overwrite, verify=not args.no_verify)
+    checked = "" if args.no_verify else ", checked against the checkpoint with transformers"
+    print(f"wrote {out} (Hugging Face GPT-2 format{checked})")
+    print(f"serve it: python -m vllm.entrypoints.openai.api_server --model {out} --dtype float32")
+    return 0
+
+
+EXPORT = Command(
+    name="export",
+    summary="write a checkpoint as a Hugging Face GPT-2 folder (for transformers and vLLM)",
+    description=(
+        "Convert a tinyformer checkpoint into a Hugging Face GPT-2 model folder (config.json,\n"
+        "model.safetensors, tokenizer files, generation_config.json) that transformers and vLLM load\n"
+        "without internet. The folder is reloaded with transformers and its logits compared with the\n"
+        "checkpoint's before it is put in place; a failed export leaves nothing behind."
+    ),
+    epilog=(
+        "examples:\n"
+        "  tinyformer export artifacts/nano.pt --out exports/nano\n"
+        "  tinyformer export micro.pt --out exports/micro --overwrite"
+    ),
+    add_arguments=_export_arguments,
+    run=_run_export,
+)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""``tinyformer serve EXPORT_DIR``: a vLLM server for an exported model, until Ctrl-C.
+
+Plugged into the ``tinyformer`` command through ``COMMAND`` (see tinyformer.cli.COMMAND_MODULES).
+vLLM is imported only when the command runs, so ``tinyformer --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from tinyformer.cli import Command, positive_int
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dir", type=Path, metavar="EXPORT_DIR", help="a folder written by `tinyformer export`")
+    parser.add_argument(
+        "--max-model-len", type=positive_int, metavar="N", help="longest prompt + output (default: n_positions)"
+    )
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--kv-cache-tokens", type=positive_int, metavar="T", help="KV-cache size in tokens, rounded up to whole blocks"
+    )
+    budget.add_argument("--kv-cache-bytes", type=positive_int, metavar="B", help="KV-cache size in bytes per worker")
+    parser.add_argument("--api-key", metavar="KEY", help="require this key on /v1/* (/health and /metrics stay open)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=positive_int, help="port (default: a free one)")
+    parser.add_argument("--tensor-parallel-size", type=positive_int, default=1, metavar="TP", help="workers")
+    parser.add_argument("--max-num-seqs", type=positive_int, metavar="S", help="most requests in one batch")
+    parser.add_argument("--max-num-batched-tokens", type=positive_int, metavar="B", help="most tokens in one step")
+    parser.add_argument(
+        "--no-check", action="store_true", help="don't refuse bad settings up front; let vLLM report its own error"
+    )
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server (default 300)")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from tinyformer.serving.server import VLLMServer, VLLMStartupError
+
+    server = VLLMServer(
+        args.model_dir,
+        max_model_len=args.max_model_len,
+        kv_cache_tokens=args.kv_cache_tokens,
+        kv_cache_bytes=args.kv_cache_bytes,
+        api_key=args.api_key,
+        host=args.host,
+        port=args.port,
+        tensor_parallel_size=args.tensor_parallel_size,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        check=not args.no_check,
+        startup_timeout=args.timeout,
+        shared=False,
+    )
+    print(f"predicted: {server.predicted.summary()}")
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops the server as cleanly as Ctrl-C
+    try:
+        server.start()
+        _announce(server)
+        while server.is_running():
+            time.sleep(1.0)
+        print(f"vLLM exited on its own; see its log: {server.log_path}", file=sys.stderr)
+        return 1
+    except VLLMStartupError as error:
+        print(f"tinyformer serve: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping vLLM ...")
+        return 0
+    finally:
+        server.stop()
+
+
+def _announce(server) -> None:
+    reported = server.reported
+    print(f"vLLM is ready after {server.ready_seconds:.0f} s at {server.url}  (OpenAI API: {server.api_url})")
+    print(f"model name: {server.model}")
+    print(f"predicted: {server.predicted.log_line()}")
+    print(f"reported:  {'(not found in the log)' if reported is None else reported.log_line()}")
+    print(f"log: {server.log_path}\nPress Ctrl-C to stop.")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+COMMAND = Command(
+    name="serve",
+    summary="serve an exported model with a real vLLM server (OpenAI-compatible API) until Ctrl-C",
+    description=(
+        "Start vLLM's OpenAI-compatible server on an exported model folder, wait until it is healthy and\n"
+        "print its URL together with the KV-cache capacity predicted from the model's config and the one\n"
+        "vLLM reports. Ctrl-C stops the server and every process it started."
+    ),
+    epilog=(
+        "examples:\n"
+        "  tinyformer serve artifacts/micro-hf --max-model-len 256 --kv-cache-tokens 1280\n"
+        "  tinyformer serve exports/micro --api-key secret --host 0.0.0.0 --port 8000   # a classroom server\n"
+        "  tinyformer serve exports/micro --tensor-parallel-size 2"
+    ),
+    add_arguments=add_serve_arguments,
+    run=run_serve,
+)

@@ -1,0 +1,180 @@
+"""Talking to the server: single completions through the official ``openai`` client, the tokenizer
+endpoint, and an asyncio load generator whose concurrency is capped by a semaphore.
+
+The load generator sends each prompt as its own HTTP request; vLLM decides how to batch them. The
+semaphore is the *client's* limit: at most ``concurrency`` requests are in flight at any moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import openai
+
+
+class RequestRejected(ValueError):
+    """The server answered a request with an error; the message says why and what to change."""
+
+
+@dataclass
+class Reply:
+    prompt: str
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    prompt_token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    sent: float = 0.0  # seconds since the load started
+    done: float = 0.0
+    error: str | None = None
+
+    @property
+    def latency(self) -> float:
+        return self.done - self.sent
+
+
+@dataclass
+class LoadResult:
+    replies: list[Reply]  # in the order of the prompts
+    concurrency: int
+    seconds: float  # wall time of the whole load
+
+    @property
+    def failures(self) -> list[Reply]:
+        return [r for r in self.replies if r.error is not None]
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(r.token_ids) for r in self.replies)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generated tokens per second of wall time (the server's output throughput)."""
+        return self.completion_tokens / self.seconds
+
+    @property
+    def max_in_flight(self) -> int:
+        """Most requests that were open at the same time (at most ``concurrency``)."""
+        events = sorted([(r.sent, 1) for r in self.replies] + [(r.done, -1) for r in self.replies])
+        open_now = peak = 0
+        for _, step in events:
+            open_now += step
+            peak = max(peak, open_now)
+        return peak
+
+
+def rejection_message(server, status: int, body: str) -> str:
+    """The server's error, plus what it means for this server's limits."""
+    message = f"the server refused the request (HTTP {status}): {body}"
+    if "maximum context length" in body:
+        message += (
+            f"\n  This server's max_model_len is {server.max_model_len} tokens (prompt + output). Shorten the prompt, "
+            f"or start the server with a larger max_model_len (at most the model's n_positions="
+            f"{server.config.n_positions})."
+        )
+    if status == 401:
+        message += "\n  The server has an API key: pass it (VLLMServer(..., api_key=...) or $TINYFORMER_VLLM_API_KEY)."
+    return message
+
+
+def complete(server, prompt: str, *, max_tokens: int = 16, temperature: float = 0.0, **extra) -> Reply:
+    """One completion through the official ``openai`` client (greedy by default), with token ids."""
+    client = server.client()
+    try:
+        response = client.completions.create(
+            model=server.model,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            extra_body={"return_token_ids": True, **extra},
+        )
+    except openai.APIStatusError as e:
+        raise RequestRejected(rejection_message(server, e.status_code, e.response.text)) from None
+    choice = response.choices[0]
+    extras = choice.model_extra or {}
+    return Reply(
+        prompt=prompt,
+        text=choice.text,
+        token_ids=list(extras.get("token_ids") or []),
+        prompt_token_ids=list(extras.get("prompt_token_ids") or []),
+        finish_reason=choice.finish_reason,
+    )
+
+
+def tokenize(server, text: str) -> list[int]:
+    """Token ids the server's tokenizer gives ``text`` (POST /tokenize, no special tokens added)."""
+    response = httpx.post(
+        f"{server.url}/tokenize",
+        json={"model": server.model, "prompt": text, "add_special_tokens": False},
+        headers=server.headers,
+        timeout=30.0,
+    )
+    if response.status_code != 200:
+        raise RequestRejected(rejection_message(server, response.status_code, response.text))
+    return response.json()["tokens"]
+
+
+async def send_load(
+    server,
+    prompts: list[str],
+    *,
+    concurrency: int,
+    max_tokens: int = 32,
+    temperature: float = 0.0,
+    timeout: float = 600.0,
+    **extra,
+) -> LoadResult:
+    """Send every prompt as its own /v1/completions request, at most ``concurrency`` at a time."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}.")
+    semaphore = asyncio.Semaphore(concurrency)  # the client-side cap on requests in flight
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    body = {"model": server.model, "max_tokens": max_tokens, "temperature": temperature, "return_token_ids": True}
+    start = time.perf_counter()
+
+    async def one(client: httpx.AsyncClient, prompt: str) -> Reply:
+        async with semaphore:  # waits here while `concurrency` requests are already open
+            reply = Reply(prompt=prompt, sent=time.perf_counter() - start)
+            try:
+                response = await client.post(f"{server.api_url}/completions", json={**body, **extra, "prompt": prompt})
+            except httpx.HTTPError as e:
+                reply.error = f"{type(e).__name__}: {e}"
+            else:
+                _fill(reply, server, response)
+            reply.done = time.perf_counter() - start
+            return reply
+
+    async with httpx.AsyncClient(headers=server.headers, timeout=timeout, limits=limits) as client:
+        replies = await asyncio.gather(*(one(client, p) for p in prompts))
+    return LoadResult(list(replies), concurrency, time.perf_counter() - start)
+
+
+def run_load(server, prompts: list[str], *, concurrency: int, raise_on_error: bool = True, **kwargs) -> LoadResult:
+    """``send_load`` from ordinary (non-async) code, including a Jupyter cell whose event loop is running."""
+    result = _run_coroutine(lambda: send_load(server, prompts, concurrency=concurrency, **kwargs))
+    if raise_on_error and result.failures:
+        first = result.failures[0]
+        raise RequestRejected(f"{len(result.failures)} of {len(prompts)} requests failed; the first: {first.error}")
+    return result
+
+
+def _fill(reply: Reply, server, response: httpx.Response) -> None:
+    if response.status_code != 200:
+        reply.error = rejection_message(server, response.status_code, response.text)
+        return
+    choice = response.json()["choices"][0]
+    reply.text, reply.finish_reason = choice["text"], choice["finish_reason"]
+    reply.token_ids = list(choice.get("token_ids") or [])
+    reply.prompt_token_ids = list(choice.get("prompt_token_ids") or [])
+
+
+def _run_coroutine(make_coroutine):
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop in this thread: the usual case in scripts and tests
+        return asyncio.run(make_coroutine())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:  # Jupyter: a loop is already running
+        return pool.submit(lambda: asyncio.run(make_coroutine())).result()

@@ -1,0 +1,459 @@
+"""A real vLLM server for an exported tinyformer model: start it, wait until healthy, always stop it.
+
+    with VLLMServer(export_dir, max_model_len=256, kv_cache_tokens=1280) as server:
+        print(server.predicted.log_line())   # computed from the config before starting
+        print(server.reported)               # parsed from vLLM's own log
+        server.client().completions.create(model=server.model, prompt="the cat", max_tokens=8)
+
+The server runs as ``python -m vllm.entrypoints.openai.api_server`` in a process group of its own.
+Stopping it (on exit, on an exception, on a Jupyter interrupt, at interpreter exit) signals the whole
+group, so the engine and worker processes vLLM spawns go with it.
+
+When ``TINYFORMER_VLLM_URL`` is set (a classroom's shared server), the same object connects to that
+server instead of starting one, and never stops it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import psutil
+from tqdm.auto import tqdm
+
+from tinyformer.paths import artifacts_dir
+from tinyformer.serving import vllm_log
+from tinyformer.serving.kv import (
+    BLOCK_SIZE,
+    KVCapacity,
+    ServingConfigError,
+    bytes_for_tokens,
+    check_serving_config,
+    model_config_from_dir,
+)
+from tinyformer.serving.metrics import cache_config
+
+URL_ENV, API_KEY_ENV = "TINYFORMER_VLLM_URL", "TINYFORMER_VLLM_API_KEY"
+DEFAULT_CONCURRENT_REQUESTS = 64  # default KV budget: this many max_model_len requests at once
+STOP_GRACE_SECONDS = 10.0  # SIGTERM, then this long to shut down cleanly, then SIGKILL
+# Process groups this Python process started, so tests (and the curious) can check none outlive us.
+STARTED_PROCESS_GROUPS: list[int] = []
+
+
+class VLLMStartupError(RuntimeError):
+    """vLLM did not become healthy. ``root_cause`` is vLLM's own line; the message explains it."""
+
+    def __init__(self, message: str, *, root_cause: str | None = None, log_path: Path | None = None):
+        super().__init__(message)
+        self.root_cause = root_cause
+        self.log_path = log_path
+
+
+class VLLMServer:
+    """A vLLM OpenAI-compatible server for ``model_dir`` (an ``export_hf`` folder), as a context manager.
+
+    kv_cache_tokens / kv_cache_bytes: the KV budget per worker (give one; default room for
+        64 requests of max_model_len). Tokens are converted with the model's formula and rounded up to blocks.
+    check: refuse up front what vLLM would fail on (head size, max_model_len > n_positions, a KV budget
+        below one request). ``check=False`` lets vLLM meet the problem itself, to see its real error.
+    enforce_eager: skip torch.compile (about 35 s on 2 cores, no faster for a model this small).
+    shared: None uses $TINYFORMER_VLLM_URL when set; False always starts a server; True requires the URL.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        max_model_len: int | None = None,
+        kv_cache_tokens: int | None = None,
+        kv_cache_bytes: int | None = None,
+        max_num_seqs: int | None = None,
+        max_num_batched_tokens: int | None = None,
+        tensor_parallel_size: int = 1,
+        api_key: str | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        dtype: str = "float32",
+        enforce_eager: bool = True,
+        extra_args: tuple[str, ...] | list[str] = (),
+        check: bool = True,
+        startup_timeout: float = 300.0,
+        progress: bool = True,
+        shared: bool | None = None,
+        log_path: str | Path | None = None,
+    ):
+        self.model_dir = Path(model_dir)
+        self.config = model_config_from_dir(self.model_dir)
+        self.max_model_len = max_model_len if max_model_len is not None else self.config.n_positions
+        self.device = _device()
+        self.tensor_parallel_size = tensor_parallel_size
+        self.dtype = dtype
+        self._kv_requested = kv_cache_tokens is not None or kv_cache_bytes is not None
+        self.kv_cache_bytes = self._kv_budget(kv_cache_tokens, kv_cache_bytes)
+        self.predicted = KVCapacity(
+            self.config,
+            max_model_len=self.max_model_len,
+            kv_cache_bytes=self.kv_cache_bytes,
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            block_size=BLOCK_SIZE[self.device],
+        )
+        if check:
+            check_serving_config(self.predicted, device=self.device)
+        self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
+        self.host, self.port = host, port
+        self.enforce_eager, self.extra_args = enforce_eager, tuple(extra_args)
+        self.startup_timeout, self.progress = startup_timeout, progress
+        self.shared = _shared_url() is not None if shared is None else shared
+        if self.shared and _shared_url() is None:
+            raise ServingConfigError(f"shared=True needs ${URL_ENV} (e.g. http://10.0.0.5:8000) naming the server.")
+        self.api_key = os.environ.get(API_KEY_ENV) if self.shared else api_key
+        self.model = self.model_dir.name  # the name clients pass as model=...
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.reported: vllm_log.ReportedKV | None = None
+        self.ready_seconds: float | None = None
+        self._process: subprocess.Popen | None = None
+        self._finalizer: weakref.finalize | None = None
+        self.url = _shared_url() if self.shared else None
+
+    # ----- public API -------------------------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the OpenAI-compatible API (what ``openai.OpenAI(base_url=...)`` wants)."""
+        return f"{self.url}/v1"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def command(self) -> list[str]:
+        """The command line that starts this server (the API key travels in the environment, not here)."""
+        args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir)]
+        args += ["--served-model-name", self.model, "--dtype", self.dtype, "--max-model-len", str(self.max_model_len)]
+        args += ["--kv-cache-memory-bytes", str(self.kv_cache_bytes), "--host", self.host, "--port", str(self.port)]
+        optional = {
+            "--max-num-seqs": self.max_num_seqs,
+            "--max-num-batched-tokens": self.max_num_batched_tokens,
+            "--tensor-parallel-size": self.tensor_parallel_size if self.tensor_parallel_size > 1 else None,
+        }
+        args += [f"{flag}={value}" for flag, value in optional.items() if value is not None]
+        if self.enforce_eager:
+            args.append("--enforce-eager")
+        return args + list(self.extra_args)
+
+    def start(self) -> VLLMServer:
+        if self.shared:
+            return self._connect_shared()
+        if self.is_running():
+            raise RuntimeError("this server is already running; stop() it first or use a new VLLMServer.")
+        self.port = self.port or free_port(self.host)
+        self.url = f"http://{_client_host(self.host)}:{self.port}"
+        self.log_path = self.log_path or _new_log_path(self.port)
+        started = time.perf_counter()
+        try:
+            self._process = self._spawn()
+            self._wait_until_healthy(started)
+            self.ready_seconds = time.perf_counter() - started
+            self._read_report()
+        except BaseException:  # failure, timeout or KeyboardInterrupt: nothing may outlive us
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop the whole process group (no-op for a shared server or one never started)."""
+        if self._finalizer is not None:
+            self._finalizer()  # runs _stop_process_group once, then detaches itself
+
+    def is_running(self) -> bool:
+        if self.shared:
+            return self._healthy()
+        return self._process is not None and self._process.poll() is None
+
+    def log_text(self) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, **kwargs):
+        """An ``openai.OpenAI`` client for this server."""
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.api_url, api_key=self.api_key or "no-key-needed", **kwargs)
+
+    def __enter__(self) -> VLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "shared" if self.shared else ("running" if self.is_running() else "stopped")
+        return f"VLLMServer({self.model!r}, url={self.url!r}, max_model_len={self.max_model_len}, {state})"
+
+    # ----- starting ---------------------------------------------------------------------------
+
+    def _kv_budget(self, tokens: int | None, nbytes: int | None) -> int:
+        if tokens is not None and nbytes is not None:
+            raise ServingConfigError("give kv_cache_tokens or kv_cache_bytes, not both.")
+        if nbytes is not None:
+            if not isinstance(nbytes, int) or nbytes < 0:
+                raise ServingConfigError(f"kv_cache_bytes must be a non-negative integer, got {nbytes!r}.")
+            return nbytes
+        if tokens is None:
+            tokens = DEFAULT_CONCURRENT_REQUESTS * self.max_model_len
+        return bytes_for_tokens(
+            self.config,
+            tokens,
+            dtype=self.dtype,
+            tensor_parallel_size=self.tensor_parallel_size,
+            block_size=BLOCK_SIZE[self.device],
+        )
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.api_key:
+            env["VLLM_API_KEY"] = self.api_key  # not on the command line, where `ps` would show it
+        if self.device == "cpu" and self.tensor_parallel_size > 1:
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_binding(self.tensor_parallel_size))
+        return env
+
+    def _spawn(self) -> subprocess.Popen:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._environment(),
+                start_new_session=True,  # its own process group: one signal reaches vLLM's children too
+                # The kernel signals the child when the *thread* that started it ends, so only from the main thread.
+                preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
+            )
+        STARTED_PROCESS_GROUPS.append(process.pid)  # new session: pgid == pid
+        self._finalizer = weakref.finalize(self, _stop_process_group, process)  # also runs at interpreter exit
+        return process
+
+    def _wait_until_healthy(self, started: float) -> None:
+        deadline = started + self.startup_timeout
+        bar = tqdm(total=int(self.startup_timeout), desc="starting vLLM", unit="s", disable=not self.progress)
+        try:
+            while True:
+                if self._process.poll() is not None:
+                    raise self._startup_error(f"vLLM exited during start-up (exit code {self._process.returncode})")
+                if self._healthy():
+                    bar.set_postfix_str("ready")
+                    return
+                if time.perf_counter() > deadline:
+                    raise self._startup_error(f"vLLM was not healthy after {self.startup_timeout:.0f} s")
+                time.sleep(0.5)
+                bar.n = min(int(time.perf_counter() - started), bar.total)
+                bar.set_postfix_str(vllm_log.startup_stage(self.log_text()), refresh=True)
+        finally:
+            bar.close()
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _startup_error(self, what: str) -> VLLMStartupError:
+        log = self.log_text()
+        cause = vllm_log.root_cause(log)
+        if cause is None:
+            tail = "\n    ".join(log.strip().splitlines()[-5:]) or "(the log is empty)"
+            message = f"{what}.\n  Last lines of the log:\n    {tail}\n  Full log: {self.log_path}"
+        else:
+            message = (
+                f"{what}.\n  vLLM says: {cause}\n  What it means: {vllm_log.explain(cause, self.predicted)}\n"
+                f"  Full log: {self.log_path}"
+            )
+        return VLLMStartupError(message, root_cause=cause, log_path=self.log_path)
+
+    def _read_report(self) -> None:
+        reported = vllm_log.parse_kv_report(self.log_text())
+        info = cache_config(self)
+        if reported is not None and info:
+            reported = _with_blocks(reported, info)
+        self.reported = reported
+
+    def _connect_shared(self) -> VLLMServer:
+        started = time.perf_counter()
+        if not self._healthy():
+            raise VLLMStartupError(f"the shared server ${URL_ENV}={self.url} does not answer /health with 200.")
+        self.ready_seconds = time.perf_counter() - started
+        models = httpx.get(f"{self.api_url}/models", headers=self.headers, timeout=10.0)
+        if models.status_code == 401:
+            raise VLLMStartupError(f"the shared server {self.url} refused the API key: set ${API_KEY_ENV}.")
+        served = models.json()["data"][0]
+        self.model = served["id"]
+        info = cache_config(self)
+        self.reported = vllm_log.ReportedKV(
+            device=self.device.upper(),
+            tokens=int(info["kv_cache_size_tokens"]),
+            max_model_len=served["max_model_len"],
+            max_concurrency=float(info["kv_cache_max_concurrency"]),
+        )
+        self.reported = _with_blocks(self.reported, info)
+        self._check_shared_matches()
+        return self
+
+    def _check_shared_matches(self) -> None:
+        """A cell that asked for specific limits must not silently get a server with other ones."""
+        differences = []
+        if self.reported.max_model_len != self.max_model_len:
+            differences.append(f"max_model_len {self.reported.max_model_len} (asked for {self.max_model_len})")
+        if self._kv_requested and self.reported.tokens != self.predicted.tokens:
+            differences.append(f"KV cache {self.reported.tokens:,} tokens (asked for {self.predicted.tokens:,})")
+        if differences:
+            raise VLLMStartupError(
+                f"the shared server {self.url} runs with " + "; ".join(differences) + ". Unset "
+                f"${URL_ENV} to start your own server for this cell, or pass the shared server's values."
+            )
+
+
+# ----- module helpers -------------------------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def cpu_binding(workers: int) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for ``workers`` tensor-parallel workers: the allowed cores split into groups."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < workers:
+        raise ServingConfigError(f"tensor_parallel_size={workers} needs {workers} CPU cores, found {len(cores)}.")
+    size = len(cores) // workers
+    groups = [cores[i * size : (i + 1) * size] for i in range(workers)]
+    return "|".join(",".join(map(str, group)) for group in groups)
+
+
+def _stop_process_group(process: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM the group, wait, SIGKILL what is left (the group and any descendant that left it)."""
+    if process.returncode is not None and not _group_alive(process.pid):
+        return
+    descendants = _descendants(process.pid)
+    _signal_group(process.pid, signal.SIGTERM)
+    try:
+        _wait_for_exit(process, descendants, grace)
+    except KeyboardInterrupt:  # a second interrupt while stopping: don't wait, kill
+        _kill_all(process, descendants)
+        raise
+    _kill_all(process, descendants)
+
+
+def _kill_all(process: subprocess.Popen, descendants: list[psutil.Process]) -> None:
+    _signal_group(process.pid, signal.SIGKILL)
+    for child in descendants:
+        try:
+            child.kill()  # psutil checks the pid still belongs to the process we listed
+        except psutil.Error:
+            pass
+    process.wait()
+    psutil.wait_procs(descendants, timeout=5.0)
+
+
+def _wait_for_exit(process: subprocess.Popen, descendants: list[psutil.Process], grace: float) -> None:
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        process.poll()
+        if (
+            process.returncode is not None
+            and not _group_alive(process.pid)
+            and not any(d.is_running() for d in descendants)
+        ):
+            return
+        time.sleep(0.1)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while any non-zombie process is left in the group."""
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
+def _load_prctl():
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # looked up now: the child must not load libraries
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _load_prctl()
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    """Ask Linux to SIGTERM the server if this Python process dies without cleaning up (e.g. SIGKILL)."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _with_blocks(reported: vllm_log.ReportedKV, info: dict[str, str]) -> vllm_log.ReportedKV:
+    from dataclasses import replace
+
+    blocks = info.get("num_gpu_blocks")
+    return replace(
+        reported,
+        block_size=int(info["block_size"]) if "block_size" in info else None,
+        num_blocks=int(blocks) if blocks and blocks != "None" else None,
+    )
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _shared_url() -> str | None:
+    url = os.environ.get(URL_ENV, "").strip().rstrip("/")
+    return url.removesuffix("/v1") or None
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def _new_log_path(port: int) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return artifacts_dir() / "logs" / f"vllm-{stamp}-port{port}.log"

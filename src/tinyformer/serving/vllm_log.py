@@ -1,0 +1,118 @@
+"""Reading vLLM's log: what it reported (KV capacity) and, when it failed, why, in the lesson's terms."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from tinyformer.serving.kv import KVCapacity, kv_log_line
+
+# "CPU KV cache size: 1,280 tokens, Maximum concurrency for 256 tokens per request: 5.00x" (GPU: "GPU KV ...").
+KV_LINE = re.compile(
+    r"(?P<device>[A-Z]+)(?: \+ host)? KV cache size: (?P<tokens>[\d,]+) tokens, "
+    r"Maximum concurrency for (?P<max_model_len>[\d,]+) tokens per request: (?P<concurrency>[\d.]+)x"
+)
+# "(EngineCore pid=1) ERROR 11-23 10:57:22 [core.py:1510] " in front of lines from vLLM's logger.
+LOG_PREFIX = re.compile(r"^\([\w-]+ pid=\d+\) [A-Z]+ [\d-]+ [\d:]+ \[[^\]]*\] ?")
+ERROR_LINE = re.compile(r"\b(?P<kind>[A-Za-z_.]*(?:Error|Exception)): (?P<text>.+)$")
+# Wrappers that point elsewhere ("see root cause above") rather than saying what went wrong.
+GENERIC_ERRORS = ("Engine core initialization failed", "validation error for", "Engine process failed to start")
+# Stages of a start-up, for the progress bar: (text in the log, what the learner sees).
+STAGES = (
+    ("non-default args", "API server parsed its arguments"),
+    ("Initializing a V1 LLM engine", "engine process started"),
+    ("Starting to load model", "loading weights"),
+    ("KV cache size", "KV cache allocated"),
+    ("Starting vLLM server", "HTTP server starting"),
+)
+
+
+@dataclass(frozen=True)
+class ReportedKV:
+    """What vLLM logged about its KV cache (block size and block count come from /metrics when available)."""
+
+    device: str  # "CPU" or "GPU"
+    tokens: int
+    max_model_len: int
+    max_concurrency: float
+    block_size: int | None = None
+    num_blocks: int | None = None
+
+    def log_line(self) -> str:
+        return kv_log_line(self.tokens, self.max_model_len, self.max_concurrency)
+
+
+def parse_kv_report(log: str) -> ReportedKV | None:
+    """The KV-capacity line of a vLLM log, or None if the engine has not logged it (yet)."""
+    match = KV_LINE.search(log)
+    if match is None:
+        return None
+    return ReportedKV(
+        device=match["device"],
+        tokens=int(match["tokens"].replace(",", "")),
+        max_model_len=int(match["max_model_len"].replace(",", "")),
+        max_concurrency=float(match["concurrency"]),
+    )
+
+
+def startup_stage(log: str) -> str:
+    """The last start-up milestone the log shows."""
+    reached = [label for marker, label in STAGES if marker in log]
+    return reached[-1] if reached else "importing vLLM"
+
+
+def root_cause(log: str) -> str | None:
+    """vLLM's own line saying what went wrong: the first specific error in the log (later ones only wrap it)."""
+    lines = [LOG_PREFIX.sub("", line).strip() for line in log.splitlines()]
+    for line in lines:
+        if line.startswith("Value error, "):  # pydantic config validation: the reason is on this line
+            return line.removeprefix("Value error, ")
+        match = ERROR_LINE.search(line)
+        if match and not any(generic in line for generic in GENERIC_ERRORS):
+            return f"{match['kind']}: {match['text']}"
+    errors = [line for line in lines if ERROR_LINE.search(line)]
+    return errors[-1] if errors else None
+
+
+def explain(cause: str | None, capacity: KVCapacity | None) -> str:
+    """What ``cause`` means for a learner, with vLLM's rounded GiB restated in tokens and bytes."""
+    cause = cause or ""
+    if m := re.search(r"max_model_len \((\d+)\) is greater than the derived max_model_len", cause):
+        n_positions = capacity.config.n_positions if capacity else "n_positions"
+        return (
+            f"max_model_len={m[1]} asks for more positions than the model has: its position table (wpe) has "
+            f"{n_positions} rows, one per position, so a token at position {n_positions} would have no position "
+            f"vector. Use max_model_len <= {n_positions}."
+        )
+    if "To serve at least one request" in cause or "No available memory for the cache blocks" in cause:
+        return _explain_kv_budget(capacity)
+    if m := re.search(r"Unsupported CPU attention configuration: head_dim=(\d+)", cause):
+        return (
+            f"vLLM's CPU attention kernel has no code path for head size {m[1]}. Change n_head so that "
+            "n_embd / n_head is one of 32, 64, 128, ... and train again."
+        )
+    if "NUMA nodes to bind threads" in cause:
+        return (
+            "tensor parallelism on CPU runs one worker per core group and needs VLLM_CPU_OMP_THREADS_BIND to say "
+            "which cores each worker gets (e.g. '0|1' for two workers on two cores)."
+        )
+    if "Available memory on node" in cause:
+        return "the machine has less free RAM than vLLM was asked to reserve: give a smaller KV budget."
+    if "Address already in use" in cause:
+        return "another program listens on that port: leave port=None to pick a free one."
+    return "see the full log for details."
+
+
+def _explain_kv_budget(capacity: KVCapacity | None) -> str:
+    if capacity is None:
+        return "the KV-cache budget is too small for one request of max_model_len tokens."
+    need_blocks = capacity.blocks_per_request + 1  # + the block vLLM keeps back as a placeholder
+    return (
+        f"the KV budget is {capacity.kv_cache_bytes:,} bytes = {capacity.num_blocks} block(s) of "
+        f"{capacity.block_size} tokens x {capacity.bytes_per_token:,} B; vLLM keeps one block back, leaving "
+        f"{capacity.usable_blocks * capacity.block_size:,} tokens, but one request of max_model_len="
+        f"{capacity.max_model_len} tokens needs {capacity.blocks_per_request} block(s) = "
+        f"{capacity.bytes_per_request:,} bytes (vLLM prints both as '0.0 GiB'). Give at least "
+        f"{need_blocks * capacity.bytes_per_block:,} bytes (kv_cache_tokens={need_blocks * capacity.block_size}) "
+        f"or lower max_model_len."
+    )

@@ -1,0 +1,23 @@
+"""Interactive ipywidgets front ends over tested pure functions (tinyformer.memory, the model, vLLM's sizing).
+
+Each widget computes its numbers with plain functions (tested without a browser), updates after a short
+debounce instead of on every slider tick, is driven by standard sliders and dropdowns (so the keyboard
+works), and also carries a static PNG of its current figure, which is what a reader without a widget
+front end (nbmake, nbconvert, a static notebook viewer) sees.
+"""
+
+from tinyformer.widgets.attention import AttentionExplorer, attention_explorer, explorer_numbers
+from tinyformer.widgets.budget import BudgetCalculator, budget_calculator
+from tinyformer.widgets.kv_cache import KVCacheStepper, KVTrace, kv_cache_stepper, trace_generation
+
+__all__ = [
+    "AttentionExplorer",
+    "BudgetCalculator",
+    "KVCacheStepper",
+    "KVTrace",
+    "attention_explorer",
+    "budget_calculator",
+    "explorer_numbers",
+    "kv_cache_stepper",
+    "trace_generation",
+]

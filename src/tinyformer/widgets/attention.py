@@ -1,0 +1,130 @@
+"""Attention memory explorer: the n x n score matrix (grows as n^2) next to the KV cache (grows as n)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import ipywidgets as w
+import numpy as np
+
+from tinyformer import memory
+from tinyformer.widgets.base import LiveFigureWidget, dropdown, log2_x_axis, log_y_axis, number, slider
+
+SEQ_LENS = [2**k for k in range(7, 18)]  # 128 ... 131072
+MEASURE_LIMIT_BYTES = 32 * memory.MiB  # measure the current setting live only when its scores are this small
+THIS_MACHINE = "this machine's RAM"
+
+
+def this_machine_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def device_choices() -> dict[str, int]:
+    """Devices whose memory the explorer can mark: the shipped GPUs and this machine."""
+    choices = {name: gpu.memory_bytes for name, gpu in memory.gpus().items()}
+    choices[THIS_MACHINE] = this_machine_bytes()
+    return choices
+
+
+@dataclass(frozen=True)
+class ExplorerNumbers:
+    scores_per_layer: int  # one layer's [B, nh, n, n] matrix
+    scores_all_layers: int  # kept for backward in training (one at a time in inference)
+    kv_cache: int  # all layers, K and V, n tokens
+    kv_per_token: int
+    device_bytes: int
+    longest_fitting_n: int  # the largest n whose per-layer score matrix fits in the device
+
+
+def explorer_numbers(seq_len, n_head, n_layer, batch, dtype, head_dim, device_bytes) -> ExplorerNumbers:
+    """The explorer's numbers for one setting (pure; what the widget shows and the browser test checks)."""
+    scores = memory.attention_scores_bytes(seq_len, n_head, batch, dtype)
+    kv_per_token = memory.kv_bytes_per_token(n_layer, n_head, head_dim, dtype)
+    per_n2 = batch * n_head * memory.dtype_bytes(dtype)  # score bytes = per_n2 x n^2
+    return ExplorerNumbers(
+        scores_per_layer=scores,
+        scores_all_layers=n_layer * scores,
+        kv_cache=batch * seq_len * kv_per_token,
+        kv_per_token=kv_per_token,
+        device_bytes=device_bytes,
+        longest_fitting_n=int((device_bytes / per_n2) ** 0.5),
+    )
+
+
+@lru_cache(maxsize=64)
+def measured_scores(seq_len: int, n_head: int, batch: int, dtype: str, head_dim: int) -> int | None:
+    """Score-matrix bytes measured on this machine (naive attention's peak minus its output), cached;
+    None when the setting is too big to run quickly."""
+    if dtype not in ("fp32", "bf16"):
+        return None
+    if memory.attention_scores_bytes(seq_len, n_head, batch, dtype) > MEASURE_LIMIT_BYTES:
+        return None
+    m = memory.measure_attention("naive", seq_len, n_head, batch, head_dim, dtype, device="cpu")
+    return m.peak_bytes - m.retained_bytes
+
+
+class AttentionExplorer(LiveFigureWidget):
+    css_class = "tf-attention"
+
+    def __init__(self, seq_len=1024, n_head=12, n_layer=12, batch=1, dtype="fp16", head_dim=64,
+                 device="H100 80 GB", measure=True):
+        self.measure = measure
+        self.devices = device_choices()
+        self.seq_len = slider(w.SelectionSlider, "sequence length n", "tf-seq-len", options=SEQ_LENS, value=seq_len)
+        self.n_head = slider(w.IntSlider, "heads", "tf-heads", min=1, max=64, value=n_head)
+        self.n_layer = slider(w.IntSlider, "layers", "tf-layers", min=1, max=96, value=n_layer)
+        self.batch = slider(w.IntSlider, "batch", "tf-batch", min=1, max=64, value=batch)
+        self.dtype = dropdown("dtype", "tf-dtype", options=["fp32", "bf16", "fp16", "fp8"], value=dtype)
+        self.head_dim = dropdown("head size", "tf-head-dim", options=[32, 64, 96, 128], value=head_dim)
+        self.device = dropdown("device", "tf-device", options=list(self.devices), value=device)
+        self._finish([self.seq_len, self.n_head, self.n_layer, self.batch, self.dtype, self.head_dim, self.device])
+
+    def current(self) -> ExplorerNumbers:
+        return explorer_numbers(self.seq_len.value, self.n_head.value, self.n_layer.value, self.batch.value,
+                                self.dtype.value, self.head_dim.value, self.devices[self.device.value])
+
+    def numbers_html(self) -> str:
+        x, f = self.current(), memory.format_bytes
+        fits = "fits in" if x.scores_per_layer <= x.device_bytes else "does NOT fit in"
+        return "".join([
+            number("score matrix, one layer (B x heads x n x n)", f(x.scores_per_layer), "tf-scores", x.scores_per_layer),
+            number("score matrices, all layers (training keeps them)", f(x.scores_all_layers), "tf-scores-all",
+                   x.scores_all_layers),
+            number("KV cache for n tokens (2 x layers x heads x head size)", f(x.kv_cache), "tf-kv", x.kv_cache),
+            number(f"one layer's scores {fits} {self.device.value} ({f(x.device_bytes)}); longest n that fits",
+                   f"{x.longest_fitting_n:,}", "tf-longest-n", x.longest_fitting_n),
+        ])
+
+    def draw(self, fig) -> None:
+        x = self.current()
+        n = np.array(SEQ_LENS, dtype=float)
+        per_n2 = x.scores_per_layer / self.seq_len.value**2
+        scores, kv = per_n2 * n**2, x.kv_per_token * self.batch.value * n
+        measured = None
+        if self.measure:
+            measured = measured_scores(self.seq_len.value, self.n_head.value, self.batch.value, self.dtype.value,
+                                       self.head_dim.value)
+        for ax, scale in zip(fig.subplots(1, 2), ("linear", "log"), strict=True):
+            ax.plot(n, scores / memory.GiB, color="tab:red", label="score matrix (one layer) ~ n²")
+            ax.plot(n, kv / memory.GiB, color="tab:blue", label="KV cache (all layers) ~ n")
+            ax.axhline(x.device_bytes / memory.GiB, color="gray", ls="--", lw=1, label=self.device.value)
+            ax.axvline(x.longest_fitting_n, color="gray", ls=":", lw=1)
+            ax.plot([self.seq_len.value], [x.scores_per_layer / memory.GiB], "o", color="tab:red")
+            if measured is not None:
+                ax.plot([self.seq_len.value], [measured / memory.GiB], "kx", ms=10, label="measured here (naive)")
+            log2_x_axis(ax, SEQ_LENS)
+            if scale == "log":
+                log_y_axis(ax)
+            else:
+                ax.set_ylim(0, max(scores.max(), kv.max()) / memory.GiB * 1.05)
+            ax.set_xlabel("sequence length n (tokens)")
+            ax.set_ylabel("GiB")
+            ax.set_title(f"{scale} memory axis")
+        fig.axes[1].legend(fontsize=7, loc="upper left")
+
+
+def attention_explorer(**kwargs) -> AttentionExplorer:
+    """Sliders for n, heads, layers, batch, dtype: score-matrix bytes (n²) beside KV-cache bytes (n)."""
+    return AttentionExplorer(**kwargs)

@@ -1,0 +1,126 @@
+"""GPU budget calculator: will vLLM start this model on this GPU, with how much KV cache, and if not, why."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import ipywidgets as w
+
+from tinyformer import memory
+from tinyformer.widgets.base import LiveFigureWidget, dropdown, log2_x_axis, log_y_axis, number, slider
+
+CPU_BACKEND = "CPU (vLLM CPU backend)"
+TINY_MODEL = "tinyformer micro (this course)"
+MAX_MODEL_LENS = [2**k for k in range(7, 18)]  # 128 ... 131072
+PALETTE = {"weights": "tab:orange", "activations (est.)": "tab:purple", "overhead (est.)": "tab:gray",
+           "KV cache": "tab:blue", "not used": "whitesmoke"}
+
+
+@cache
+def tiny_model_spec() -> memory.ModelSpec:
+    """The micro preset with the course tokenizer's vocabulary: the model notebooks 07-09 serve."""
+    from tinyformer.config import ModelConfig
+    from tinyformer.tokenizer import build_tokenizer
+
+    config = ModelConfig.preset("micro", vocab_size=len(build_tokenizer()))
+    return memory.ModelSpec.from_tinyformer(config, name=TINY_MODEL)
+
+
+def model_choices() -> dict[str, memory.ModelSpec]:
+    return {TINY_MODEL: tiny_model_spec(), **memory.real_models()}
+
+
+class BudgetCalculator(LiveFigureWidget):
+    css_class = "tf-budget"
+
+    def __init__(self, model="Llama-3.1-8B", gpu="L4 24 GB", dtype="bf16", gpu_memory_utilization=0.9,
+                 max_model_len=8192, tensor_parallel_size=1, cpu_offload_gb=0, kv_cache_memory_bytes=2_621_440):
+        self.models = model_choices()
+        self.model = dropdown("model", "tf-model", options=list(self.models), value=model)
+        self.gpu = dropdown("GPU", "tf-gpu", options=[*memory.gpus(), CPU_BACKEND], value=gpu)
+        self.dtype = dropdown("weights", "tf-weights-dtype", options=list(memory.DTYPE_BYTES), value=dtype)
+        self.utilization = slider(w.FloatSlider, "gpu_memory_utilization", "tf-util", min=0.5, max=0.99,
+                                  step=0.01, value=gpu_memory_utilization)
+        self.max_model_len = slider(w.SelectionSlider, "max_model_len", "tf-max-model-len", options=MAX_MODEL_LENS,
+                                    value=max_model_len)
+        self.tp = dropdown("tensor parallel GPUs", "tf-tp", options=[1, 2, 4, 8], value=tensor_parallel_size)
+        self.offload = slider(w.IntSlider, "cpu_offload_gb", "tf-offload", min=0, max=64, value=cpu_offload_gb)
+        self.kv_bytes = w.BoundedIntText(description="CPU: --kv-cache-memory-bytes", value=kv_cache_memory_bytes,
+                                         min=0, max=2**40, style={"description_width": "initial"})
+        self.kv_bytes.add_class("tf-kv-bytes")
+        self._finish([self.model, self.gpu, self.dtype, self.utilization, self.max_model_len, self.tp,
+                      self.offload, self.kv_bytes])
+
+    def plan(self) -> memory.ServingPlan:
+        on_cpu = self.gpu.value == CPU_BACKEND
+        return memory.plan_serving(
+            self.models[self.model.value],
+            None if on_cpu else self.gpu.value,
+            dtype=self.dtype.value,
+            gpu_memory_utilization=self.utilization.value,
+            max_model_len=self.max_model_len.value,
+            tensor_parallel_size=self.tp.value,
+            cpu_offload_gb=self.offload.value,
+            kv_cache_memory_bytes=self.kv_bytes.value if on_cpu else None,
+        )
+
+    def numbers_html(self) -> str:
+        plan, f = self.plan(), memory.format_bytes
+        fix = memory.cheapest_fix(plan)
+        tokens = plan.capacity.tokens if plan.ok else -1
+        rows = [
+            number("weights per GPU", f(plan.weights_on_gpu), "tf-weights", plan.weights_on_gpu),
+            number("KV budget per GPU", f(max(plan.kv_budget, 0)), "tf-kv-budget", plan.kv_budget),
+            number("KV per token", f"{plan.bytes_per_token:,} B", "tf-kv-per-token", plan.bytes_per_token),
+            f'<pre class="tf-message" data-tokens="{tokens}" style="white-space: pre-wrap">{plan.message}</pre>',
+        ]
+        if fix is not None:
+            rows.append(f'<div>cheapest fix: <b class="tf-fix">{fix.change}</b> (cost: {fix.cost}) &rarr; '
+                        f"{fix.plan.message}</div>")
+        if plan.assumptions:
+            rows.append(f"<small>estimates: {'; '.join(plan.assumptions)}</small>")
+        return "".join(rows)
+
+    def draw(self, fig) -> None:
+        plan = self.plan()
+        left, right = fig.subplots(1, 2, width_ratios=[3, 2])
+        total = plan.gpu.memory_bytes if plan.gpu else plan.usable
+        kv = max(plan.kv_budget, 0)
+        parts = {"weights": plan.weights_on_gpu, "activations (est.)": plan.activations,
+                 "overhead (est.)": plan.overhead, "KV cache": kv}
+        parts["not used"] = max(total - sum(parts.values()), 0)
+        start = 0.0
+        for name, size in parts.items():
+            left.barh(0, size / memory.GiB, left=start, color=PALETTE[name], edgecolor="k", lw=0.5, label=name)
+            start += size / memory.GiB
+        left.axvline(total / memory.GiB, color="k", lw=1.5)
+        left.axvline(plan.usable / memory.GiB, color="k", ls="--", lw=1, label="x gpu_memory_utilization")
+        left.set_yticks([])
+        left.set_xlabel("GiB per GPU" if plan.gpu else "GiB (KV cache bytes given)")
+        left.set_title(plan.message[:70] + ("..." if len(plan.message) > 70 else ""), fontsize=8)
+        left.legend(fontsize=7, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+        self._draw_concurrency(right, plan)
+
+    def _draw_concurrency(self, ax, plan: memory.ServingPlan) -> None:
+        """Requests of max_model_len tokens that fit at once, for each max_model_len (same KV budget)."""
+        lens = [n for n in MAX_MODEL_LENS if n <= plan.model.max_position_embeddings]
+        if plan.kv_budget > 0:
+            conc = [memory.vllm_kv_capacity(plan.kv_budget, plan.bytes_per_token, plan.block_size, n).max_concurrency
+                    for n in lens]
+            ax.plot(lens, conc, "o-", ms=3)
+            ax.axhline(1, color="tab:red", lw=1, ls=":", label="one request")
+            log_y_axis(ax)
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no KV budget:\nmax_model_len cannot help", ha="center", va="center",
+                    transform=ax.transAxes)
+        ax.axvline(plan.max_model_len, color="gray", lw=1)
+        log2_x_axis(ax, MAX_MODEL_LENS)
+        ax.set_xlabel("max_model_len")
+        ax.set_ylabel("max concurrency (x)")
+        ax.set_title("smaller max_model_len: more requests, same weights", fontsize=8)
+
+
+def budget_calculator(**kwargs) -> BudgetCalculator:
+    """Model x GPU x dtype x utilisation x max_model_len x TP x offload -> vLLM's KV line or its error."""
+    return BudgetCalculator(**kwargs)

@@ -1,0 +1,115 @@
+"""Suite-wide rules for prerequisites: what may be skipped, where, and with what reason.
+
+- ``vllm`` tests are never skipped: `make` installs vLLM, so a failed import is an error everywhere.
+- ``browser`` tests need the system Chromium and the ``playwright`` package. Outside CI they are
+  skipped with a plain reason when either is missing; in CI (``CI=true``) that is an error.
+- ``gpu`` tests are skipped with a plain reason when no CUDA device is visible.
+- In CI, a skip of a ``vllm``/``browser`` test or a skip caused by a failed import (``importorskip``)
+  is turned into a failure: nothing CI installs may be skipped silently.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM_DEFAULT = "/usr/bin/chromium"
+NEVER_SKIPPED_IN_CI = ("vllm", "browser")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def chromium_path() -> str | None:
+    """$TINYFORMER_CHROMIUM, else Debian's /usr/bin/chromium, else `chromium` on PATH."""
+    configured = os.environ.get("TINYFORMER_CHROMIUM")
+    if configured:
+        return configured if Path(configured).is_file() else None
+    if Path(CHROMIUM_DEFAULT).is_file():
+        return CHROMIUM_DEFAULT
+    return shutil.which("chromium")
+
+
+@functools.cache
+def import_problem(module: str) -> str | None:
+    """None when ``module`` imports, else the error (imported once per session: vLLM is slow)."""
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # a broken install raises more than ImportError (e.g. torchvision::nms)
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def vllm_problem() -> str | None:
+    problem = import_problem("vllm")
+    if problem:
+        return f"`import vllm` failed ({problem}). Run `make test` (it installs vLLM) or see README troubleshooting."
+    return None
+
+
+def browser_problem() -> str | None:
+    configured = os.environ.get("TINYFORMER_CHROMIUM")
+    if configured and chromium_path() is None:
+        return f"TINYFORMER_CHROMIUM={configured} is not a file: point it at a Chromium binary or unset it."
+    if chromium_path() is None:
+        return (
+            f"Chromium not found at {CHROMIUM_DEFAULT} or on PATH: "
+            "install Debian's `chromium` package to run the browser tests."
+        )
+    problem = import_problem("playwright.sync_api")
+    if problem:
+        return f"the `playwright` Python package does not import ({problem}); run `make test` to install it."
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _prerequisites(request: pytest.FixtureRequest) -> None:
+    """Check each marked test's prerequisites before it runs."""
+    if request.node.get_closest_marker("vllm"):
+        problem = vllm_problem()
+        if problem:
+            pytest.fail(problem, pytrace=False)
+    if request.node.get_closest_marker("browser"):
+        problem = browser_problem()
+        if problem and in_ci():
+            pytest.fail(f"CI=true and the browser tests cannot run: {problem}", pytrace=False)
+        if problem:
+            pytest.skip(f"browser test skipped: {problem}")
+    if request.node.get_closest_marker("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs an NVIDIA GPU; torch.cuda.is_available() is False on this machine")
+
+
+@pytest.fixture(scope="session")
+def chromium_executable() -> str:
+    """Path of the system Chromium for Playwright's ``executable_path`` (never `playwright install`)."""
+    path = chromium_path()
+    if path is None:
+        if in_ci():
+            pytest.fail(browser_problem() or "Chromium missing", pytrace=False)
+        pytest.skip(f"browser test skipped: {browser_problem()}")
+    return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """In CI, turn a skip that hides a missing install into a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (in_ci() and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    marked = [name for name in NEVER_SKIPPED_IN_CI if item.get_closest_marker(name)]
+    import_skip = "could not import" in reason
+    if marked or import_skip:
+        why = f"marked {', '.join(marked)}" if marked else "a dependency failed to import"
+        report.outcome = "failed"
+        report.longrepr = f"CI=true forbids this skip ({why}): {reason}"

@@ -1,0 +1,154 @@
+"""The `tinyformer` command: help a newcomer can read, real train/export runs, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tinyformer import cli
+from tinyformer.checkpoint import load_checkpoint
+
+STEPS = 3  # the command is under test here, not the training
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a shared 2-core box extra threads only wait."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ckpt")
+    assert cli.main(["train", "--preset", "nano", "--steps", str(STEPS), "--out", str(folder), "--quiet"]) == 0
+    return folder / "nano.pt"
+
+
+def test_help_lists_the_commands(capsys) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "export" in out and "tinyformer COMMAND --help" in out
+
+
+@pytest.mark.parametrize("command, expected", [("train", "--preset"), ("export", "CHECKPOINT")])
+def test_each_command_explains_itself_with_examples(capsys, command: str, expected: str) -> None:
+    assert cli.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert expected in out and f"examples:\n  tinyformer {command}" in out
+
+
+def test_no_command_prints_help_and_fails(capsys) -> None:
+    assert cli.main([]) == 2
+    assert "commands:" in capsys.readouterr().out
+
+
+def test_the_module_runs_as_a_program() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tinyformer.cli", "export", "/no/such/file.pt"], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "tinyformer export: error: no checkpoint at /no/such/file.pt" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- train ---------------------------------------------------------------------------------------------------
+
+
+def test_train_writes_a_checkpoint_that_loads(checkpoint: Path) -> None:
+    model, tokenizer, meta = load_checkpoint(checkpoint)
+    assert meta["preset"] == "nano" and meta["steps"] == STEPS
+    assert model.config.n_embd == 64 and model.config.vocab_size == len(tokenizer)
+
+
+def test_train_shows_progress_and_where_it_saved(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "mine.pt"
+    assert cli.main(["train", "--steps", "2", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "2/2" in captured.err  # the tqdm progress bar
+    assert f"saved {out}" in captured.out and f"tinyformer export {out}" in captured.out
+    assert out.is_file()
+
+
+def test_train_refuses_to_replace_a_checkpoint(checkpoint: Path, capsys) -> None:
+    before = checkpoint.read_bytes()
+    assert cli.main(["train", "--steps", "1", "--out", str(checkpoint), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "already exists; add --overwrite" in err and "Traceback" not in err
+    assert checkpoint.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "0"], "expected a whole number above 0"),
+        (["--steps", "many"], "expected a whole number above 0"),
+        (["--preset", "huge"], "invalid choice: 'huge'"),
+    ],
+)
+def test_bad_train_options_are_usage_errors(args: list[str], message: str, capsys) -> None:
+    assert cli.main(["train", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+# -- export --------------------------------------------------------------------------------------------------
+
+
+def test_export_writes_a_folder_transformers_loads(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "hf"
+    assert cli.main(["export", str(checkpoint), "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+
+    model, _, _ = load_checkpoint(checkpoint)
+    hf_model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    ids = torch.arange(model.config.vocab_size)[None, : model.config.n_positions]  # [1, T]
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(ids).logits, model(ids), atol=1e-4, rtol=0)
+
+
+def test_export_needs_overwrite_to_replace(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "hf"
+    assert cli.main(["export", str(checkpoint), "--out", str(out), "--no-verify"]) == 0
+    assert cli.main(["export", str(checkpoint), "--out", str(out)]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(["export", str(checkpoint), "--out", str(out), "--overwrite"]) == 0
+
+
+def test_export_of_a_corrupted_checkpoint_is_one_clear_line(tmp_path: Path, capsys) -> None:
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    assert cli.main(["export", str(broken), "--out", str(tmp_path / "hf")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tinyformer export: error: checkpoint") and "corrupted" in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "hf").exists()
+
+
+# -- adding a command ----------------------------------------------------------------------------------------
+
+
+def test_a_module_listed_in_command_modules_becomes_a_command(monkeypatch, capsys) -> None:
+    def add_arguments(parser):
+        parser.add_argument("--name", default="world")
+
+    def run(args):
+        print(f"hello {args.name}")
+        return 0
+
+    module = types.ModuleType("tinyformer_test_hello")
+    module.COMMAND = cli.Command("hello", "say hello", "Says hello.", add_arguments, run)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (module.__name__,))
+
+    assert cli.main(["hello", "--name", "class"]) == 0
+    assert capsys.readouterr().out == "hello class\n"
+    assert cli.main(["--help"]) == 0
+    assert "say hello" in capsys.readouterr().out
