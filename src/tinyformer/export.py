@@ -16,11 +16,13 @@ from __future__ import annotations
 import copy
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel
+from transformers.utils import logging as hf_logging
 
 from tinyformer.config import ModelConfig
 from tinyformer.model import Transformer
@@ -154,8 +156,9 @@ def probe_ids(config: ModelConfig, batch: int = 2) -> torch.Tensor:
 @torch.inference_mode()
 def verify_export(model: Transformer, tokenizer, folder: Path, atol: float = VERIFY_ATOL) -> float:
     """Load ``folder`` with transformers (offline) and check it reproduces ``model``; return the max logit gap."""
-    hf_model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval()
-    hf_tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    with _no_transformers_progress_bars():  # a "Loading weights" bar per export would be noise
+        hf_model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval()
+        hf_tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     text = " ".join(tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), 32)))))
     if hf_tokenizer(text)["input_ids"] != tokenizer(text)["input_ids"]:
         raise ExportVerificationError(f"the exported tokenizer in {folder} encodes text differently from the original.")
@@ -175,6 +178,17 @@ def verify_export(model: Transformer, tokenizer, folder: Path, atol: float = VER
             f"tinyformer model (tolerance {atol:.0e}); the export does not reproduce the model."
         )
     return gap
+
+
+@contextmanager
+def _no_transformers_progress_bars():
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _check_destination(out_dir: Path, overwrite: bool) -> None:

@@ -130,13 +130,9 @@ def _decode(model, padded, steps, choose, cache, eos_token_id, on_step):
             on_step(step, cache)
         if finished.all():
             break
-    empty = ids.new_empty(ids.shape[0], 0)
-    new = torch.stack(new_ids, dim=1) if new_ids else empty  # [B, steps']
-    logits = (
-        torch.stack(step_logits, dim=1)
-        if step_logits
-        else empty[..., None].expand(-1, -1, model.config.vocab_size).float()
-    )
+    batch, vocab = ids.shape[0], model.config.vocab_size
+    new = torch.stack(new_ids, dim=1) if new_ids else torch.empty(batch, 0, dtype=torch.long)  # [B, steps']
+    logits = torch.stack(step_logits, dim=1) if step_logits else torch.empty(batch, 0, vocab)  # [B, steps', V]
     return new, logits, bool(new_ids) and bool(finished.all())
 
 
@@ -187,10 +183,10 @@ def tokens_that_fit(n_positions: int, prompts: list[list[int]], max_new_tokens: 
     )
 
 
-def left_pad(prompts: list[list[int]], device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids [B, W] with each prompt right-aligned (PAD_ID before it) and mask [B, W], True on real tokens."""
+def left_pad(prompts: list[list[int]], device=None, pad_id: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [B, W] with each prompt right-aligned (``pad_id`` before it) and mask [B, W], True on real tokens."""
     width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), PAD_ID, dtype=torch.long)  # [B, W]
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # [B, W]
     mask = torch.zeros((len(prompts), width), dtype=torch.bool)  # [B, W]
     for row, prompt in enumerate(prompts):
         ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)

@@ -11,7 +11,7 @@ cli.py      `tinyformer serve`
 from tinyformer.serving.client import LoadResult, Reply, RequestRejected, complete, run_load, send_load, tokenize
 from tinyformer.serving.kv import (
     BLOCK_SIZE,
-    KVCapacity,
+    KVBudget,
     ServingConfigError,
     bytes_for_tokens,
     check_serving_config,
@@ -26,7 +26,7 @@ __all__ = [
     "BLOCK_SIZE",
     "STARTED_PROCESS_GROUPS",
     "WATCHED",
-    "KVCapacity",
+    "KVBudget",
     "LoadResult",
     "MetricsSampler",
     "Reply",

@@ -57,6 +57,17 @@ def metric_labels(text: str, name: str) -> dict[str, str]:
     return {}
 
 
+def histogram(text: str, name: str) -> dict[float, float]:
+    """{upper bound "le": cumulative count} of a Prometheus histogram, summed over its other labels."""
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == f"{name}_bucket":
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + sample.value
+    return dict(sorted(buckets.items()))
+
+
 def read_metrics(server, names: tuple[str, ...] | None = WATCHED) -> dict[str, float]:
     return parse_metrics(scrape(server), names)
 

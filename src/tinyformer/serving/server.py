@@ -35,7 +35,7 @@ from tinyformer.paths import artifacts_dir
 from tinyformer.serving import vllm_log
 from tinyformer.serving.kv import (
     BLOCK_SIZE,
-    KVCapacity,
+    KVBudget,
     ServingConfigError,
     bytes_for_tokens,
     check_serving_config,
@@ -64,6 +64,7 @@ class VLLMServer:
 
     kv_cache_tokens / kv_cache_bytes: the KV budget per worker (give one; default room for
         64 requests of max_model_len). Tokens are converted with the model's formula and rounded up to blocks.
+    block_size: tokens per KV block (default: vLLM's, 128 on CPU; the CPU backend takes multiples of 32).
     check: refuse up front what vLLM would fail on (head size, max_model_len > n_positions, a KV budget
         below one request). ``check=False`` lets vLLM meet the problem itself, to see its real error.
     enforce_eager: skip torch.compile (about 35 s on 2 cores, no faster for a model this small).
@@ -80,6 +81,7 @@ class VLLMServer:
         max_num_seqs: int | None = None,
         max_num_batched_tokens: int | None = None,
         tensor_parallel_size: int = 1,
+        block_size: int | None = None,
         api_key: str | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
@@ -96,20 +98,22 @@ class VLLMServer:
         self.config = model_config_from_dir(self.model_dir)
         self.max_model_len = max_model_len if max_model_len is not None else self.config.n_positions
         self.device = _device()
+        self.block_size = block_size or BLOCK_SIZE[self.device]
         self.tensor_parallel_size = tensor_parallel_size
         self.dtype = dtype
         self._kv_requested = kv_cache_tokens is not None or kv_cache_bytes is not None
         self.kv_cache_bytes = self._kv_budget(kv_cache_tokens, kv_cache_bytes)
-        self.predicted = KVCapacity(
+        self.predicted = KVBudget(
             self.config,
             max_model_len=self.max_model_len,
             kv_cache_bytes=self.kv_cache_bytes,
             dtype=dtype,
             tensor_parallel_size=tensor_parallel_size,
-            block_size=BLOCK_SIZE[self.device],
+            device=self.device,
+            block_size=self.block_size,
         )
         if check:
-            check_serving_config(self.predicted, device=self.device)
+            check_serving_config(self.predicted)
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.host, self.port = host, port
         self.enforce_eager, self.extra_args = enforce_eager, tuple(extra_args)
@@ -150,6 +154,7 @@ class VLLMServer:
             "--max-num-seqs": self.max_num_seqs,
             "--max-num-batched-tokens": self.max_num_batched_tokens,
             "--tensor-parallel-size": self.tensor_parallel_size if self.tensor_parallel_size > 1 else None,
+            "--block-size": self.block_size if self.block_size != BLOCK_SIZE[self.device] else None,
         }
         args += [f"{flag}={value}" for flag, value in optional.items() if value is not None]
         if self.enforce_eager:
@@ -222,7 +227,7 @@ class VLLMServer:
             tokens,
             dtype=self.dtype,
             tensor_parallel_size=self.tensor_parallel_size,
-            block_size=BLOCK_SIZE[self.device],
+            block_size=self.block_size,
         )
 
     def _environment(self) -> dict[str, str]:

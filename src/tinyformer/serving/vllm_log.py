@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tinyformer.serving.kv import KVCapacity, kv_log_line
+from tinyformer.serving.kv import KVBudget
 
 # "CPU KV cache size: 1,280 tokens, Maximum concurrency for 256 tokens per request: 5.00x" (GPU: "GPU KV ...").
 KV_LINE = re.compile(
@@ -13,7 +13,7 @@ KV_LINE = re.compile(
     r"Maximum concurrency for (?P<max_model_len>[\d,]+) tokens per request: (?P<concurrency>[\d.]+)x"
 )
 # "(EngineCore pid=1) ERROR 11-23 10:57:22 [core.py:1510] " in front of lines from vLLM's logger.
-LOG_PREFIX = re.compile(r"^\([\w-]+ pid=\d+\) [A-Z]+ [\d-]+ [\d:]+ \[[^\]]*\] ?")
+LOG_PREFIX = re.compile(r"^\([\w-]+ pid=\d+\) (?P<level>[A-Z]+) [\d-]+ [\d:]+ \[[^\]]*\] ?")
 ERROR_LINE = re.compile(r"\b(?P<kind>[A-Za-z_.]*(?:Error|Exception)): (?P<text>.+)$")
 # Wrappers that point elsewhere ("see root cause above") rather than saying what went wrong.
 GENERIC_ERRORS = ("Engine core initialization failed", "validation error for", "Engine process failed to start")
@@ -39,7 +39,11 @@ class ReportedKV:
     num_blocks: int | None = None
 
     def log_line(self) -> str:
-        return kv_log_line(self.tokens, self.max_model_len, self.max_concurrency)
+        """The line as vLLM logged it."""
+        return (
+            f"{self.device} KV cache size: {self.tokens:,} tokens, Maximum concurrency for "
+            f"{self.max_model_len:,} tokens per request: {self.max_concurrency:.2f}x"
+        )
 
 
 def parse_kv_report(log: str) -> ReportedKV | None:
@@ -63,7 +67,12 @@ def startup_stage(log: str) -> str:
 
 def root_cause(log: str) -> str | None:
     """vLLM's own line saying what went wrong: the first specific error in the log (later ones only wrap it)."""
-    lines = [LOG_PREFIX.sub("", line).strip() for line in log.splitlines()]
+    lines = []
+    for raw in log.splitlines():
+        prefix = LOG_PREFIX.match(raw)
+        if prefix and prefix["level"] not in ("ERROR", "CRITICAL"):
+            continue  # warnings may quote errors ("... like `OSError: [Errno 24] Too many open files`")
+        lines.append(raw[prefix.end() :].strip() if prefix else raw.strip())
     for line in lines:
         if line.startswith("Value error, "):  # pydantic config validation: the reason is on this line
             return line.removeprefix("Value error, ")
@@ -74,18 +83,18 @@ def root_cause(log: str) -> str | None:
     return errors[-1] if errors else None
 
 
-def explain(cause: str | None, capacity: KVCapacity | None) -> str:
+def explain(cause: str | None, budget: KVBudget | None) -> str:
     """What ``cause`` means for a learner, with vLLM's rounded GiB restated in tokens and bytes."""
     cause = cause or ""
     if m := re.search(r"max_model_len \((\d+)\) is greater than the derived max_model_len", cause):
-        n_positions = capacity.config.n_positions if capacity else "n_positions"
+        n_positions = budget.config.n_positions if budget else "n_positions"
         return (
             f"max_model_len={m[1]} asks for more positions than the model has: its position table (wpe) has "
             f"{n_positions} rows, one per position, so a token at position {n_positions} would have no position "
             f"vector. Use max_model_len <= {n_positions}."
         )
     if "To serve at least one request" in cause or "No available memory for the cache blocks" in cause:
-        return _explain_kv_budget(capacity)
+        return _explain_kv_budget(budget)
     if m := re.search(r"Unsupported CPU attention configuration: head_dim=(\d+)", cause):
         return (
             f"vLLM's CPU attention kernel has no code path for head size {m[1]}. Change n_head so that "
@@ -103,16 +112,17 @@ def explain(cause: str | None, capacity: KVCapacity | None) -> str:
     return "see the full log for details."
 
 
-def _explain_kv_budget(capacity: KVCapacity | None) -> str:
-    if capacity is None:
+def _explain_kv_budget(budget: KVBudget | None) -> str:
+    if budget is None:
         return "the KV-cache budget is too small for one request of max_model_len tokens."
-    need_blocks = capacity.blocks_per_request + 1  # + the block vLLM keeps back as a placeholder
+    left = max(budget.kv_cache_bytes - budget.bytes_per_block, 0)  # vLLM sets one block aside first
+    need = (budget.blocks_per_request + 1) * budget.bytes_per_block
     return (
-        f"the KV budget is {capacity.kv_cache_bytes:,} bytes = {capacity.num_blocks} block(s) of "
-        f"{capacity.block_size} tokens x {capacity.bytes_per_token:,} B; vLLM keeps one block back, leaving "
-        f"{capacity.usable_blocks * capacity.block_size:,} tokens, but one request of max_model_len="
-        f"{capacity.max_model_len} tokens needs {capacity.blocks_per_request} block(s) = "
-        f"{capacity.bytes_per_request:,} bytes (vLLM prints both as '0.0 GiB'). Give at least "
-        f"{need_blocks * capacity.bytes_per_block:,} bytes (kv_cache_tokens={need_blocks * capacity.block_size}) "
-        f"or lower max_model_len."
+        f"the KV budget is {budget.kv_cache_bytes:,} bytes ({budget.kv_cache_bytes // budget.bytes_per_token:,} "
+        f"tokens x {budget.bytes_per_token:,} B). vLLM first sets one block of {budget.block_size} tokens = "
+        f"{budget.bytes_per_block:,} bytes aside as a placeholder, leaving {left:,} bytes "
+        f"({left // budget.bytes_per_token:,} tokens), but one request of max_model_len={budget.max_model_len} "
+        f"tokens needs {budget.blocks_per_request} block(s) = {budget.bytes_per_request:,} bytes (vLLM rounds both "
+        f"to '0.0 GiB'). Give at least {need:,} bytes (kv_cache_tokens={need // budget.bytes_per_token}) or "
+        f"lower max_model_len."
     )

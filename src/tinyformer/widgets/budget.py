@@ -91,14 +91,17 @@ class BudgetCalculator(LiveFigureWidget):
         parts["not used"] = max(total - sum(parts.values()), 0)
         start = 0.0
         for name, size in parts.items():
-            left.barh(0, size / memory.GiB, left=start, color=PALETTE[name], edgecolor="k", lw=0.5, label=name)
+            label = f"{name} {memory.format_bytes(size)}"
+            left.barh(0, size / memory.GiB, left=start, height=0.6, color=PALETTE[name], edgecolor="k", lw=0.5,
+                      label=label)
             start += size / memory.GiB
         left.axvline(total / memory.GiB, color="k", lw=1.5)
         left.axvline(plan.usable / memory.GiB, color="k", ls="--", lw=1, label="x gpu_memory_utilization")
         left.set_yticks([])
+        left.set_ylim(-0.5, 1.6)
         left.set_xlabel("GiB per GPU" if plan.gpu else "GiB (KV cache bytes given)")
         left.set_title(plan.message[:70] + ("..." if len(plan.message) > 70 else ""), fontsize=8)
-        left.legend(fontsize=7, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+        left.legend(fontsize=7, ncols=3, loc="upper center")
         self._draw_concurrency(right, plan)
 
     def _draw_concurrency(self, ax, plan: memory.ServingPlan) -> None:

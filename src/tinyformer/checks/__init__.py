@@ -1,0 +1,67 @@
+"""Checkers for the exercises in lessons 01-09: ``assert check_causal_mask(my_mask)``.
+
+Each checker calls the learner's function on several seeded cases, compares with the answer the
+package's own code gives, and prints ✅ or the first failing case (expected vs got, summarised) with a
+hint for the usual mistakes. It never raises because of the learner's code and never prints a
+solution. It returns a :class:`CheckResult`, truthy when every case passed.
+
+| lesson | checkers |
+| --- | --- |
+| 01 tokens and positions | check_embedding_lookup, check_position_lookup, check_input_embedding |
+| 02 self-attention | check_causal_mask, check_attention_scores, check_attention_mix, check_causal_attention |
+| 03 block and LM head | check_mlp, check_block, check_lm_head |
+| 04 training with SGD | check_lm_loss, check_sgd_step |
+| 05 generation and KV cache | check_cache_append, check_greedy_next_token |
+| 06 memory budget | check_kv_bytes_per_token, check_attention_scores_bytes, check_weight_bytes |
+| 07 serving with vLLM | check_auth_header |
+| 08 max_model_len and KV capacity | check_max_tokens_allowed, check_kv_blocks, check_kv_capacity |
+| 09 batching and concurrency | check_left_pad, check_concurrency_to_fill_cache |
+"""
+
+from tinyformer.checks.attention import (
+    check_attention_mix,
+    check_attention_scores,
+    check_causal_attention,
+    check_causal_mask,
+)
+from tinyformer.checks.block import check_block, check_lm_head, check_mlp
+from tinyformer.checks.core import CheckResult
+from tinyformer.checks.embeddings import check_embedding_lookup, check_input_embedding, check_position_lookup
+from tinyformer.checks.generation import check_cache_append, check_greedy_next_token
+from tinyformer.checks.memory import check_attention_scores_bytes, check_kv_bytes_per_token, check_weight_bytes
+from tinyformer.checks.serving import (
+    check_auth_header,
+    check_concurrency_to_fill_cache,
+    check_kv_blocks,
+    check_kv_capacity,
+    check_left_pad,
+    check_max_tokens_allowed,
+)
+from tinyformer.checks.training import check_lm_loss, check_sgd_step
+
+__all__ = [
+    "CheckResult",
+    "check_attention_mix",
+    "check_attention_scores",
+    "check_attention_scores_bytes",
+    "check_auth_header",
+    "check_block",
+    "check_cache_append",
+    "check_causal_attention",
+    "check_causal_mask",
+    "check_concurrency_to_fill_cache",
+    "check_embedding_lookup",
+    "check_greedy_next_token",
+    "check_input_embedding",
+    "check_kv_blocks",
+    "check_kv_bytes_per_token",
+    "check_kv_capacity",
+    "check_left_pad",
+    "check_lm_head",
+    "check_lm_loss",
+    "check_max_tokens_allowed",
+    "check_mlp",
+    "check_position_lookup",
+    "check_sgd_step",
+    "check_weight_bytes",
+]

@@ -1,0 +1,102 @@
+"""``tinyformer workshop ...``: student copies of the notebooks, and one vLLM server for the room.
+
+Plugged into the ``tinyformer`` command through ``COMMAND`` (add ``"tinyformer.workshop.cli"`` to
+tinyformer.cli.COMMAND_MODULES); ``python -m tinyformer.workshop ...`` runs the same command on its own.
+Heavy imports (torch, vLLM) happen inside the subcommands, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tinyformer.cli import Command, positive_int
+
+
+def add_workshop_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="workshop_command", title="workshop commands", metavar="WHAT", required=True)
+
+    student = sub.add_parser(
+        "student-notebooks",
+        help="write student copies of the notebooks (solutions replaced by exercise stubs)",
+        description="Copy every notebook, replacing each cell tagged `solution` by an exercise stub (its prompt,\n"
+        "the function's signature and docstring, `raise NotImplementedError`) and stripping all outputs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    student.add_argument("out", type=Path, metavar="OUT", help="folder to write the student notebooks into")
+    student.add_argument(
+        "--source", type=Path, default=Path("notebooks"), help="the instructor notebooks (default: notebooks)"
+    )
+
+    serve = sub.add_parser(
+        "serve",
+        help="start one vLLM server for the class, sized for its learners, with an API key and a status line",
+        description="Start a real vLLM server on an exported model with a KV cache sized for the class, print the\n"
+        "two environment variables learners set, then a live status line read from /metrics until Ctrl-C.",
+        epilog="examples:\n"
+        "  tinyformer workshop serve artifacts/micro-hf --learners 30 --tokens-per-request 256\n"
+        "  tinyformer workshop serve artifacts/micro-hf --public --port 8000   # reachable from the room's network",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a folder written by `tinyformer export`")
+    serve.add_argument("--learners", type=positive_int, default=30, help="learners sending at once (default 30)")
+    serve.add_argument(
+        "--tokens-per-request",
+        type=positive_int,
+        default=None,
+        metavar="T",
+        help="prompt + output tokens of one learner's request (default: max_model_len)",
+    )
+    serve.add_argument("--max-model-len", type=positive_int, metavar="N", help="default: the model's n_positions")
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    where.add_argument(
+        "--public", action="store_true", help="listen on every network interface (0.0.0.0) so learners can connect"
+    )
+    serve.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
+    serve.add_argument("--api-key", metavar="KEY", help="the key learners must send (default: a new random one)")
+    serve.add_argument(
+        "--reserve-gib",
+        type=float,
+        default=2.0,
+        metavar="G",
+        help="memory kept free for vLLM itself beyond weights and KV cache (default 2)",
+    )
+    serve.add_argument("--status-every", type=float, default=2.0, metavar="S", help="seconds between status updates")
+    serve.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server (default 300)")
+
+
+def run_workshop(args: argparse.Namespace) -> int:
+    if args.workshop_command == "student-notebooks":
+        return _run_student_notebooks(args)
+    from tinyformer.workshop.classroom import run_class_server
+
+    return run_class_server(args)
+
+
+def _run_student_notebooks(args: argparse.Namespace) -> int:
+    from tinyformer.workshop.student import timed_build
+
+    copies, seconds = timed_build(args.source, args.out)
+    for copy in copies:
+        print(f"{copy.target}  ({copy.exercises} exercise{'s' if copy.exercises != 1 else ''})")
+    total = sum(c.exercises for c in copies)
+    print(f"wrote {len(copies)} student notebooks with {total} exercises in {seconds:.2f} s")
+    return 0
+
+
+COMMAND = Command(
+    name="workshop",
+    summary="run a workshop: student copies of the notebooks, one vLLM server for the room",
+    description=(
+        "Tools for an instructor: `student-notebooks OUT` writes the notebooks with their exercise\n"
+        "solutions removed; `serve MODEL_DIR` starts one vLLM server sized for the class."
+    ),
+    epilog=(
+        "examples:\n"
+        "  tinyformer workshop student-notebooks artifacts/student-notebooks\n"
+        "  tinyformer workshop serve artifacts/micro-hf --learners 30 --tokens-per-request 256 --public"
+    ),
+    add_arguments=add_workshop_arguments,
+    run=run_workshop,
+)

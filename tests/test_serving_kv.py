@@ -1,0 +1,171 @@
+"""KV-capacity prediction, up-front refusals and vLLM-log reading (no server: these are pure functions).
+
+The integration tests in test_serving_server.py check the same predictions against a real vLLM."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tinyformer.config import ModelConfig
+from tinyformer.serving import KVBudget, ServingConfigError, VLLMServer, bytes_for_tokens, kv_bytes_per_token
+from tinyformer.serving.kv import check_serving_config, model_config_from_dir
+from tinyformer.serving.metrics import metric_labels, parse_metrics
+from tinyformer.serving.vllm_log import explain, parse_kv_report, root_cause
+
+MICRO = ModelConfig(vocab_size=55, n_positions=256, n_embd=128, n_layer=2, n_head=4)
+BLOCK = 128 * 2048  # one CPU block of the micro model in float32: 128 tokens x 2048 bytes
+
+
+def budget(kv_cache_bytes: int, max_model_len: int = 256, **kw) -> KVBudget:
+    return KVBudget(MICRO, max_model_len=max_model_len, kv_cache_bytes=kv_cache_bytes, **kw)
+
+
+def test_bytes_per_token_is_k_and_v_for_every_layer_and_width():
+    assert kv_bytes_per_token(MICRO, "float32") == 2 * 2 * 128 * 4 == 2048
+    assert kv_bytes_per_token(MICRO, "bfloat16") == 1024
+    assert kv_bytes_per_token(MICRO, "float32", tensor_parallel_size=2) == 1024  # each worker: half the heads
+
+
+def test_ten_blocks_give_the_line_vllm_logs():
+    # Measured with vLLM 0.32 CPU: --kv-cache-memory-bytes 2621440 --max-model-len 256
+    b = budget(2_621_440)
+    assert (b.num_blocks, b.tokens, b.max_concurrency) == (10, 1280, 5.0)
+    assert b.log_line() == "CPU KV cache size: 1,280 tokens, Maximum concurrency for 256 tokens per request: 5.00x"
+
+
+def test_tensor_parallel_doubles_the_tokens_for_the_same_bytes_per_worker():
+    b = budget(2_621_440, tensor_parallel_size=2)
+    assert (b.num_blocks, b.tokens, b.max_concurrency) == (20, 2560, 10.0)
+
+
+def test_tokens_follow_max_model_len_when_it_is_not_a_whole_number_of_blocks():
+    # A 200-token request still occupies 2 blocks; vLLM reports concurrency x max_model_len.
+    b = budget(10 * BLOCK, max_model_len=200)
+    assert (b.blocks_per_request, b.max_concurrency, b.tokens) == (2, 5.0, 1000)
+    assert b.num_blocks * b.block_size == 1280  # token slots: more than vLLM reports
+
+
+def test_partial_blocks_are_not_counted():
+    assert budget(10 * BLOCK + BLOCK - 1).num_blocks == 10
+
+
+def test_tokens_are_rounded_up_to_whole_blocks():
+    assert bytes_for_tokens(MICRO, 1) == BLOCK
+    assert bytes_for_tokens(MICRO, 1280) == 10 * BLOCK
+    assert bytes_for_tokens(MICRO, 1281) == 11 * BLOCK
+    assert bytes_for_tokens(MICRO, 1280, tensor_parallel_size=2) == 5 * BLOCK
+    with pytest.raises(ServingConfigError, match="positive integer"):
+        bytes_for_tokens(MICRO, 0)
+
+
+def test_gpu_blocks_are_16_tokens_and_cpu_blocks_can_be_set():
+    b = budget(10 * 16 * 2048, device="cuda")
+    assert (b.num_blocks, b.blocks_per_request, b.tokens) == (10, 16, 160)
+    assert b.log_line().startswith("GPU KV cache size: 160 tokens")
+    b = budget(10 * 32 * 2048, block_size=32)
+    assert (b.num_blocks, b.blocks_per_request, b.tokens) == (10, 8, 320)
+    with pytest.raises(ServingConfigError, match="multiple of 32"):
+        check_serving_config(budget(10 * BLOCK, block_size=16))
+
+
+def test_refusals_name_the_limit_in_tokens_and_bytes():
+    with pytest.raises(ServingConfigError, match=r"max_model_len=512 .*n_positions=256"):
+        check_serving_config(budget(10 * BLOCK, max_model_len=512))
+    with pytest.raises(ServingConfigError, match=r"262,144 bytes leaves no usable block.*524,288 bytes"):
+        check_serving_config(budget(BLOCK))  # vLLM keeps one block back, so one block is nothing
+    with pytest.raises(ServingConfigError, match=r"2 blocks, of which 1 usable = 128 tokens.*kv_cache_tokens=384"):
+        check_serving_config(budget(2 * BLOCK))
+    check_serving_config(budget(3 * BLOCK))  # 2 usable blocks hold one 256-token request
+
+
+def test_head_size_and_tensor_parallel_refusals():
+    with pytest.warns(UserWarning):
+        odd_heads = ModelConfig(vocab_size=55, n_positions=256, n_embd=128, n_layer=2, n_head=8)  # head_dim 16
+    with pytest.raises(ServingConfigError, match="head size"):
+        check_serving_config(KVBudget(odd_heads, max_model_len=256, kv_cache_bytes=10 * BLOCK))
+    check_serving_config(KVBudget(odd_heads, max_model_len=256, kv_cache_bytes=10 * BLOCK, device="cuda"))
+    with pytest.raises(ServingConfigError, match="must divide n_head=4"):
+        check_serving_config(budget(10 * BLOCK, tensor_parallel_size=3))
+
+
+def write_config(folder, **overrides):
+    config = {"model_type": "gpt2", "vocab_size": 55, "n_positions": 256, "n_embd": 128, "n_layer": 2, "n_head": 4}
+    (folder / "config.json").write_text(json.dumps({**config, **overrides}))
+    return folder
+
+
+def test_server_refuses_before_starting_anything(tmp_path):
+    write_config(tmp_path)
+    assert model_config_from_dir(tmp_path) == MICRO
+    with pytest.raises(ServingConfigError, match="n_positions=256"):
+        VLLMServer(tmp_path, max_model_len=300, shared=False)
+    with pytest.raises(ServingConfigError, match="not both"):
+        VLLMServer(tmp_path, kv_cache_tokens=512, kv_cache_bytes=BLOCK, shared=False)
+    server = VLLMServer(tmp_path, max_model_len=300, check=False, shared=False)  # the flag lets vLLM decide
+    assert "--max-model-len" in server.command() and server.pid is None
+    with pytest.raises(FileNotFoundError, match="export"):
+        VLLMServer(tmp_path / "missing")
+
+
+def test_default_budget_holds_64_full_length_requests(tmp_path):
+    server = VLLMServer(write_config(tmp_path), shared=False)
+    assert server.max_model_len == 256
+    assert server.predicted.max_concurrency == 64.0 and server.predicted.tokens == 64 * 256
+
+
+# Lines copied from real vLLM 0.32 logs.
+KV_LOG = (
+    "(EngineCore pid=8094) INFO 11-23 10:48:58 [kv_cache_utils.py:2327] CPU KV cache size: 1,280 tokens, "
+    "Maximum concurrency for 256 tokens per request: 5.00x\n"
+)
+MAX_LEN_LOG = """(APIServer pid=20275) WARNING 11-23 11:17:19 [system_utils.py:255] Found ulimit of 20000 and failed to automatically increase with error current limit exceeds maximum limit. This can cause fd limit errors like `OSError: [Errno 24] Too many open files`. Consider increasing with ulimit -n
+pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig
+  Value error, User-specified max_model_len (512) is greater than the derived max_model_len (max_position_embeddings=256.0 or model_max_length=None in model's config.json). To allow overriding this maximum, set the env var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1.
+"""  # noqa: E501
+KV_BUDGET_LOG = """(EngineCore pid=13889) ERROR 11-23 10:59:24 [core.py:1510]     raise ValueError(
+(EngineCore pid=13889) ERROR 11-23 10:59:24 [core.py:1510] ValueError: To serve at least one request with the model's max seq len (256), (0.0 GiB KV cache is needed, which is larger than the available KV cache memory (0.0 GiB).
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+"""  # noqa: E501
+
+
+def test_kv_report_is_parsed_for_cpu_and_gpu():
+    reported = parse_kv_report(KV_LOG)
+    assert (reported.device, reported.tokens, reported.max_model_len, reported.max_concurrency) == ("CPU", 1280, 256, 5)
+    gpu = parse_kv_report("GPU KV cache size: 123,456 tokens, Maximum concurrency for 2,048 tokens per request: 60.28x")
+    assert (gpu.device, gpu.tokens, gpu.max_model_len, gpu.max_concurrency) == ("GPU", 123456, 2048, 60.28)
+    assert parse_kv_report("nothing here") is None
+
+
+def test_root_cause_is_vllms_specific_line_not_the_wrapper():
+    assert root_cause(MAX_LEN_LOG).startswith("User-specified max_model_len (512) is greater than")
+    cause = root_cause(KV_BUDGET_LOG)
+    assert cause.startswith("ValueError: To serve at least one request")
+    assert root_cause("all fine\n") is None
+
+
+def test_explanations_restate_gib_in_tokens_and_bytes():
+    text = explain(root_cause(KV_BUDGET_LOG), budget(2 * BLOCK))
+    assert "524,288 bytes (256 tokens x 2,048 B)" in text and "leaving 262,144 bytes (128 tokens)" in text
+    assert "needs 2 block(s) = 524,288 bytes" in text and "at least 786,432 bytes (kv_cache_tokens=384)" in text
+    assert "position table (wpe) has 256 rows" in explain(root_cause(MAX_LEN_LOG), budget(BLOCK * 10))
+
+
+METRICS_TEXT = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 3.0
+# HELP vllm:num_preemptions_total Cumulative number of preemption from the engine.
+# TYPE vllm:num_preemptions_total counter
+vllm:num_preemptions_total{engine="0",model_name="m"} 7.0
+# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig
+# TYPE vllm:cache_config_info gauge
+vllm:cache_config_info{block_size="128",engine="0",num_gpu_blocks="10"} 1.0
+"""
+
+
+def test_metrics_text_is_parsed_with_prometheus_client():
+    values = parse_metrics(METRICS_TEXT)
+    assert values == {"vllm:num_requests_running": 3.0, "vllm:num_preemptions_total": 7.0}
+    assert metric_labels(METRICS_TEXT, "vllm:cache_config_info")["num_gpu_blocks"] == "10"
+    assert metric_labels(METRICS_TEXT, "absent") == {}

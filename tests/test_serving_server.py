@@ -1,0 +1,429 @@
+"""A real vLLM server (CPU wheel in CI) serving an exported tinyformer model.
+
+Cost control (a vLLM start takes 25-60 s on 2 cores): one module-scoped server answers every
+request-level test, and the 20 start/stop cycles are mostly failures that happen early for real
+(refusals, vLLM's own start-up errors, interrupts and timeouts at different start-up stages) plus
+one full start interrupted mid-request. Every cycle scans the process table for survivors.
+"""
+
+from __future__ import annotations
+
+import _thread
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import torch
+
+from tinyformer.config import ModelConfig
+from tinyformer.export import export_hf
+from tinyformer.generate import generate
+from tinyformer.model import Transformer
+from tinyformer.paths import artifacts_dir
+from tinyformer.serving import (
+    MetricsSampler,
+    RequestRejected,
+    ServingConfigError,
+    VLLMServer,
+    VLLMStartupError,
+    complete,
+    read_metrics,
+    run_load,
+    tokenize,
+)
+from tinyformer.tokenizer import build_tokenizer
+
+pytestmark = pytest.mark.vllm
+
+API_KEY = "test-key"
+OUTPUT_TOKENS = 16
+
+
+def decisive_model(seed: int = 0) -> Transformer:
+    """The micro preset with large random weights: top logits lie far apart (so a batched and a solo
+    forward pass cannot break a near-tie differently) and the output depends on the prompt."""
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig.preset("micro", vocab_size=len(build_tokenizer())))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 2.0 / param.shape[1] ** 0.5)
+            if name.endswith("wte.weight"):
+                param.normal_(0.0, 1.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tokenizer = build_tokenizer()
+    model = decisive_model()
+    folder = export_hf(model, tokenizer, tmp_path_factory.mktemp("serving") / "micro")
+    return model, tokenizer, folder
+
+
+def random_prompts(tokenizer, n: int, seed: int = 0) -> list[str]:
+    words = [w for w in tokenizer.get_vocab() if not w.startswith("<")]
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(n)]
+
+
+# ----- finding survivors ---------------------------------------------------------------------
+
+
+def is_vllm(proc: psutil.Process) -> bool:
+    try:
+        return proc.name().startswith("VLLM::") or "vllm" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def vllm_leftovers(process_groups: list[int]) -> list[str]:
+    """Live processes in the given process groups, and vLLM processes anywhere below this test process."""
+    found = {}
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) in process_groups:
+                found[proc.pid] = f"{proc.pid} {proc.name()}"
+        except (psutil.Error, ProcessLookupError):
+            continue
+    for child in psutil.Process().children(recursive=True):
+        if is_vllm(child):
+            found[child.pid] = f"{child.pid} {child.name()} (child of the test)"
+    return sorted(found.values())
+
+
+def wait_for_no_leftovers(process_groups: list[int], seconds: float) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while (left := vllm_leftovers(process_groups)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+# ----- the shared server for request-level tests ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    _, _, folder = exported
+    srv = VLLMServer(folder, kv_cache_tokens=64 * 128, api_key=API_KEY, shared=False, progress=False)
+    with srv:
+        yield srv
+    assert vllm_leftovers([srv.pid]) == [], "a normal stop left processes behind"
+
+
+def test_reported_kv_capacity_is_the_prediction(server):
+    reported, predicted = server.reported, server.predicted
+    assert reported is not None, f"no KV line in {server.log_path}"
+    assert (reported.tokens, reported.max_concurrency) == (predicted.tokens, predicted.max_concurrency)
+    assert (reported.block_size, reported.num_blocks) == (128, predicted.num_blocks) == (128, 64)
+    assert server.log_path.parent == artifacts_dir() / "logs" and "KV cache size" in server.log_text()
+
+
+def test_binds_to_loopback_unless_told_otherwise(server):
+    listening = [
+        c.laddr
+        for c in psutil.Process(server.pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == server.port
+    ]
+    assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
+
+
+def test_api_key_guards_v1_but_not_health(server):
+    models = f"{server.api_url}/models"
+    assert httpx.get(models).status_code == 401
+    assert httpx.get(models, headers={"Authorization": "Bearer wrong-key"}).status_code == 401
+    assert httpx.post(f"{server.api_url}/completions", json={"model": server.model, "prompt": "the"}).status_code == 401
+    assert httpx.get(models, headers=server.headers).status_code == 200
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    assert httpx.get(f"{server.url}/metrics").status_code == 200
+    assert server.api_key not in " ".join(server.command())  # passed in the environment, invisible to `ps`
+
+
+def test_served_model_tokenizes_and_generates_like_tinyformer(server, exported):
+    model, tokenizer, _ = exported
+    served = httpx.get(f"{server.api_url}/models", headers=server.headers).json()["data"][0]
+    assert (served["id"], served["max_model_len"]) == ("micro", 256)
+    for prompt in random_prompts(tokenizer, 4, seed=1):
+        ids = tokenizer(prompt)["input_ids"]
+        assert tokenize(server, prompt) == ids
+        reply = complete(server, prompt, max_tokens=24, ignore_eos=True)
+        assert reply.prompt_token_ids == ids
+        assert reply.token_ids == generate(model, ids, 24).tokens[0], prompt
+
+
+def test_a_prompt_longer_than_max_model_len_is_refused_clearly(server):
+    with pytest.raises(RequestRejected, match=r"(?s)HTTP 400.*max_model_len is 256 tokens"):
+        complete(server, " ".join(["the cat"] * 150), max_tokens=4)  # 300 tokens
+
+
+def test_200_requests_at_concurrency_50_all_succeed_unmixed(server, exported):
+    _, tokenizer, _ = exported
+    distinct = random_prompts(tokenizer, 40, seed=2)
+    solo = {p: complete(server, p, max_tokens=OUTPUT_TOKENS, ignore_eos=True).token_ids for p in distinct}
+    assert len(set(map(tuple, solo.values()))) >= 20, "prompts must lead to different outputs for this to test mixing"
+    prompts = distinct * 5
+    random.Random(3).shuffle(prompts)
+
+    before = read_metrics(server)
+    with MetricsSampler(server, interval=0.05) as sampler:
+        result = run_load(server, prompts, concurrency=50, max_tokens=OUTPUT_TOKENS, ignore_eos=True)
+    assert result.failures == []
+    assert [r.prompt for r in result.replies] == prompts
+    mixed = [r.prompt for r in result.replies if r.token_ids != solo[r.prompt]]
+    assert mixed == [], f"{len(mixed)} responses differ from the same prompt sent alone"
+    assert result.max_in_flight == 50  # the semaphore let exactly 50 requests be open at once
+    assert sampler.max("vllm:num_requests_running") > 1  # the server really batched them
+    generated = wait_for_counter(server, "vllm:generation_tokens_total", before, 200 * OUTPUT_TOKENS)
+    assert generated == 200 * OUTPUT_TOKENS
+
+
+def wait_for_counter(server, name: str, before: dict, expected: float, seconds: float = 10.0) -> float:
+    """The counter's growth since ``before`` (the server updates its metrics just after answering)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        grown = read_metrics(server)[name] - before[name]
+        if grown >= expected or time.monotonic() > deadline:
+            return grown
+        time.sleep(0.2)
+
+
+def test_shared_server_from_environment_is_used_and_left_running(server, exported, monkeypatch):
+    _, _, folder = exported
+    monkeypatch.setenv("TINYFORMER_VLLM_URL", server.url + "/v1")
+    monkeypatch.setenv("TINYFORMER_VLLM_API_KEY", API_KEY)
+    with VLLMServer(folder) as shared:
+        assert shared.shared and shared.pid is None
+        assert shared.reported.tokens == server.reported.tokens and shared.model == "micro"
+        assert (
+            complete(shared, "the cat", max_tokens=4).token_ids == complete(server, "the cat", max_tokens=4).token_ids
+        )
+    assert server.is_running()
+    with pytest.raises(VLLMStartupError, match="runs with KV cache 8,192 tokens"):
+        VLLMServer(folder, kv_cache_tokens=1280).start()
+    monkeypatch.setenv("TINYFORMER_VLLM_API_KEY", "wrong-key")
+    with pytest.raises(VLLMStartupError, match="refused the API key"):
+        VLLMServer(folder).start()
+
+
+# ----- 20 start/stop cycles: nothing may survive --------------------------------------------
+
+
+@contextmanager
+def interrupt_when(condition, poll: float = 0.05):
+    """Raise KeyboardInterrupt in the main thread once ``condition()`` holds, as Jupyter's interrupt
+    button does (it sends SIGINT, which Python turns into KeyboardInterrupt in the main thread)."""
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            try:
+                if condition():
+                    _thread.interrupt_main()
+                    return
+            except Exception:  # the condition may look at a process that is not there yet
+                pass
+            done.wait(poll)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+def after(seconds: float):
+    start = time.monotonic()
+    return lambda server: time.monotonic() - start > seconds
+
+
+def has_process(prefix: str):
+    """True once a descendant of the server is named e.g. VLLM::EngineCore (the engine) or VLLM::Worker."""
+
+    def check(server) -> bool:
+        children = psutil.Process(server.pid).children(recursive=True)
+        return any(child.name().startswith(prefix) for child in children)
+
+    return check
+
+
+def small_server(folder, **kwargs) -> VLLMServer:
+    return VLLMServer(folder, **{"kv_cache_tokens": 1280, "shared": False, "progress": False, **kwargs})
+
+
+def refused(folder, tmp_path, **kwargs) -> list[int]:
+    with pytest.raises(ServingConfigError):
+        small_server(folder, **kwargs)
+    return []
+
+
+def refused_head_size(folder, tmp_path) -> list[int]:
+    odd = shutil.copytree(folder, tmp_path / "heads16")
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "n_head": 8}))  # head size 128 / 8 = 16
+    with pytest.raises(ServingConfigError, match="head size"):
+        small_server(odd)
+    return []
+
+
+def vllm_rejects(folder, tmp_path, match: str, **kwargs) -> list[int]:
+    server = small_server(folder, check=False, **kwargs)
+    with pytest.raises(VLLMStartupError, match=match) as error:
+        server.start()
+    assert "What it means" in str(error.value) and str(server.log_path) in str(error.value)
+    return [server.pid]
+
+
+def port_in_use(folder, tmp_path) -> list[int]:
+    with socket_listening() as port:
+        return vllm_rejects(folder, tmp_path, match="(?i)address already in use", port=port)
+
+
+@contextmanager
+def socket_listening():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def interrupted_start(folder, tmp_path, when) -> list[int]:
+    server = small_server(folder)
+    with pytest.raises(KeyboardInterrupt), interrupt_when(lambda: server.pid is not None and when(server)):
+        server.start()
+    return [server.pid]
+
+
+def timed_out(folder, tmp_path, seconds: float) -> list[int]:
+    server = small_server(folder, startup_timeout=seconds)
+    with pytest.raises(VLLMStartupError, match=f"not healthy after {seconds:.0f} s"):
+        server.start()
+    return [server.pid]
+
+
+def interrupted_twice(folder, tmp_path) -> list[int]:
+    """A second interrupt while stop() waits for a clean shutdown: it must kill instead of waiting."""
+    server = small_server(folder)
+    start = time.monotonic()
+    interrupts = []
+
+    def second_interrupt(srv) -> bool:
+        if not interrupts and time.monotonic() - start > 3:
+            interrupts.append(time.monotonic())
+            _thread.interrupt_main()
+            return False
+        return bool(interrupts) and time.monotonic() - interrupts[0] > 0.3
+
+    with pytest.raises(KeyboardInterrupt), interrupt_when(lambda: server.pid is not None and second_interrupt(server)):
+        server.start()
+    return [server.pid]
+
+
+def interrupted_mid_request(folder, tmp_path) -> list[int]:
+    server = small_server(folder, kv_cache_tokens=4096)
+    prompts = ["the cat near the dog"] * 64
+    with pytest.raises(KeyboardInterrupt), server:
+        with interrupt_when(lambda: read_metrics(server)["vllm:num_requests_running"] > 0):
+            run_load(server, prompts, concurrency=16, max_tokens=200, ignore_eos=True)
+    return [server.pid]
+
+
+CHILD_SCRIPT = """
+import sys, threading, time
+from tinyformer.serving import VLLMServer
+
+server = VLLMServer(sys.argv[1], kv_cache_tokens=1280, shared=False, progress=False)
+
+def print_pid_once_started():
+    while server.pid is None:
+        time.sleep(0.05)
+    print(server.pid, flush=True)
+
+if sys.argv[2] == "thread":  # we exit while start() runs in a thread: only the atexit finalizer can clean up
+    threading.Thread(target=server.start, daemon=True).start()
+    print_pid_once_started()
+    time.sleep(float(sys.argv[3]))
+else:  # start() in the main thread; the test SIGKILLs us, so no Python cleanup runs at all
+    threading.Thread(target=print_pid_once_started, daemon=True).start()
+    server.start()
+"""
+
+
+def child_python(folder, how: str, seconds: float = 0.0) -> tuple[subprocess.Popen, int]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD_SCRIPT, str(folder), how, str(seconds)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    return child, int(child.stdout.readline())
+
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def parent_exits(folder, tmp_path) -> list[int]:
+    child, pgid = child_python(folder, "thread", seconds=8)
+    assert child.wait(timeout=120) == 0
+    return [pgid]
+
+
+def parent_killed(folder, tmp_path) -> list[int]:
+    """SIGKILL (a crashed or force-restarted kernel): no Python cleanup runs; the kernel's parent-death
+    signal must still bring vLLM down."""
+    child, pgid = child_python(folder, "main")
+    deadline = time.monotonic() + 120
+    while not any(p.name().startswith("VLLM::Engine") for p in psutil.Process(pgid).children(recursive=True)):
+        assert time.monotonic() < deadline and child.poll() is None
+        time.sleep(0.2)
+    child.kill()
+    child.wait()
+    assert wait_for_no_leftovers([pgid], seconds=60) == []
+    return [pgid]
+
+
+CYCLES = {
+    "refused: head size 16": refused_head_size,
+    "refused: max_model_len > n_positions": lambda f, t: refused(f, t, max_model_len=512),
+    "refused: KV budget below one block": lambda f, t: refused(f, t, kv_cache_tokens=128),
+    "refused: KV budget below one request": lambda f, t: refused(f, t, kv_cache_tokens=256),
+    "vLLM rejects max_model_len": lambda f, t: vllm_rejects(f, t, "max_model_len \\(512\\)", max_model_len=512),
+    "vLLM rejects the KV budget": lambda f, t: vllm_rejects(f, t, "To serve at least one request", kv_cache_tokens=256),
+    "port already in use": port_in_use,
+    "interrupt after 0.5 s": lambda f, t: interrupted_start(f, t, after(0.5)),
+    "interrupt after 2 s": lambda f, t: interrupted_start(f, t, after(2)),
+    "interrupt after 5 s": lambda f, t: interrupted_start(f, t, after(5)),
+    "interrupt after 10 s": lambda f, t: interrupted_start(f, t, after(10)),
+    "interrupt once the engine process runs": lambda f, t: interrupted_start(f, t, has_process("VLLM::Engine")),
+    "interrupt once the worker process runs": lambda f, t: interrupted_start(f, t, has_process("VLLM::Worker")),
+    "start-up timeout 3 s": lambda f, t: timed_out(f, t, 3),
+    "start-up timeout 8 s": lambda f, t: timed_out(f, t, 8),
+    "second interrupt while stopping": interrupted_twice,
+    "interrupt mid-request": interrupted_mid_request,
+    "interpreter exit while starting": parent_exits,
+    "parent SIGKILLed while starting": parent_killed,
+    "interrupt after 15 s": lambda f, t: interrupted_start(f, t, after(15)),
+}
+
+
+def test_there_are_twenty_cycles():
+    assert len(CYCLES) == 20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cycle", list(CYCLES))
+def test_start_stop_cycle_leaves_no_process(cycle, exported, tmp_path):
+    _, _, folder = exported
+    process_groups = CYCLES[cycle](folder, tmp_path)
+    assert vllm_leftovers(process_groups) == []

@@ -1,0 +1,127 @@
+"""The widgets' numbers come from the tested pure functions; controls update them; a static PNG is attached."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import torch
+
+from tinyformer import ModelConfig, Transformer, build_tokenizer, memory
+from tinyformer.generate import generate
+from tinyformer.widgets import AttentionExplorer, BudgetCalculator, explorer_numbers, kv_cache_stepper, trace_generation
+from tinyformer.widgets.base import Debouncer
+from tinyformer.widgets.budget import CPU_BACKEND, TINY_MODEL
+
+PNG_MAGIC = b"\x89PNG"
+
+
+def shown(widget, css: str) -> str:
+    """The data-value of the number with CSS class ``css`` in the widget's numbers panel."""
+    html = widget.numbers.value
+    start = html.index(f'class="{css}" data-value="') + len(f'class="{css}" data-value="')
+    return html[start : html.index('"', start)]
+
+
+def test_explorer_numbers_are_the_memory_formulas():
+    x = explorer_numbers(4096, 32, 32, 2, "bf16", 128, 80 * memory.GiB)
+    assert x.scores_per_layer == memory.attention_scores_bytes(4096, 32, 2, "bf16") == 2 * 32 * 4096**2 * 2
+    assert x.scores_all_layers == 32 * x.scores_per_layer
+    assert x.kv_cache == memory.kv_cache_bytes(4096, 32, 32, 128, "bf16", batch=2)
+    # the longest n whose one-layer score matrix fits: 2 x 32 x n^2 x 2 bytes <= 80 GiB
+    assert 128 * x.longest_fitting_n**2 <= 80 * memory.GiB < 128 * (x.longest_fitting_n + 1) ** 2
+
+
+def test_explorer_updates_its_numbers_when_a_slider_moves():
+    widget = AttentionExplorer(seq_len=1024, n_head=4, n_layer=2, batch=1, dtype="fp32", head_dim=32, measure=False)
+    assert int(shown(widget, "tf-scores")) == memory.attention_scores_bytes(1024, 4, 1, "fp32")
+    widget.seq_len.value = 2048  # no event loop here, so the debounced update runs at once
+    assert int(shown(widget, "tf-scores")) == memory.attention_scores_bytes(2048, 4, 1, "fp32")
+    assert int(shown(widget, "tf-kv")) == memory.kv_cache_bytes(2048, 2, 4, 32, "fp32")
+    assert bytes(widget.image.value).startswith(PNG_MAGIC)
+
+
+def test_explorer_measures_small_settings_on_this_machine():
+    widget = AttentionExplorer(seq_len=256, n_head=2, n_layer=1, batch=1, dtype="fp32", head_dim=32, measure=True)
+    from tinyformer.widgets.attention import measured_scores
+
+    measured = measured_scores(256, 2, 1, "fp32", 32)
+    assert measured == pytest.approx(memory.attention_scores_bytes(256, 2, 1, "fp32"), rel=0.02)
+    assert measured_scores(131072, 64, 64, "fp32", 128) is None  # too big to run: no point plotted
+    assert bytes(widget.image.value).startswith(PNG_MAGIC)
+
+
+def test_widgets_carry_a_static_png_for_readers_without_a_widget_front_end():
+    widget = AttentionExplorer(measure=False)
+    bundle = widget._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert base64.b64decode(bundle["image/png"]).startswith(PNG_MAGIC)
+
+
+def test_budget_calculator_shows_vllms_line_for_the_tiny_model_on_cpu():
+    widget = BudgetCalculator(model=TINY_MODEL, gpu=CPU_BACKEND, dtype="fp32", max_model_len=256,
+                              kv_cache_memory_bytes=2_621_440)
+    assert "CPU KV cache size: 1,280 tokens, Maximum concurrency for 256 tokens per request: 5.00x" in widget.numbers.value
+    assert 'data-tokens="1280"' in widget.numbers.value
+
+
+def test_budget_calculator_follows_its_controls_and_names_the_cheapest_fix():
+    widget = BudgetCalculator(model="Llama-3.1-8B", gpu="L4 24 GB", max_model_len=8192)
+    assert widget.plan() == memory.plan_serving("Llama-3.1-8B", "L4 24 GB", max_model_len=8192)
+    assert 'class="tf-fix"' not in widget.numbers.value
+    widget.max_model_len.value = 131072
+    plan = memory.plan_serving("Llama-3.1-8B", "L4 24 GB", max_model_len=131072)
+    assert "To serve at least one request" in widget.numbers.value
+    assert memory.cheapest_fix(plan).change in widget.numbers.value
+    widget.model.value = "Llama-3.1-70B"
+    assert "out of memory while loading the weights" in widget.numbers.value
+
+
+def test_kv_trace_gives_generates_tokens_and_grows_one_row_per_step():
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    model = Transformer(ModelConfig.preset("nano", vocab_size=len(tokenizer))).eval()
+    prompt = tokenizer.encode("the cat near the dogs")
+    trace = trace_generation(model, prompt, 8)
+    assert trace.tokens == generate(model, [prompt], 8).tokens[0]
+    assert [s.cache_len for s in trace.steps] == list(range(len(prompt), len(prompt) + 8))
+    for step in trace.steps:
+        assert step.nbytes == trace.bytes_per_token * step.cache_len
+        assert all(shape[2] == step.cache_len for shape in step.key_shapes)
+        for layer_weights in step.attention:  # [nh, S]: the newest token's weights over the cache
+            assert layer_weights.shape == (2, step.cache_len)
+            assert layer_weights.sum(axis=-1) == pytest.approx([1.0, 1.0], abs=1e-5)
+
+
+def test_kv_stepper_shows_the_cache_at_the_chosen_step():
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    model = Transformer(ModelConfig.preset("nano", vocab_size=len(tokenizer))).eval()
+    widget = kv_cache_stepper(model, tokenizer, "the cat near the dogs", max_new_tokens=6)
+    assert shown(widget, "tf-cache-len") == "5"
+    widget.step.value = 3
+    assert shown(widget, "tf-cache-len") == "8"
+    assert int(shown(widget, "tf-cache-bytes")) == widget.trace.bytes_per_token * 8
+
+
+def test_kv_trace_refuses_a_sequence_past_the_position_table():
+    model = Transformer(ModelConfig.preset("nano", vocab_size=60))
+    with pytest.raises(ValueError, match="n_positions=128"):
+        trace_generation(model, [1] * 120, 20)
+
+
+def test_debouncer_runs_at_once_without_an_event_loop_and_once_per_burst_with_one():
+    import asyncio
+
+    calls = []
+    debounced = Debouncer(lambda: calls.append(1), delay=0.01)
+    debounced()
+    assert calls == [1]
+
+    async def burst():
+        for _ in range(5):
+            debounced()
+        await asyncio.sleep(0.05)
+
+    asyncio.run(burst())
+    assert calls == [1, 1]

@@ -1,0 +1,216 @@
+"""`tinyformer workshop serve`: the KV cache sized for a class, clear refusals, and one real server that holds a
+simulated class of 50 learners running the batching lesson at once.
+
+Cost control: one real vLLM start (the command itself, as an instructor runs it), shared by every vllm test
+of this module; it is stopped with SIGTERM by the last test, which checks that nothing survives it.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tinyformer.checks.models import tiny_model
+from tinyformer.export import export_hf
+from tinyformer.memory import GiB
+from tinyformer.serving import ServingConfigError, VLLMServer, read_metrics
+from tinyformer.serving.server import API_KEY_ENV, URL_ENV, free_port
+from tinyformer.tokenizer import build_tokenizer
+from tinyformer.workshop.classload import batching_cell, simulate_class
+from tinyformer.workshop.classroom import (
+    NULL_BLOCKS,
+    format_status,
+    learner_env,
+    learner_url,
+    plan_class,
+)
+
+LEARNERS = 50
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The micro preset's shape (head size 32, as vLLM's CPU kernel needs) with large random weights: top
+    logits lie far apart, so a request batched with 49 others and sent alone cannot break a near-tie
+    differently, and different prompts get different outputs."""
+    tokenizer = build_tokenizer()
+    model = tiny_model(seed=0, vocab_size=len(tokenizer), n_positions=256, n_embd=128, n_head=4)
+    return export_hf(model, tokenizer, tmp_path_factory.mktemp("workshop") / "micro-random")
+
+
+# ----- sizing, without a server ------------------------------------------------------------------
+
+
+def test_kv_cache_is_sized_for_every_learner_at_once(model_dir):
+    plan = plan_class(model_dir, learners=30, tokens_per_request=256, available_bytes=64 * GiB)
+    per_token = 2 * 1 * 128 * 4  # K and V x n_layer x n_embd x float32
+    assert plan.blocks_per_learner == 2  # 256 tokens = two blocks of 128
+    assert plan.kv_cache_tokens == (30 * 2 + NULL_BLOCKS) * 128 == 7808
+    assert plan.kv_cache_bytes == 7808 * per_token
+    assert plan.budget.usable_blocks == 30 * 2  # every learner's request fits, next to vLLM's placeholder
+    assert plan.fits
+    plan.check()
+
+
+def test_partial_blocks_round_up(model_dir):
+    plan = plan_class(model_dir, learners=3, tokens_per_request=129, available_bytes=64 * GiB)
+    assert plan.kv_cache_tokens == (3 * 2 + 1) * 128  # 129 tokens still take two whole blocks
+
+
+def test_a_class_that_does_not_fit_is_refused_with_what_to_change(model_dir):
+    plan = plan_class(model_dir, learners=30, tokens_per_request=256, available_bytes=2 * GiB, reserve_bytes=GiB)
+    plan_ok = plan_class(model_dir, learners=30, tokens_per_request=256, available_bytes=3 * GiB, reserve_bytes=GiB)
+    assert plan_ok.fits
+    tight = plan_class(
+        model_dir,
+        learners=30,
+        tokens_per_request=256,
+        reserve_bytes=0,
+        available_bytes=plan.weight_bytes + 11 * plan.budget.bytes_per_block,
+    )
+    with pytest.raises(ServingConfigError, match=r"does not fit in memory.*at most 5 fit"):
+        tight.check()  # 11 blocks: 1 placeholder + 5 learners x 2 blocks
+    with pytest.raises(ServingConfigError, match=r"more than max_model_len=256"):
+        plan_class(model_dir, learners=2, tokens_per_request=300, available_bytes=64 * GiB).check()
+
+
+def test_status_line_and_learner_variables():
+    line = format_status(
+        {
+            "vllm:num_requests_running": 4,
+            "vllm:num_requests_waiting": 27,
+            "vllm:kv_cache_usage_perc": 0.5,
+            "vllm:num_preemptions_total": 2,
+            "vllm:prompt_tokens_total": 1234,
+            "vllm:generation_tokens_total": 5678,
+        }
+    )
+    assert line == "running 4 | waiting 27 | KV cache 50.0% | preempted 2 | tokens in 1,234 / out 5,678"
+    assert learner_env("http://10.0.0.5:8000", "k3y") == (
+        f"export {URL_ENV}=http://10.0.0.5:8000\nexport {API_KEY_ENV}=k3y"
+    )
+    assert learner_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
+    assert not learner_url("0.0.0.0", 8000).startswith("http://0.0.0.0")  # a reachable address instead
+
+
+def test_the_simulated_class_refuses_a_remote_server():
+    class Remote:
+        url = "http://10.1.2.3:8000"
+
+    with pytest.raises(ValueError, match="only loads a server on this machine"):
+        simulate_class(Remote(), batching_cell(), learners=2)
+
+
+# ----- one real server, started by the command --------------------------------------------------
+
+
+class ServeCommand:
+    """`python -m tinyformer.workshop serve ...` in the background, its output read line by line."""
+
+    def __init__(self, model_dir, port: int):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop(URL_ENV, None)
+        args = ["--learners", str(LEARNERS), "--tokens-per-request", "64", "--port", str(port), "--status-every", "0.5"]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tinyformer.workshop", "serve", str(model_dir), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, seconds: float) -> re.Match:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for line in self.seen:
+                if match := re.search(pattern, line):
+                    return match
+            try:
+                self.seen.append(self.lines.get(timeout=1.0))
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    break
+        raise AssertionError(f"no line matching {pattern!r}; output so far:\n" + "\n".join(self.seen))
+
+
+@pytest.fixture(scope="module")
+def class_server(model_dir):
+    command = ServeCommand(model_dir, free_port())
+    try:
+        url = command.wait_for(rf"export {URL_ENV}=(\S+)", seconds=300).group(1)
+        key = command.wait_for(rf"export {API_KEY_ENV}=(\S+)", seconds=5).group(1)
+        yield command, url, key
+    finally:
+        if command.process.poll() is None:  # the last test stops it; this only cleans up after a failure
+            command.process.send_signal(signal.SIGTERM)
+            command.process.wait(timeout=60)
+
+
+@pytest.mark.vllm
+def test_the_server_announces_its_plan_key_and_variables(class_server):
+    command, url, key = class_server
+    assert url.startswith("http://127.0.0.1:")  # the default binds this machine only
+    assert len(key) >= 20  # secrets.token_urlsafe(16)
+    predicted = command.wait_for(r"KV cache predicted: (.*)", 5).group(1)
+    reported = command.wait_for(r"KV cache reported:\s+(.*)", 5).group(1)
+    assert (
+        predicted
+        == reported
+        == (
+            f"CPU KV cache size: {(LEARNERS + 1) * 128:,} tokens, Maximum concurrency for 256 tokens per request: "
+            f"{(LEARNERS + 1) / 2:.2f}x"
+        )
+    )
+    assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 401
+    assert httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200
+
+
+@pytest.mark.vllm
+def test_fifty_learners_run_the_batching_cell_at_once(class_server, model_dir, monkeypatch, capsys):
+    _, url, key = class_server
+    monkeypatch.setenv(URL_ENV, url)  # exactly what a learner's notebook does with the shared server
+    monkeypatch.setenv(API_KEY_ENV, key)
+    server = VLLMServer(model_dir, progress=False).start()
+    assert server.shared and server.api_key == key
+
+    report = simulate_class(server, batching_cell(), learners=LEARNERS)
+    with capsys.disabled():
+        print(f"\n{LEARNERS} simulated learners against one server:\n{report.table()}")
+    assert report.failures == 0, report.first_failure
+    assert report.requests == LEARNERS * len(batching_cell().prompts)
+    assert report.all_match_solo, f"{LEARNERS - report.learners_matching_solo} learners got other tokens"
+    assert report.running_peak > 1  # the server batched learners' requests together
+    assert 0 < report.kv_usage_peak <= 1
+    assert report.latency(50) <= report.latency(95)
+
+
+@pytest.mark.vllm
+def test_status_line_follows_the_load_and_sigterm_stops_everything(class_server):
+    command, url, _ = class_server
+    command.wait_for(r"running \d+ \| waiting \d+ \| KV cache [\d.]+% .*\| peak KV [1-9][\d.]*%", seconds=30)
+    vllm = [p for p in psutil.Process(command.process.pid).children(recursive=True)]
+    assert vllm, "the command started no server process"
+    assert read_metrics(url)["vllm:num_requests_running"] == 0  # the class has finished
+
+    command.process.send_signal(signal.SIGTERM)
+    assert command.process.wait(timeout=60) == 0
+    gone, alive = psutil.wait_procs(vllm, timeout=30)
+    assert alive == [], f"still running after the command exited: {alive}"
+    command.wait_for(r"stopping vLLM", seconds=5)
