@@ -116,14 +116,10 @@ def main(argv=None) -> int:
     for n in sizes:
         naive, fused = by_key["naive", n], by_key["fused", n]
 
-        def show(row, key, fmt):
-            return "OOM" if row["error"] else fmt(row[key])
-
-        print(
-            f"{n:>6} {memory.format_bytes(memory.attention_scores_bytes(n, HEADS, BATCH, DTYPE)):>17} "
-            f"{show(naive, 'peak_bytes', memory.format_bytes):>12} {show(fused, 'peak_bytes', memory.format_bytes):>12} "
-            f"{show(naive, 'ms', lambda x: f'{x:.3f}'):>9} {show(fused, 'ms', lambda x: f'{x:.3f}'):>9}"
-        )
+        scores = memory.format_bytes(memory.attention_scores_bytes(n, HEADS, BATCH, DTYPE))
+        peaks = [("OOM" if r["error"] else memory.format_bytes(r["peak_bytes"])) for r in (naive, fused)]
+        times = [("OOM" if r["error"] else f"{r['ms']:.3f}") for r in (naive, fused)]
+        print(f"{n:>6} {scores:>17} {peaks[0]:>12} {peaks[1]:>12} {times[0]:>9} {times[1]:>9}")
     print(f"wrote {args.out}")
     return 0
 

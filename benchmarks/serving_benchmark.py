@@ -1,6 +1,6 @@
 """Serving targets, measured on this machine with a real vLLM server and the lesson's model.
 
-    python benchmarks/serving_benchmark.py [--preset micro] [--requests 64] [--tokens 64]
+    python benchmarks/serving_benchmark.py [--preset nano] [--requests 64] [--tokens 64]
 
 Prints one table:
   * how long the server takes to become healthy (target <= 45 s on a 2-core CPU);
@@ -55,10 +55,10 @@ def sequential_tinyformer(model, tokenizer, prompts, tokens) -> float:
 
 def kv_rows(export_dir) -> list[tuple]:
     configs = [
-        dict(max_model_len=256, kv_cache_tokens=10 * BLOCK),
-        dict(max_model_len=128, kv_cache_tokens=1000),  # rounded up to 8 blocks
-        dict(max_model_len=200, kv_cache_tokens=10 * BLOCK),  # 2 blocks per request -> 5 x 200 tokens
-        dict(max_model_len=256, kv_cache_tokens=10 * BLOCK, tensor_parallel_size=2),
+        dict(max_model_len=128, kv_cache_tokens=10 * BLOCK),
+        dict(max_model_len=100, kv_cache_tokens=1000),  # rounded up to 8 blocks, 1 block per request
+        dict(max_model_len=128, kv_cache_tokens=320, block_size=32),  # 4 blocks per request
+        dict(max_model_len=128, kv_cache_bytes=1_310_720, tensor_parallel_size=2),  # 10 blocks of bytes per worker
     ]
     rows = []
     for config in configs:
@@ -73,7 +73,7 @@ def kv_rows(export_dir) -> list[tuple]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="micro")
+    parser.add_argument("--preset", default="nano", help="the lessons serve nano (default)")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=64, help="generated tokens per request")
     args = parser.parse_args()
@@ -86,8 +86,10 @@ def main() -> None:
     rows.append(("vLLM c64 / tinyformer sequential", f"{vllm_rate / own_rate:.1f}x", "report", None))
     rows += kv_rows(export_dir)
 
-    print(f"\nserving benchmark: preset {args.preset}, {args.requests} requests x {args.tokens} tokens, "
-          f"{torch.get_num_threads()} torch threads")
+    print(
+        f"\nserving benchmark: preset {args.preset}, {args.requests} requests x {args.tokens} tokens, "
+        f"{torch.get_num_threads()} torch threads"
+    )
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'measured':>20}  {'target / predicted':>20}  ok")
     for name, value, target, ok in rows:

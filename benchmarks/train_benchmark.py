@@ -1,6 +1,6 @@
 """Training targets of the core package, measured in one run and printed as a table.
 
-(a) The nano preset trained from scratch with the default recipe: final validation loss next to the
+(a) The nano preset trained from scratch with its recipe (TrainConfig.for_preset): final validation loss next to the
     corpus's exact Bayes floor on the same windows, the gap, and the seconds it took.
     Target: gap <= 0.05 nats/token within 60 s on 2 CPU cores.
 (b) One training step (forward, cross-entropy, backward, SGD update) of tinyformer.Transformer vs
@@ -29,14 +29,8 @@ from tinyformer.train import TrainConfig, lm_loss, train
 GAP_TARGET, SECONDS_TARGET, RATIO_TARGET = 0.05, 60.0, 1.1
 
 
-def recipe(preset: str) -> TrainConfig:
-    """The preset's tuned recipe when train.py has one, else the defaults."""
-    for_preset = getattr(TrainConfig, "for_preset", None)
-    return for_preset(preset) if for_preset is not None else TrainConfig()
-
-
 def loss_vs_floor(stream: TokenStream, preset: str = "nano") -> dict:
-    cfg = recipe(preset)
+    cfg = TrainConfig.for_preset(preset)
     torch.manual_seed(cfg.seed)
     model = Transformer(ModelConfig.preset(preset, vocab_size=len(stream.tokenizer)))
     result = train(model, stream, cfg, progress=False)
@@ -74,7 +68,7 @@ def step_timer(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
 
 
 def step_time_vs_gpt2(stream: TokenStream, preset: str, repeats: int, steps: int) -> dict:
-    cfg = recipe(preset)
+    cfg = TrainConfig.for_preset(preset)
     torch.manual_seed(0)
     ours = Transformer(ModelConfig.preset(preset, vocab_size=len(stream.tokenizer)))
     hf = to_hf_gpt2(ours)  # a copy of the same weights

@@ -113,3 +113,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         why = f"marked {', '.join(marked)}" if marked else "a dependency failed to import"
         report.outcome = "failed"
         report.longrepr = f"CI=true forbids this skip ({why}): {reason}"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The test models are tiny: extra threads only wait on each other (4x slower on a busy 2-core box)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

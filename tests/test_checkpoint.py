@@ -137,11 +137,6 @@ def test_foreign_config_fields(saved):
         load_checkpoint(saved)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checkpoint.py load_checkpoint reads payload['config'] / ['state_dict'] / ['tokenizer'] unchecked: "
-    "a file with the right format tag but a missing entry raises KeyError. Check the keys and raise ValueError.",
-)
 def test_checkpoint_with_a_missing_entry(saved):
     edit_payload(saved, lambda p: p.pop("tokenizer"))
     with pytest.raises(ValueError, match="tokenizer"):

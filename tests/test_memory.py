@@ -7,7 +7,6 @@ import pytest
 
 from tinyformer import memory
 
-
 # ---- KV cache: bytes per token and vLLM's capacity ------------------------------------------------
 
 
@@ -70,8 +69,9 @@ def test_bad_sizes_raise_a_clear_value_error(call):
 # ---- weights and score matrix ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("dtype", "expected"), [("fp32", 400), ("bf16", 200), ("fp16", 200), ("fp8", 100),
-                                                 ("int8", 100), ("int4", 50)])
+@pytest.mark.parametrize(
+    ("dtype", "expected"), [("fp32", 400), ("bf16", 200), ("fp16", 200), ("fp8", 100), ("int8", 100), ("int4", 50)]
+)
 def test_weight_bytes_by_dtype(dtype, expected):
     assert memory.weight_bytes(100, dtype) == expected
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 
@@ -74,7 +76,7 @@ def test_kv_cache_grows_by_one_token_per_step():
     sizes = []
     generate(model, [[5, 6, 7]], 5, on_step=lambda step, cache: sizes.append(cache.nbytes))
     per_token = memory.kv_bytes_per_token(config.n_layer, config.n_head, config.head_dim, "fp32")
-    assert [b - a for a, b in zip(sizes, sizes[1:])] == [per_token] * 4
+    assert [b - a for a, b in pairwise(sizes)] == [per_token] * 4
 
 
 @pytest.mark.gpu

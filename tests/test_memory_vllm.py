@@ -20,11 +20,13 @@ def test_calculator_predicts_the_kv_tokens_the_real_cpu_server_reports(tmp_path)
 
     # Not round numbers on purpose: 7 blocks and some spare bytes, and a max_model_len that is not a
     # multiple of the 128-token block, so the prediction must follow vLLM's rounding exactly.
-    bytes_per_block = memory.CPU_BLOCK_SIZE * memory.kv_bytes_per_token(config.n_layer, config.n_head,
-                                                                         config.head_dim, "fp32")
+    bytes_per_block = memory.CPU_BLOCK_SIZE * memory.kv_bytes_per_token(
+        config.n_layer, config.n_head, config.head_dim, "fp32"
+    )
     kv_bytes, max_model_len = 7 * bytes_per_block + 12_345, 200
-    calculator = BudgetCalculator(model=TINY_MODEL, gpu=CPU_BACKEND, dtype="fp32", max_model_len=256,
-                                  kv_cache_memory_bytes=kv_bytes)
+    calculator = BudgetCalculator(
+        model=TINY_MODEL, gpu=CPU_BACKEND, dtype="fp32", max_model_len=256, kv_cache_memory_bytes=kv_bytes
+    )
     calculator.max_model_len.options = [*calculator.max_model_len.options, max_model_len]
     calculator.max_model_len.value = max_model_len
     predicted = calculator.plan()
@@ -32,8 +34,9 @@ def test_calculator_predicts_the_kv_tokens_the_real_cpu_server_reports(tmp_path)
 
     from tinyformer.serving import VLLMServer
 
-    with VLLMServer(export_dir, max_model_len=max_model_len, kv_cache_bytes=kv_bytes, dtype="float32",
-                    progress=False, shared=False) as server:
+    with VLLMServer(
+        export_dir, max_model_len=max_model_len, kv_cache_bytes=kv_bytes, dtype="float32", progress=False, shared=False
+    ) as server:
         reported = server.reported
     assert reported is not None, "vLLM did not log its KV cache size"
     assert reported.device == "CPU"

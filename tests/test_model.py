@@ -305,11 +305,6 @@ def test_integer_dtypes_that_are_accepted_work(model, config, dtype):
     torch.testing.assert_close(model(ids.to(dtype)), model(ids), atol=0, rtol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model.py _check_ids accepts uint8/int16, which nn.Embedding rejects with a RuntimeError; "
-    "accept only torch.long/torch.int (or cast with ids.long()).",
-)
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int16])
 def test_small_integer_dtypes_work_or_get_a_clear_error(model, config, dtype):
     ids = seeded_ids(config, batch=1, length=4)
@@ -319,11 +314,6 @@ def test_small_integer_dtypes_work_or_get_a_clear_error(model, config, dtype):
         assert "dtype" in str(err)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model.py _check_positions checks only the largest position; a negative one raises IndexError "
-    "from nn.Embedding. Also check position_ids.min() >= 0 (and its shape equals ids').",
-)
 def test_negative_position_ids(model, config):
     ids = seeded_ids(config, batch=1, length=3)
     with pytest.raises(ValueError, match="position -1"):

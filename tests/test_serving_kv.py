@@ -145,6 +145,15 @@ def test_root_cause_is_vllms_specific_line_not_the_wrapper():
     assert root_cause("all fine\n") is None
 
 
+def test_colour_codes_do_not_hide_the_log_level():
+    coloured = (
+        "\x1b[0;36m(APIServer pid=29806)\x1b[0;0m \x1b[33mWARNING\x1b[0m \x1b[90m11-23 11:40:31\x1b[0m "
+        "\x1b[90m[system_utils.py:255]\x1b[0m fd limit errors like `OSError: [Errno 24] Too many open files`.\n"
+    )
+    assert root_cause(coloured + MAX_LEN_LOG.split("\n", 1)[1]).startswith("User-specified max_model_len (512)")
+    assert parse_kv_report("\x1b[0;36m(EngineCore pid=1)\x1b[0;0m INFO " + KV_LOG.split(" INFO ", 1)[1]).tokens == 1280
+
+
 def test_explanations_restate_gib_in_tokens_and_bytes():
     text = explain(root_cause(KV_BUDGET_LOG), budget(2 * BLOCK))
     assert "524,288 bytes (256 tokens x 2,048 B)" in text and "leaving 262,144 bytes (128 tokens)" in text

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tinyformer.config import ModelConfig
+from tinyformer.config import PRESETS, ModelConfig
 from tinyformer.data import Corpus, TokenStream
 from tinyformer.model import Transformer
 from tinyformer.tokenizer import build_tokenizer
@@ -91,6 +91,19 @@ def test_adamw_also_trains(stream):
     cfg = replace(TINY, optimizer="adamw", lr=1e-2)
     result = train(tiny_model(stream), stream, cfg, progress=False)
     assert result.val_loss[-1] < result.train_loss[0] - 0.5
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_has_a_recipe_that_fits_it(preset):
+    cfg = TrainConfig.for_preset(preset, steps=7)
+    assert cfg.steps == 7
+    assert cfg.block_size <= PRESETS[preset]["n_positions"]
+    assert cfg.optimizer == "sgd"
+
+
+def test_unknown_recipe():
+    with pytest.raises(ValueError, match=r"no training recipe for preset 'huge'; choose one of \['micro', 'nano'\]"):
+        TrainConfig.for_preset("huge")
 
 
 def test_lm_loss_is_mean_next_token_cross_entropy():

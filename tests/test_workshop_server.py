@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
+import nbformat
 import psutil
 import pytest
 
-from tinyformer.checks.models import tiny_model
-from tinyformer.export import export_hf
+from tinyformer.data import Corpus
 from tinyformer.memory import GiB
 from tinyformer.serving import ServingConfigError, VLLMServer, read_metrics
+from tinyformer.serving.prepare import lesson_export
 from tinyformer.serving.server import API_KEY_ENV, URL_ENV, free_port
-from tinyformer.tokenizer import build_tokenizer
 from tinyformer.workshop.classload import batching_cell, simulate_class
 from tinyformer.workshop.classroom import (
     NULL_BLOCKS,
@@ -36,51 +38,44 @@ from tinyformer.workshop.classroom import (
 )
 
 LEARNERS = 50
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """The micro preset's shape (head size 32, as vLLM's CPU kernel needs) with large random weights: top
-    logits lie far apart, so a request batched with 49 others and sent alone cannot break a near-tie
-    differently, and different prompts get different outputs."""
-    tokenizer = build_tokenizer()
-    model = tiny_model(seed=0, vocab_size=len(tokenizer), n_positions=256, n_embd=128, n_head=4)
-    return export_hf(model, tokenizer, tmp_path_factory.mktemp("workshop") / "micro-random")
+def model_dir():
+    """The model lessons 07-09 serve: the trained nano checkpoint, exported (trained first if there is none)."""
+    return lesson_export("nano", progress=False)[2]
 
 
 # ----- sizing, without a server ------------------------------------------------------------------
 
 
 def test_kv_cache_is_sized_for_every_learner_at_once(model_dir):
-    plan = plan_class(model_dir, learners=30, tokens_per_request=256, available_bytes=64 * GiB)
-    per_token = 2 * 1 * 128 * 4  # K and V x n_layer x n_embd x float32
-    assert plan.blocks_per_learner == 2  # 256 tokens = two blocks of 128
-    assert plan.kv_cache_tokens == (30 * 2 + NULL_BLOCKS) * 128 == 7808
-    assert plan.kv_cache_bytes == 7808 * per_token
-    assert plan.budget.usable_blocks == 30 * 2  # every learner's request fits, next to vLLM's placeholder
+    plan = plan_class(model_dir, learners=30, tokens_per_request=128, available_bytes=64 * GiB)
+    per_token = 2 * 2 * 64 * 4  # K and V x n_layer x n_embd x float32
+    assert plan.max_model_len == 128  # the model's n_positions, what the lessons' servers use
+    assert plan.blocks_per_learner == 1  # 128 tokens = one block of 128
+    assert plan.kv_cache_tokens == (30 * 1 + NULL_BLOCKS) * 128 == 3968
+    assert plan.kv_cache_bytes == 3968 * per_token
+    assert plan.budget.usable_blocks == 30  # every learner's request fits, next to vLLM's placeholder
+    assert plan.budget.max_concurrency == 31.0
     assert plan.fits
     plan.check()
 
 
 def test_partial_blocks_round_up(model_dir):
-    plan = plan_class(model_dir, learners=3, tokens_per_request=129, available_bytes=64 * GiB)
-    assert plan.kv_cache_tokens == (3 * 2 + 1) * 128  # 129 tokens still take two whole blocks
+    plan = plan_class(model_dir, learners=3, tokens_per_request=20, available_bytes=64 * GiB)
+    assert plan.kv_cache_tokens == (3 * 1 + 1) * 128  # 20 tokens still take a whole block
 
 
 def test_a_class_that_does_not_fit_is_refused_with_what_to_change(model_dir):
-    plan = plan_class(model_dir, learners=30, tokens_per_request=256, available_bytes=2 * GiB, reserve_bytes=GiB)
-    plan_ok = plan_class(model_dir, learners=30, tokens_per_request=256, available_bytes=3 * GiB, reserve_bytes=GiB)
-    assert plan_ok.fits
-    tight = plan_class(
-        model_dir,
-        learners=30,
-        tokens_per_request=256,
-        reserve_bytes=0,
-        available_bytes=plan.weight_bytes + 11 * plan.budget.bytes_per_block,
-    )
-    with pytest.raises(ServingConfigError, match=r"does not fit in memory.*at most 5 fit"):
-        tight.check()  # 11 blocks: 1 placeholder + 5 learners x 2 blocks
-    with pytest.raises(ServingConfigError, match=r"more than max_model_len=256"):
+    fits = plan_class(model_dir, learners=30, available_bytes=3 * GiB, reserve_bytes=GiB)
+    assert fits.fits
+    block = fits.budget.bytes_per_block
+    tight = plan_class(model_dir, learners=30, reserve_bytes=0, available_bytes=fits.weight_bytes + 11 * block)
+    with pytest.raises(ServingConfigError, match=r"does not fit in memory.*at most 10 fit"):
+        tight.check()  # 11 blocks: vLLM's placeholder + 10 learners
+    with pytest.raises(ServingConfigError, match=r"more than max_model_len=128"):
         plan_class(model_dir, learners=2, tokens_per_request=300, available_bytes=64 * GiB).check()
 
 
@@ -103,6 +98,24 @@ def test_status_line_and_learner_variables():
     assert not learner_url("0.0.0.0", 8000).startswith("http://0.0.0.0")  # a reachable address instead
 
 
+def test_the_simulated_cell_is_notebook_09s_batching_cell():
+    """Same prompts (the notebook's own lines, run here), same concurrency, output length and options."""
+    notebook = next((REPO / "notebooks").glob("09_*.ipynb"))
+    cells = [c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
+    setup = next(source for source in cells if "Corpus(seed=" in source)
+    namespace = {"random": random, "Corpus": Corpus}
+    for line in setup.splitlines():
+        if line.startswith(("rng = ", "prompts = ")):
+            exec(line, namespace)
+    batching = next(source for source in cells if "run_load(server, checked" in source)
+    count = int(re.search(r"checked = prompts\[:(\d+)\]", batching).group(1))
+    call = re.search(r"run_load\(server, checked, concurrency=(\d+), max_tokens=(\d+), ignore_eos=True\)", batching)
+    cell = batching_cell()
+    assert cell.prompts == tuple(namespace["prompts"][:count])
+    assert (cell.concurrency, cell.max_tokens) == tuple(map(int, call.groups()))
+    assert cell.extra == {"ignore_eos": True}
+
+
 def test_the_simulated_class_refuses_a_remote_server():
     class Remote:
         url = "http://10.1.2.3:8000"
@@ -120,7 +133,7 @@ class ServeCommand:
     def __init__(self, model_dir, port: int):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop(URL_ENV, None)
-        args = ["--learners", str(LEARNERS), "--tokens-per-request", "64", "--port", str(port), "--status-every", "0.5"]
+        args = ["--learners", str(LEARNERS), "--port", str(port), "--status-every", "0.5"]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tinyformer.workshop", "serve", str(model_dir), *args],
             stdout=subprocess.PIPE,

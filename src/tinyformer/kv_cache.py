@@ -23,7 +23,9 @@ class KVCache:
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Add this step's keys/values [B, nh, T, hd]; return everything cached [B, nh, S, hd]."""
         if self.keys[layer] is None:
-            self.keys[layer], self.values[layer] = k, v
+            # k and v are strided views into the attention's q/k/v projection; copying them lets
+            # that projection be freed, so the cache holds exactly its own bytes.
+            self.keys[layer], self.values[layer] = k.contiguous(), v.contiguous()
         else:
             self.keys[layer] = torch.cat([self.keys[layer], k], dim=2)  # [B, nh, S + T, hd]
             self.values[layer] = torch.cat([self.values[layer], v], dim=2)  # [B, nh, S + T, hd]

@@ -25,7 +25,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
@@ -218,22 +218,21 @@ def forward_activation_bytes(
 
     Counted in numbers per token (times batch x seq_len x dtype bytes), from the tensors the code keeps:
 
-    * kept by every layer: its attention weights [B, nh, T, T] (returned with ``return_attention``),
-      so ``n_layer x n_head x T``;
-    * attention stage: one more n x n matrix while softmax runs (``n_head x T``) and 9 d-wide
+    * attention stage: two n x n matrices at once (the scores and their masked copy / softmax,
+      ``2 x n_head x T``) and 9 d-wide
       tensors (residual, LayerNorm output, q, k, v, contiguous copies of q and k, two views' owners);
     * MLP stage: the [T, 4d] hidden layer before and after GELU (8d) and 6 d-wide tensors;
     * LM head: the logits [T, V] and 3 d-wide tensors.
 
-    The peak is the kept part plus the largest stage. Measured with :func:`peak_bytes` it agrees within a
+    Each layer's attention weights are freed once the layer is done (unless ``return_attention`` asks
+    for them), so the peak is the largest stage. Measured with :func:`peak_bytes` it agrees within a
     few per cent (the test checks 5%); framework buffers and the weights themselves are not included.
     """
     _positive(batch=batch, seq_len=seq_len, n_embd=n_embd, n_head=n_head, n_layer=n_layer, vocab_size=vocab_size)
-    kept = n_layer * n_head * seq_len
-    attention = n_head * seq_len + 9 * n_embd
+    attention = 2 * n_head * seq_len + 9 * n_embd
     mlp = 14 * n_embd
     lm_head = vocab_size + 3 * n_embd
-    return math.ceil(batch * seq_len * (kept + max(attention, mlp, lm_head)) * dtype_bytes(dtype))
+    return math.ceil(batch * seq_len * max(attention, mlp, lm_head) * dtype_bytes(dtype))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -490,8 +489,7 @@ class ServingPlan:
             + (f" (+{format_bytes(self.offloaded)} offloaded to CPU)" if self.offloaded else ""),
             f"  activations (est.) {format_bytes(self.activations):>10}",
             f"  overhead (est.)    {format_bytes(self.overhead):>10}",
-            f"  KV budget          {format_bytes(max(self.kv_budget, 0)):>10} "
-            f"({self.bytes_per_token:,} B per token)",
+            f"  KV budget          {format_bytes(max(self.kv_budget, 0)):>10} ({self.bytes_per_token:,} B per token)",
             f"  -> {self.message}",
         ]
         return "\n".join(rows)
@@ -588,8 +586,9 @@ def plan_serving(
         bytes_per_token=bytes_per_token,
         assumptions=tuple(assumptions),
     )
-    status, message = _vllm_check(spec, card, dtype, tp, max_model_len, weights_on_gpu, kv_budget,
-                                  bytes_per_token, block_size)
+    status, message = _vllm_check(
+        spec, card, dtype, tp, max_model_len, weights_on_gpu, kv_budget, bytes_per_token, block_size
+    )
     if status != "ok":
         return ServingPlan(capacity=None, status=status, message=message, **common)
     capacity = vllm_kv_capacity(kv_budget, bytes_per_token, block_size, max_model_len)
@@ -685,41 +684,53 @@ def fixes(plan: ServingPlan) -> list[Fix]:
             found.append(Fix(change, cost, candidate))
 
     if plan.status == "max_model_len_above_model":
-        attempt(f"--max-model-len {plan.model.max_position_embeddings}", "none: the model's own limit",
-                max_model_len=plan.model.max_position_embeddings)
+        attempt(
+            f"--max-model-len {plan.model.max_position_embeddings}",
+            "none: the model's own limit",
+            max_model_len=plan.model.max_position_embeddings,
+        )
     if plan.status == "dtype_unsupported":
         attempt("--dtype float16", "none on this GPU (bf16 and fp16 have the same size)", dtype="fp16")
     if plan.status == "max_model_len_too_long":
         fits = kv_cache_blocks(plan.kv_budget, plan.bytes_per_token, plan.block_size) * plan.block_size
         if fits >= plan.block_size:
-            attempt(f"--max-model-len {fits}", f"longer requests (over {fits:,} tokens) are refused",
-                    max_model_len=fits)
+            attempt(
+                f"--max-model-len {fits}", f"longer requests (over {fits:,} tokens) are refused", max_model_len=fits
+            )
     if plan.gpu_memory_utilization < MAX_GPU_MEMORY_UTILIZATION:
-        attempt(f"--gpu-memory-utilization {MAX_GPU_MEMORY_UTILIZATION}", "less headroom for other processes",
-                gpu_memory_utilization=MAX_GPU_MEMORY_UTILIZATION)
+        attempt(
+            f"--gpu-memory-utilization {MAX_GPU_MEMORY_UTILIZATION}",
+            "less headroom for other processes",
+            gpu_memory_utilization=MAX_GPU_MEMORY_UTILIZATION,
+        )
     if plan.status == "max_model_len_too_long" and plan.kv_dtype != "fp8" and plan.gpu.supports_fp8:
         attempt("--kv-cache-dtype fp8", "a little attention accuracy", kv_cache_dtype="fp8")
     for quantised in QUANTISED:
         if DTYPE_BYTES[quantised] < DTYPE_BYTES[plan.dtype]:
-            attempt(f"quantised {quantised} weights", "some accuracy; needs a quantised checkpoint",
-                    dtype=quantised)
+            attempt(f"quantised {quantised} weights", "some accuracy; needs a quantised checkpoint", dtype=quantised)
     for tp in (2, 4, 8):  # the smallest number of GPUs that works
         if tp > plan.tensor_parallel_size:
             before = len(found)
-            attempt(f"--tensor-parallel-size {tp}", f"{tp} GPUs instead of {plan.tensor_parallel_size}",
-                    tensor_parallel_size=tp)
+            attempt(
+                f"--tensor-parallel-size {tp}",
+                f"{tp} GPUs instead of {plan.tensor_parallel_size}",
+                tensor_parallel_size=tp,
+            )
             if len(found) > before:
                 break
-    for offload in (2, 4, 8, 16, 32, 64, 128):
-        if offload > plan.cpu_offload_gb:
-            before = len(found)
-            attempt(f"--cpu-offload-gb {offload}", "", cpu_offload_gb=float(offload))
-            if len(found) > before:
-                fix = found[-1]
-                seconds = fix.plan.offload_seconds_per_step
-                found[-1] = replace(fix, cost=f"every forward pass streams {offload} GiB over PCIe "
-                                              f"(~{seconds:.2f} s per generated token)")
-                break
+    # CPU offload: the fewest whole GiB that leave room for the weights' rest and one full request.
+    short = plan.weights_on_gpu + plan.activations + plan.overhead + plan.kv_per_request - plan.usable
+    offload = math.ceil(plan.cpu_offload_gb) + max(1, math.ceil(short / GiB))
+    candidate = _plan_with(plan, cpu_offload_gb=float(offload))
+    if candidate.ok:
+        seconds = candidate.offload_seconds_per_step
+        found.append(
+            Fix(
+                f"--cpu-offload-gb {offload}",
+                f"every forward pass streams {offload} GiB over PCIe (~{seconds:.2f} s per generated token)",
+                candidate,
+            )
+        )
     return found
 
 

@@ -31,7 +31,7 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, allowed, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, allowed, cache: KVCache | None = None, layer: int = 0, need_weights: bool = False):
         B, T, d = x.shape
         q, k, v = self.c_attn(x).split(d, dim=2)  # 3 x [B, T, d]
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, nh, T, hd]
@@ -48,7 +48,8 @@ class CausalSelfAttention(nn.Module):
         weights = F.softmax(scores, dim=-1)  # [B, nh, T, S], each row sums to 1
         mixed = self.attn_dropout(weights) @ v  # [B, nh, T, hd]
         mixed = mixed.transpose(1, 2).contiguous().view(B, T, d)  # [B, T, d], heads merged
-        return self.resid_dropout(self.c_proj(mixed)), weights
+        # Hand the [B, nh, T, S] weights back only when asked, so they are freed as soon as possible.
+        return self.resid_dropout(self.c_proj(mixed)), (weights if need_weights else None)
 
 
 class MLP(nn.Module):
@@ -75,8 +76,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, allowed, cache=None, layer=0):
-        attn_out, weights = self.attn(self.ln_1(x), allowed, cache, layer)
+    def forward(self, x, allowed, cache=None, layer=0, need_weights=False):
+        attn_out, weights = self.attn(self.ln_1(x), allowed, cache, layer, need_weights)
         x = x + attn_out  # [B, T, d], residual keeps the token's own vector
         x = x + self.mlp(self.ln_2(x))  # [B, T, d]
         return x, weights
@@ -143,7 +144,7 @@ class Transformer(nn.Module):
         B, T = ids.shape
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=ids.device).expand(B, T)  # [B, T]
-        self._check_positions(position_ids)
+        self._check_positions(position_ids, ids)
 
         tok = self.transformer.wte(ids)  # [B, T, d], one row of the token table per id
         pos = self.transformer.wpe(position_ids)  # [B, T, d], one row of the position table per position
@@ -156,7 +157,7 @@ class Transformer(nn.Module):
 
         attentions = []
         for layer, block in enumerate(self.transformer.h):
-            x, weights = block(x, allowed, cache, layer)  # [B, T, d]
+            x, weights = block(x, allowed, cache, layer, return_attention)  # [B, T, d]
             attentions.append(weights)
         x = self.transformer.ln_f(x)  # [B, T, d]
         logits = self.lm_head(x)  # [B, T, V], a score for every token of the vocabulary
@@ -167,7 +168,7 @@ class Transformer(nn.Module):
     def _check_ids(self, ids: torch.Tensor) -> None:
         if not isinstance(ids, torch.Tensor):
             raise ValueError(f"ids must be a torch.LongTensor of shape [batch, seq], got {type(ids).__name__}.")
-        if ids.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+        if ids.dtype not in (torch.long, torch.int):
             raise ValueError(f"ids must hold integer token ids (torch.long), got dtype {ids.dtype}.")
         if ids.dim() != 2:
             hint = " Add a batch dimension with ids[None]." if ids.dim() == 1 else ""
@@ -182,7 +183,15 @@ class Transformer(nn.Module):
                 "encode text with the same tokenizer the model was built for."
             )
 
-    def _check_positions(self, position_ids: torch.Tensor) -> None:
+    def _check_positions(self, position_ids: torch.Tensor, ids: torch.Tensor) -> None:
+        if position_ids.shape != ids.shape:
+            raise ValueError(
+                f"position_ids has shape {list(position_ids.shape)} but ids has {list(ids.shape)}; "
+                "give one position per token."
+            )
+        first = int(position_ids.min())
+        if first < 0:
+            raise ValueError(f"position {first} has no row in the position table: positions start at 0.")
         last = int(position_ids.max())
         if last >= self.config.n_positions:
             raise ValueError(

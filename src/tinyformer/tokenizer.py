@@ -20,6 +20,9 @@ def build_tokenizer(words: list[str] | None = None, model_max_length: int = 256)
     """A tokenizer whose vocabulary is the special tokens followed by ``words`` (default: the
     shipped corpus's vocabulary), in that fixed order, so ids are the same on every machine."""
     words = data.vocabulary() if words is None else list(words)
+    reserved = sorted(set(words) & set(SPECIAL_TOKENS))
+    if reserved:
+        raise ValueError(f"{reserved} are special tokens added by the tokenizer itself; remove them from words.")
     duplicates = sorted({w for w in words if words.count(w) > 1})
     if duplicates:
         raise ValueError(f"the vocabulary repeats {duplicates}; give each word once.")

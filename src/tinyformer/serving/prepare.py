@@ -7,12 +7,19 @@ from pathlib import Path
 from tinyformer.paths import artifacts_dir
 
 
-def lesson_export(preset: str = "micro", *, progress: bool = True):
+def lesson_export(preset: str = "nano", *, progress: bool = True):
     """(model, tokenizer, export folder): the checkpoint the earlier lessons saved (trained now if there is
-    none), written as a Hugging Face GPT-2 folder ``artifacts/<preset>-hf`` (what `tinyformer export` writes)."""
+    none), as the Hugging Face GPT-2 folder ``artifacts/<preset>-hf`` that `tinyformer export` writes.
+
+    The folder is written again only when it is missing or older than the checkpoint, so a server that
+    is reading it (another notebook's, a classroom's) never sees it replaced for nothing."""
     from tinyformer.checkpoint import load_or_train
     from tinyformer.export import export_hf
 
     model, tokenizer = load_or_train(preset, progress=progress)
-    folder: Path = export_hf(model, tokenizer, artifacts_dir() / f"{preset}-hf", overwrite=True)
-    return model, tokenizer, folder
+    checkpoint = artifacts_dir() / f"{preset}.pt"
+    folder = artifacts_dir() / f"{preset}-hf"
+    config = folder / "config.json"
+    if not config.is_file() or config.stat().st_mtime < checkpoint.stat().st_mtime:
+        folder = export_hf(model, tokenizer, folder, overwrite=True)
+    return model, tokenizer, Path(folder)

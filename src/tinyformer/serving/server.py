@@ -7,7 +7,8 @@
 
 The server runs as ``python -m vllm.entrypoints.openai.api_server`` in a process group of its own.
 Stopping it (on exit, on an exception, on a Jupyter interrupt, at interpreter exit) signals the whole
-group, so the engine and worker processes vLLM spawns go with it.
+group, so the engine and worker processes vLLM spawns go with it. A small watchdog process leads the
+group and stops it when this Python process disappears without cleaning up (a killed kernel).
 
 When ``TINYFORMER_VLLM_URL`` is set (a classroom's shared server), the same object connects to that
 server instead of starting one, and never stops it.
@@ -15,13 +16,11 @@ server instead of starting one, and never stops it.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import weakref
 from datetime import datetime
@@ -46,6 +45,7 @@ from tinyformer.serving.metrics import cache_config
 URL_ENV, API_KEY_ENV = "TINYFORMER_VLLM_URL", "TINYFORMER_VLLM_API_KEY"
 DEFAULT_CONCURRENT_REQUESTS = 64  # default KV budget: this many max_model_len requests at once
 STOP_GRACE_SECONDS = 10.0  # SIGTERM, then this long to shut down cleanly, then SIGKILL
+WATCHDOG = Path(__file__).with_name("watchdog.py")  # run as a script: the leader of the server's process group
 # Process groups this Python process started, so tests (and the curious) can check none outlive us.
 STARTED_PROCESS_GROUPS: list[int] = []
 
@@ -97,6 +97,7 @@ class VLLMServer:
         self.model_dir = Path(model_dir)
         self.config = model_config_from_dir(self.model_dir)
         self.max_model_len = max_model_len if max_model_len is not None else self.config.n_positions
+        self._max_len_requested = max_model_len is not None
         self.device = _device()
         self.block_size = block_size or BLOCK_SIZE[self.device]
         self.tensor_parallel_size = tensor_parallel_size
@@ -231,7 +232,7 @@ class VLLMServer:
         )
 
     def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**os.environ, "VLLM_LOGGING_COLOR": "0"}  # a log file, not a terminal: no colour codes
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key  # not on the command line, where `ps` would show it
         if self.device == "cpu" and self.tensor_parallel_size > 1:
@@ -242,14 +243,12 @@ class VLLMServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:  # the child keeps its own copy of the descriptor
             process = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
+                [sys.executable, str(WATCHDOG), *self.command()],
+                stdin=subprocess.PIPE,  # the watchdog stops the group when this pipe closes, even if we are killed
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self._environment(),
                 start_new_session=True,  # its own process group: one signal reaches vLLM's children too
-                # The kernel signals the child when the *thread* that started it ends, so only from the main thread.
-                preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
             )
         STARTED_PROCESS_GROUPS.append(process.pid)  # new session: pgid == pid
         self._finalizer = weakref.finalize(self, _stop_process_group, process)  # also runs at interpreter exit
@@ -311,19 +310,20 @@ class VLLMServer:
         self.model = served["id"]
         info = cache_config(self)
         self.reported = vllm_log.ReportedKV(
-            device=self.device.upper(),
+            device="GPU" if self.device == "cuda" else "CPU",
             tokens=int(info["kv_cache_size_tokens"]),
             max_model_len=served["max_model_len"],
             max_concurrency=float(info["kv_cache_max_concurrency"]),
         )
         self.reported = _with_blocks(self.reported, info)
         self._check_shared_matches()
+        self.max_model_len = self.reported.max_model_len
         return self
 
     def _check_shared_matches(self) -> None:
         """A cell that asked for specific limits must not silently get a server with other ones."""
         differences = []
-        if self.reported.max_model_len != self.max_model_len:
+        if self._max_len_requested and self.reported.max_model_len != self.max_model_len:
             differences.append(f"max_model_len {self.reported.max_model_len} (asked for {self.max_model_len})")
         if self._kv_requested and self.reported.tokens != self.predicted.tokens:
             differences.append(f"KV cache {self.reported.tokens:,} tokens (asked for {self.predicted.tokens:,})")
@@ -356,8 +356,10 @@ def cpu_binding(workers: int) -> str:
 def _stop_process_group(process: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGTERM the group, wait, SIGKILL what is left (the group and any descendant that left it)."""
     if process.returncode is not None and not _group_alive(process.pid):
+        _close(process.stdin)
         return
     descendants = _descendants(process.pid)
+    _close(process.stdin)  # tells the watchdog to stop the group too
     _signal_group(process.pid, signal.SIGTERM)
     try:
         _wait_for_exit(process, descendants, grace)
@@ -391,6 +393,13 @@ def _wait_for_exit(process: subprocess.Popen, descendants: list[psutil.Process],
         time.sleep(0.1)
 
 
+def _close(pipe) -> None:
+    try:
+        pipe.close()
+    except OSError:
+        pass
+
+
 def _descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -414,23 +423,6 @@ def _group_alive(pgid: int) -> bool:
         except (ProcessLookupError, psutil.Error):
             continue
     return False
-
-
-def _load_prctl():
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # looked up now: the child must not load libraries
-    except (OSError, AttributeError):  # not Linux
-        return None
-
-
-_PRCTL = _load_prctl()
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    """Ask Linux to SIGTERM the server if this Python process dies without cleaning up (e.g. SIGKILL)."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _with_blocks(reported: vllm_log.ReportedKV, info: dict[str, str]) -> vllm_log.ReportedKV:

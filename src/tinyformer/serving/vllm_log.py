@@ -15,6 +15,7 @@ KV_LINE = re.compile(
 # "(EngineCore pid=1) ERROR 11-23 10:57:22 [core.py:1510] " in front of lines from vLLM's logger.
 LOG_PREFIX = re.compile(r"^\([\w-]+ pid=\d+\) (?P<level>[A-Z]+) [\d-]+ [\d:]+ \[[^\]]*\] ?")
 ERROR_LINE = re.compile(r"\b(?P<kind>[A-Za-z_.]*(?:Error|Exception)): (?P<text>.+)$")
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # vLLM colours its log when it thinks a terminal is watching
 # Wrappers that point elsewhere ("see root cause above") rather than saying what went wrong.
 GENERIC_ERRORS = ("Engine core initialization failed", "validation error for", "Engine process failed to start")
 # Stages of a start-up, for the progress bar: (text in the log, what the learner sees).
@@ -48,7 +49,7 @@ class ReportedKV:
 
 def parse_kv_report(log: str) -> ReportedKV | None:
     """The KV-capacity line of a vLLM log, or None if the engine has not logged it (yet)."""
-    match = KV_LINE.search(log)
+    match = KV_LINE.search(ANSI_COLOUR.sub("", log))
     if match is None:
         return None
     return ReportedKV(
@@ -68,7 +69,7 @@ def startup_stage(log: str) -> str:
 def root_cause(log: str) -> str | None:
     """vLLM's own line saying what went wrong: the first specific error in the log (later ones only wrap it)."""
     lines = []
-    for raw in log.splitlines():
+    for raw in ANSI_COLOUR.sub("", log).splitlines():
         prefix = LOG_PREFIX.match(raw)
         if prefix and prefix["level"] not in ("ERROR", "CRITICAL"):
             continue  # warnings may quote errors ("... like `OSError: [Errno 24] Too many open files`")

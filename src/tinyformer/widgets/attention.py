@@ -17,14 +17,20 @@ MEASURE_LIMIT_BYTES = 32 * memory.MiB  # measure the current setting live only w
 THIS_MACHINE = "this machine's RAM"
 
 
-def this_machine_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+def this_machine_bytes() -> int | None:
+    """Physical memory of this machine, or None where the OS does not say (os.sysconf is POSIX-only)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def device_choices() -> dict[str, int]:
     """Devices whose memory the explorer can mark: the shipped GPUs and this machine."""
     choices = {name: gpu.memory_bytes for name, gpu in memory.gpus().items()}
-    choices[THIS_MACHINE] = this_machine_bytes()
+    ram = this_machine_bytes()
+    if ram:
+        choices[THIS_MACHINE] = ram
     return choices
 
 
@@ -68,8 +74,9 @@ def measured_scores(seq_len: int, n_head: int, batch: int, dtype: str, head_dim:
 class AttentionExplorer(LiveFigureWidget):
     css_class = "tf-attention"
 
-    def __init__(self, seq_len=1024, n_head=12, n_layer=12, batch=1, dtype="fp16", head_dim=64,
-                 device="H100 80 GB", measure=True):
+    def __init__(
+        self, seq_len=1024, n_head=12, n_layer=12, batch=1, dtype="fp16", head_dim=64, device="H100 80 GB", measure=True
+    ):
         self.measure = measure
         self.devices = device_choices()
         self.seq_len = slider(w.SelectionSlider, "sequence length n", "tf-seq-len", options=SEQ_LENS, value=seq_len)
@@ -82,20 +89,42 @@ class AttentionExplorer(LiveFigureWidget):
         self._finish([self.seq_len, self.n_head, self.n_layer, self.batch, self.dtype, self.head_dim, self.device])
 
     def current(self) -> ExplorerNumbers:
-        return explorer_numbers(self.seq_len.value, self.n_head.value, self.n_layer.value, self.batch.value,
-                                self.dtype.value, self.head_dim.value, self.devices[self.device.value])
+        return explorer_numbers(
+            self.seq_len.value,
+            self.n_head.value,
+            self.n_layer.value,
+            self.batch.value,
+            self.dtype.value,
+            self.head_dim.value,
+            self.devices[self.device.value],
+        )
 
     def numbers_html(self) -> str:
         x, f = self.current(), memory.format_bytes
         fits = "fits in" if x.scores_per_layer <= x.device_bytes else "does NOT fit in"
-        return "".join([
-            number("score matrix, one layer (B x heads x n x n)", f(x.scores_per_layer), "tf-scores", x.scores_per_layer),
-            number("score matrices, all layers (training keeps them)", f(x.scores_all_layers), "tf-scores-all",
-                   x.scores_all_layers),
-            number("KV cache for n tokens (2 x layers x heads x head size)", f(x.kv_cache), "tf-kv", x.kv_cache),
-            number(f"one layer's scores {fits} {self.device.value} ({f(x.device_bytes)}); longest n that fits",
-                   f"{x.longest_fitting_n:,}", "tf-longest-n", x.longest_fitting_n),
-        ])
+        return "".join(
+            [
+                number(
+                    "score matrix, one layer (B x heads x n x n)",
+                    f(x.scores_per_layer),
+                    "tf-scores",
+                    x.scores_per_layer,
+                ),
+                number(
+                    "score matrices, all layers (training keeps them)",
+                    f(x.scores_all_layers),
+                    "tf-scores-all",
+                    x.scores_all_layers,
+                ),
+                number("KV cache for n tokens (2 x layers x heads x head size)", f(x.kv_cache), "tf-kv", x.kv_cache),
+                number(
+                    f"one layer's scores {fits} {self.device.value} ({f(x.device_bytes)}); longest n that fits",
+                    f"{x.longest_fitting_n:,}",
+                    "tf-longest-n",
+                    x.longest_fitting_n,
+                ),
+            ]
+        )
 
     def draw(self, fig) -> None:
         x = self.current()
@@ -104,8 +133,9 @@ class AttentionExplorer(LiveFigureWidget):
         scores, kv = per_n2 * n**2, x.kv_per_token * self.batch.value * n
         measured = None
         if self.measure:
-            measured = measured_scores(self.seq_len.value, self.n_head.value, self.batch.value, self.dtype.value,
-                                       self.head_dim.value)
+            measured = measured_scores(
+                self.seq_len.value, self.n_head.value, self.batch.value, self.dtype.value, self.head_dim.value
+            )
         for ax, scale in zip(fig.subplots(1, 2), ("linear", "log"), strict=True):
             ax.plot(n, scores / memory.GiB, color="tab:red", label="score matrix (one layer) ~ n²")
             ax.plot(n, kv / memory.GiB, color="tab:blue", label="KV cache (all layers) ~ n")

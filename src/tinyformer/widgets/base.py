@@ -37,7 +37,8 @@ class Debouncer:
 
 def figure_png(fig: Figure, dpi: int = 72) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)  # no bbox_inches="tight": it draws the figure twice
+    # No bbox_inches="tight" (it draws the figure twice); fast zlib level: the PNG is shown once, never stored.
+    fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
     return buf.getvalue()
 
 
@@ -56,9 +57,14 @@ class LiveFigureWidget:
         self.numbers.add_class(f"{self.css_class}-numbers")
         self.image = w.Image(format="png", layout=w.Layout(max_width="100%"))
         self.image.add_class(f"{self.css_class}-figure")
-        self.ui = w.VBox([w.HBox(controls[:4], layout=w.Layout(flex_flow="row wrap")),
-                          w.HBox(controls[4:], layout=w.Layout(flex_flow="row wrap")),
-                          self.numbers, self.image])
+        self.ui = w.VBox(
+            [
+                w.HBox(controls[:4], layout=w.Layout(flex_flow="row wrap")),
+                w.HBox(controls[4:], layout=w.Layout(flex_flow="row wrap")),
+                self.numbers,
+                self.image,
+            ]
+        )
         self.ui.add_class(self.css_class)
         self.last_update_seconds = 0.0
         self._debounced = Debouncer(self.refresh)

@@ -12,8 +12,13 @@ from tinyformer.widgets.base import LiveFigureWidget, dropdown, log2_x_axis, log
 CPU_BACKEND = "CPU (vLLM CPU backend)"
 TINY_MODEL = "tinyformer micro (this course)"
 MAX_MODEL_LENS = [2**k for k in range(7, 18)]  # 128 ... 131072
-PALETTE = {"weights": "tab:orange", "activations (est.)": "tab:purple", "overhead (est.)": "tab:gray",
-           "KV cache": "tab:blue", "not used": "whitesmoke"}
+PALETTE = {
+    "weights": "tab:orange",
+    "activations (est.)": "tab:purple",
+    "overhead (est.)": "tab:gray",
+    "KV cache": "tab:blue",
+    "not used": "whitesmoke",
+}
 
 
 @cache
@@ -33,23 +38,55 @@ def model_choices() -> dict[str, memory.ModelSpec]:
 class BudgetCalculator(LiveFigureWidget):
     css_class = "tf-budget"
 
-    def __init__(self, model="Llama-3.1-8B", gpu="L4 24 GB", dtype="bf16", gpu_memory_utilization=0.9,
-                 max_model_len=8192, tensor_parallel_size=1, cpu_offload_gb=0, kv_cache_memory_bytes=2_621_440):
+    def __init__(
+        self,
+        model="Llama-3.1-8B",
+        gpu="L4 24 GB",
+        dtype="bf16",
+        gpu_memory_utilization=0.9,
+        max_model_len=8192,
+        tensor_parallel_size=1,
+        cpu_offload_gb=0,
+        kv_cache_memory_bytes=2_621_440,
+    ):
         self.models = model_choices()
         self.model = dropdown("model", "tf-model", options=list(self.models), value=model)
         self.gpu = dropdown("GPU", "tf-gpu", options=[*memory.gpus(), CPU_BACKEND], value=gpu)
         self.dtype = dropdown("weights", "tf-weights-dtype", options=list(memory.DTYPE_BYTES), value=dtype)
-        self.utilization = slider(w.FloatSlider, "gpu_memory_utilization", "tf-util", min=0.5, max=0.99,
-                                  step=0.01, value=gpu_memory_utilization)
-        self.max_model_len = slider(w.SelectionSlider, "max_model_len", "tf-max-model-len", options=MAX_MODEL_LENS,
-                                    value=max_model_len)
+        self.utilization = slider(
+            w.FloatSlider,
+            "gpu_memory_utilization",
+            "tf-util",
+            min=0.5,
+            max=0.99,
+            step=0.01,
+            value=gpu_memory_utilization,
+        )
+        self.max_model_len = slider(
+            w.SelectionSlider, "max_model_len", "tf-max-model-len", options=MAX_MODEL_LENS, value=max_model_len
+        )
         self.tp = dropdown("tensor parallel GPUs", "tf-tp", options=[1, 2, 4, 8], value=tensor_parallel_size)
         self.offload = slider(w.IntSlider, "cpu_offload_gb", "tf-offload", min=0, max=64, value=cpu_offload_gb)
-        self.kv_bytes = w.BoundedIntText(description="CPU: --kv-cache-memory-bytes", value=kv_cache_memory_bytes,
-                                         min=0, max=2**40, style={"description_width": "initial"})
+        self.kv_bytes = w.BoundedIntText(
+            description="CPU: --kv-cache-memory-bytes",
+            value=kv_cache_memory_bytes,
+            min=0,
+            max=2**40,
+            style={"description_width": "initial"},
+        )
         self.kv_bytes.add_class("tf-kv-bytes")
-        self._finish([self.model, self.gpu, self.dtype, self.utilization, self.max_model_len, self.tp,
-                      self.offload, self.kv_bytes])
+        self._finish(
+            [
+                self.model,
+                self.gpu,
+                self.dtype,
+                self.utilization,
+                self.max_model_len,
+                self.tp,
+                self.offload,
+                self.kv_bytes,
+            ]
+        )
 
     def plan(self) -> memory.ServingPlan:
         on_cpu = self.gpu.value == CPU_BACKEND
@@ -75,8 +112,10 @@ class BudgetCalculator(LiveFigureWidget):
             f'<pre class="tf-message" data-tokens="{tokens}" style="white-space: pre-wrap">{plan.message}</pre>',
         ]
         if fix is not None:
-            rows.append(f'<div>cheapest fix: <b class="tf-fix">{fix.change}</b> (cost: {fix.cost}) &rarr; '
-                        f"{fix.plan.message}</div>")
+            rows.append(
+                f'<div>cheapest fix: <b class="tf-fix">{fix.change}</b> (cost: {fix.cost}) &rarr; '
+                f"{fix.plan.message}</div>"
+            )
         if plan.assumptions:
             rows.append(f"<small>estimates: {'; '.join(plan.assumptions)}</small>")
         return "".join(rows)
@@ -86,14 +125,19 @@ class BudgetCalculator(LiveFigureWidget):
         left, right = fig.subplots(1, 2, width_ratios=[3, 2])
         total = plan.gpu.memory_bytes if plan.gpu else plan.usable
         kv = max(plan.kv_budget, 0)
-        parts = {"weights": plan.weights_on_gpu, "activations (est.)": plan.activations,
-                 "overhead (est.)": plan.overhead, "KV cache": kv}
+        parts = {
+            "weights": plan.weights_on_gpu,
+            "activations (est.)": plan.activations,
+            "overhead (est.)": plan.overhead,
+            "KV cache": kv,
+        }
         parts["not used"] = max(total - sum(parts.values()), 0)
         start = 0.0
         for name, size in parts.items():
             label = f"{name} {memory.format_bytes(size)}"
-            left.barh(0, size / memory.GiB, left=start, height=0.6, color=PALETTE[name], edgecolor="k", lw=0.5,
-                      label=label)
+            left.barh(
+                0, size / memory.GiB, left=start, height=0.6, color=PALETTE[name], edgecolor="k", lw=0.5, label=label
+            )
             start += size / memory.GiB
         left.axvline(total / memory.GiB, color="k", lw=1.5)
         left.axvline(plan.usable / memory.GiB, color="k", ls="--", lw=1, label="x gpu_memory_utilization")
@@ -108,15 +152,18 @@ class BudgetCalculator(LiveFigureWidget):
         """Requests of max_model_len tokens that fit at once, for each max_model_len (same KV budget)."""
         lens = [n for n in MAX_MODEL_LENS if n <= plan.model.max_position_embeddings]
         if plan.kv_budget > 0:
-            conc = [memory.vllm_kv_capacity(plan.kv_budget, plan.bytes_per_token, plan.block_size, n).max_concurrency
-                    for n in lens]
+            conc = [
+                memory.vllm_kv_capacity(plan.kv_budget, plan.bytes_per_token, plan.block_size, n).max_concurrency
+                for n in lens
+            ]
             ax.plot(lens, conc, "o-", ms=3)
             ax.axhline(1, color="tab:red", lw=1, ls=":", label="one request")
             log_y_axis(ax)
             ax.legend(fontsize=7)
         else:
-            ax.text(0.5, 0.5, "no KV budget:\nmax_model_len cannot help", ha="center", va="center",
-                    transform=ax.transAxes)
+            ax.text(
+                0.5, 0.5, "no KV budget:\nmax_model_len cannot help", ha="center", va="center", transform=ax.transAxes
+            )
         ax.axvline(plan.max_model_len, color="gray", lw=1)
         log2_x_axis(ax, MAX_MODEL_LENS)
         ax.set_xlabel("max_model_len")

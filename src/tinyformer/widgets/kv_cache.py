@@ -89,24 +89,38 @@ class KVCacheStepper(LiveFigureWidget):
         t, s = self.trace, self.trace.steps[self.step.value]
         formula = t.bytes_per_token * s.cache_len
         new = "prefill: the whole prompt" if self.step.value == 0 else "decode: one new token"
-        return "".join([
-            number("this step", new, "tf-step-kind", self.step.value),
-            number("tokens in the cache", str(s.cache_len), "tf-cache-len", s.cache_len),
-            number("keys (and values) per layer", " x ".join(map(str, s.key_shapes[0])), "tf-key-shape",
-                   s.key_shapes[0][2]),
-            number(f"cache bytes (formula: {t.bytes_per_token:,} B/token x {s.cache_len})",
-                   f"{s.nbytes:,} B", "tf-cache-bytes", s.nbytes),
-            number("chosen token", self.labels[len(t.prompt) + self.step.value], "tf-token", s.token_id),
-        ]) + ("" if s.nbytes == formula else "<b>cache bytes differ from the formula!</b>")
+        return "".join(
+            [
+                number("this step", new, "tf-step-kind", self.step.value),
+                number("tokens in the cache", str(s.cache_len), "tf-cache-len", s.cache_len),
+                number(
+                    "keys (and values) per layer",
+                    " x ".join(map(str, s.key_shapes[0])),
+                    "tf-key-shape",
+                    s.key_shapes[0][2],
+                ),
+                number(
+                    f"cache bytes (formula: {t.bytes_per_token:,} B/token x {s.cache_len})",
+                    f"{s.nbytes:,} B",
+                    "tf-cache-bytes",
+                    s.nbytes,
+                ),
+                number("chosen token", self.labels[len(t.prompt) + self.step.value], "tf-token", s.token_id),
+            ]
+        ) + ("" if s.nbytes == formula else "<b>cache bytes differ from the formula!</b>")
 
     def draw(self, fig) -> None:
         t, k = self.trace, self.step.value
         s = t.steps[k]
         grow, keys, attn = fig.subplots(1, 3, width_ratios=[2, 2, 3])
         lens = [x.cache_len for x in t.steps]
-        grow.bar(range(len(lens)), [x.nbytes for x in t.steps], color=["tab:blue" if i == k else "lightsteelblue"
-                                                                        for i in range(len(lens))])
+        grow.bar(
+            range(len(lens)),
+            [x.nbytes for x in t.steps],
+            color=["tab:blue" if i == k else "lightsteelblue" for i in range(len(lens))],
+        )
         grow.plot(range(len(lens)), [t.bytes_per_token * n for n in lens], "k--", lw=1, label="formula")
+        grow.set_xticks(range(0, len(lens), max(1, len(lens) // 5)))
         grow.set_xlabel("step")
         grow.set_ylabel("KV cache bytes")
         grow.set_title("grows by one token per step", fontsize=9)
@@ -124,8 +138,9 @@ class KVCacheStepper(LiveFigureWidget):
         attn.set_title(f"newest token's attention over the cache (sums to {weights.sum():.2f})", fontsize=9)
 
 
-def kv_cache_stepper(model, tokenizer=None, prompt: str | list[int] = "the cat near the dogs",
-                     max_new_tokens: int = 10) -> KVCacheStepper:
+def kv_cache_stepper(
+    model, tokenizer=None, prompt: str | list[int] = "the cat near the dogs", max_new_tokens: int = 10
+) -> KVCacheStepper:
     """Step through greedy generation of ``model`` from ``prompt``: cache shapes, bytes and attention."""
     prompt_ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
     trace = trace_generation(model, prompt_ids, max_new_tokens)

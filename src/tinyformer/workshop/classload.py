@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from tinyformer.serving.client import LoadResult, _run_coroutine, send_load
+from tinyformer.serving.client import LoadResult, _run_coroutine, complete, send_load
 from tinyformer.serving.metrics import MetricsSampler
 
 
@@ -82,22 +82,24 @@ class ClassLoadReport:
 
 
 def batching_cell() -> BatchingCell:
-    """Notebook 09's batching cell, as one learner runs it."""
+    """Notebook 09's batching cell (section 1), as each learner runs it: the lesson's first 32 prompts, all 32 in
+    flight at once, 24 new tokens each (tests/test_workshop_server.py checks this matches the notebook)."""
+    import random
+
     from tinyformer.data import Corpus
 
-    prompts = tuple(" ".join(words[:4]) for words in Corpus(seed=9).sentences(16))
-    return BatchingCell(prompts, concurrency=8, max_tokens=32, extra={"ignore_eos": True})
+    rng = random.Random(0)
+    prompts = [" ".join(words[: rng.randint(2, 6)]) for words in Corpus(seed=9).sentences(200)]
+    return BatchingCell(tuple(prompts[:32]), concurrency=32, max_tokens=24, extra={"ignore_eos": True})
 
 
 def simulate_class(server, cell: BatchingCell, learners: int = 50, *, sample_every: float = 0.1) -> ClassLoadReport:
-    """Run ``cell`` once alone (the reference), then ``learners`` times at once; compare and measure."""
+    """Send each of the cell's prompts alone (the reference), then run the cell for ``learners`` learners at
+    once; compare every learner's tokens with the reference and measure latency and the server's queues."""
     if learners < 1:
         raise ValueError(f"learners must be at least 1, got {learners}.")
     _require_loopback(server.url)
-    solo = _run_coroutine(lambda: cell.send(server))
-    if solo.failures:
-        raise RuntimeError(f"the cell fails even for one learner alone: {solo.failures[0].error}")
-    expected = [reply.token_ids for reply in solo.replies]
+    expected = [complete(server, p, max_tokens=cell.max_tokens, **cell.extra).token_ids for p in cell.prompts]
 
     async def whole_class() -> list[LoadResult]:
         return list(await asyncio.gather(*(cell.send(server) for _ in range(learners))))

@@ -101,9 +101,9 @@ class ClassPlan:
                 f"vLLM would reject such requests. Use at most {self.max_model_len} tokens per request."
             )
         if not self.fits:
-            per_learner = self.blocks_per_learner * self.budget.bytes_per_block
-            room = self.available_bytes - self.weight_bytes - self.reserve_bytes - NULL_BLOCKS * per_learner
-            most = max(room // per_learner, 0) if per_learner else 0
+            block = self.budget.bytes_per_block
+            room = self.available_bytes - self.weight_bytes - self.reserve_bytes - NULL_BLOCKS * block
+            most = max(room // (self.blocks_per_learner * block), 0)
             raise ServingConfigError(
                 f"the class does not fit in memory: {self.summary()} Lower --learners (at most {most:,} fit) or "
                 "--tokens-per-request, free memory, or lower --reserve-gib."
