@@ -21,7 +21,7 @@ import nbformat
 
 from tinyformer.workshop.classload import batching_cell, simulate_class
 from tinyformer.workshop.classroom import class_server, plan_class
-from tinyformer.workshop.student import build_student_notebooks, find_leaks, timed_build
+from tinyformer.workshop.student import find_leaks, timed_build
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 STUDENT_BUILD_TARGET_S = 5.0
@@ -86,9 +86,10 @@ def _table(title: str, rows: list[tuple], header: tuple | None = None) -> str:
     widths = [max(len(str(row[i])) for row in all_rows) for i in range(len(all_rows[0]))]
     lines = [f"== {title}"]
     for row in all_rows:
-        lines.append(
-            "  ".join(f"{cell:<{w}}" if i == 0 else f"{cell:>{w}}" for i, (cell, w) in enumerate(zip(row, widths)))
-        )
+        cells = [
+            f"{cell:<{w}}" if i == 0 else f"{cell:>{w}}" for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells))
     return "\n".join(lines)
 
 

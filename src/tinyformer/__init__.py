@@ -2,6 +2,8 @@
 
 from tinyformer.config import PRESETS, VLLM_CPU_HEAD_SIZES, HeadSizeWarning, ModelConfig
 from tinyformer.data import Corpus, TokenStream
+from tinyformer.export import export_hf
+from tinyformer.generate import generate, generate_batch
 from tinyformer.kv_cache import KVCache
 from tinyformer.model import Transformer
 from tinyformer.tokenizer import build_tokenizer, load_tokenizer
@@ -16,5 +18,8 @@ __all__ = [
     "TokenStream",
     "Transformer",
     "build_tokenizer",
+    "export_hf",
+    "generate",
+    "generate_batch",
     "load_tokenizer",
 ]

@@ -121,28 +121,14 @@ def checkpoint_path(out: Path | None, preset: str) -> Path:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    import torch
-
-    from tinyformer.checkpoint import save_checkpoint
-    from tinyformer.config import ModelConfig
-    from tinyformer.data import Corpus, TokenStream
-    from tinyformer.model import Transformer
-    from tinyformer.tokenizer import build_tokenizer
-    from tinyformer.train import TrainConfig, train
+    from tinyformer.checkpoint import train_preset
+    from tinyformer.data import Corpus
 
     path = checkpoint_path(args.out, args.preset)
     if path.exists() and not args.overwrite:
         raise FileExistsError(f"{path} already exists; add --overwrite to replace it, or choose another --out.")
-    tokenizer = build_tokenizer()
-    torch.manual_seed(args.seed)
-    model = Transformer(ModelConfig.preset(args.preset, vocab_size=len(tokenizer)))
-    cfg = TrainConfig.for_preset(args.preset)
-    cfg = replace(cfg, seed=args.seed, steps=args.steps or cfg.steps)
-    print(f"training the {args.preset} model ({model.num_parameters():,} parameters) for {cfg.steps} steps")
-    result = train(model, TokenStream(Corpus(seed=args.seed), tokenizer), cfg, progress=not args.quiet)
-    save_checkpoint(path, model, tokenizer, preset=args.preset, val_loss=result.final_val_loss, steps=cfg.steps)
+    print(f"training the {args.preset} model on the shipped corpus (seed {args.seed})")
+    _, _, result = train_preset(args.preset, path, seed=args.seed, steps=args.steps, progress=not args.quiet)
     print(f"validation loss {result.final_val_loss:.3f} nats (the corpus's floor: {Corpus.entropy_rate():.3f})")
     print(f"saved {path}\nnext: tinyformer export {path} --out DIR")
     return 0
