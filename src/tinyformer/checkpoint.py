@@ -37,6 +37,7 @@ def save_checkpoint(path: str | Path, model: Transformer, tokenizer: PreTrainedT
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a classroom shares checkpoints
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
