@@ -56,7 +56,7 @@ def server_table(class_sizes: list[int]) -> str:
     plan.check()
     cell = batching_cell()
     reports = {}
-    with class_server(plan, host="127.0.0.1", port=None, api_key="benchmark-key") as server:
+    with class_server(plan, host="127.0.0.1", port=None, api_key="benchmark-key", progress=False) as server:
         print(f"server ready after {server.ready_seconds:.0f} s; {plan.summary()}")
         for learners in class_sizes:
             reports[learners] = simulate_class(server, cell, learners=learners)

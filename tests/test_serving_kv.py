@@ -12,7 +12,7 @@ from tinyformer.config import ModelConfig
 from tinyformer.serving import KVBudget, ServingConfigError, VLLMServer, bytes_for_tokens, kv_bytes_per_token
 from tinyformer.serving.kv import check_serving_config, model_config_from_dir
 from tinyformer.serving.metrics import metric_labels, parse_metrics
-from tinyformer.serving.vllm_log import explain, parse_kv_report, root_cause
+from tinyformer.serving.vllm_log import explain, parse_iterations, parse_kv_report, root_cause
 
 MICRO = ModelConfig(vocab_size=55, n_positions=256, n_embd=128, n_layer=2, n_head=4)
 BLOCK = 128 * 2048  # one CPU block of the micro model in float32: 128 tokens x 2048 bytes
@@ -152,6 +152,16 @@ def test_colour_codes_do_not_hide_the_log_level():
     )
     assert root_cause(coloured + MAX_LEN_LOG.split("\n", 1)[1]).startswith("User-specified max_model_len (512)")
     assert parse_kv_report("\x1b[0;36m(EngineCore pid=1)\x1b[0;0m INFO " + KV_LOG.split(" INFO ", 1)[1]).tokens == 1280
+
+
+def test_engine_steps_are_parsed_from_the_iteration_log():
+    log = (
+        "(APIServer pid=1024) INFO 11-23 11:50:08 [loggers.py:199] Engine 000: Iteration(7): 1 context requests, "
+        "23 context tokens, 3 generation requests, 3 generation tokens, iteration elapsed time: 3.44 ms, "
+        "CPU KV cache usage: 12.5%\n"
+    )
+    (step,) = parse_iterations(log)
+    assert (step.index, step.requests, step.tokens, step.elapsed_ms, step.kv_cache_usage) == (7, 4, 26, 3.44, 0.125)
 
 
 def test_explanations_restate_gib_in_tokens_and_bytes():

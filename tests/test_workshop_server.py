@@ -130,17 +130,18 @@ def test_the_simulated_class_refuses_a_remote_server():
 class ServeCommand:
     """`python -m tinyformer.workshop serve ...` in the background, its output read line by line."""
 
-    def __init__(self, model_dir, port: int):
+    def __init__(self, model_dir, port: int, stderr_path: Path):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop(URL_ENV, None)
         args = ["--learners", str(LEARNERS), "--port", str(port), "--status-every", "0.5"]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tinyformer.workshop", "serve", str(model_dir), *args],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=stderr_path.open("w"),  # vLLM's start-up progress; shown when something goes wrong
             text=True,
             env=env,
         )
+        self.stderr_path = stderr_path
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -160,12 +161,13 @@ class ServeCommand:
             except queue.Empty:
                 if self.process.poll() is not None:
                     break
-        raise AssertionError(f"no line matching {pattern!r}; output so far:\n" + "\n".join(self.seen))
+        errors = self.stderr_path.read_text(errors="replace")[-2000:]
+        raise AssertionError(f"no line matching {pattern!r}; output:\n" + "\n".join(self.seen) + f"\nstderr:\n{errors}")
 
 
 @pytest.fixture(scope="module")
-def class_server(model_dir):
-    command = ServeCommand(model_dir, free_port())
+def class_server(model_dir, tmp_path_factory):
+    command = ServeCommand(model_dir, free_port(), tmp_path_factory.mktemp("serve") / "stderr.txt")
     try:
         url = command.wait_for(rf"export {URL_ENV}=(\S+)", seconds=300).group(1)
         key = command.wait_for(rf"export {API_KEY_ENV}=(\S+)", seconds=5).group(1)
@@ -177,6 +179,7 @@ def class_server(model_dir):
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 def test_the_server_announces_its_plan_key_and_variables(class_server):
     command, url, key = class_server
     assert url.startswith("http://127.0.0.1:")  # the default binds this machine only
@@ -196,6 +199,7 @@ def test_the_server_announces_its_plan_key_and_variables(class_server):
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 def test_fifty_learners_run_the_batching_cell_at_once(class_server, model_dir, monkeypatch, capsys):
     _, url, key = class_server
     monkeypatch.setenv(URL_ENV, url)  # exactly what a learner's notebook does with the shared server
@@ -215,6 +219,7 @@ def test_fifty_learners_run_the_batching_cell_at_once(class_server, model_dir, m
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 def test_status_line_follows_the_load_and_sigterm_stops_everything(class_server):
     command, url, _ = class_server
     command.wait_for(r"running \d+ \| waiting \d+ \| KV cache [\d.]+% .*\| peak KV [1-9][\d.]*%", seconds=30)

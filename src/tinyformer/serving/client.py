@@ -8,7 +8,7 @@ semaphore is the *client's* limit: at most ``concurrency`` requests are in fligh
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -131,7 +131,9 @@ async def send_load(
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}.")
     semaphore = asyncio.Semaphore(concurrency)  # the client-side cap on requests in flight
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # A fresh connection per request: reusing keep-alive connections (httpx's default) was measured to
+    # degrade a load against vLLM's server to about one request at a time after the first wave.
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
     body = {"model": server.model, "max_tokens": max_tokens, "temperature": temperature, "return_token_ids": True}
     start = time.perf_counter()
 
@@ -172,9 +174,37 @@ def _fill(reply: Reply, server, response: httpx.Response) -> None:
 
 
 def _run_coroutine(make_coroutine):
+    """Run the coroutine ``make_coroutine()`` makes and return its result, from synchronous code.
+
+    In a Jupyter cell an event loop is already running in this thread, so the coroutine runs in a
+    helper thread with its own loop; the interrupt button (KeyboardInterrupt here) cancels it there,
+    which closes its connections, instead of waiting for the whole load to finish."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # no loop in this thread: the usual case in scripts and tests
         return asyncio.run(make_coroutine())
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:  # Jupyter: a loop is already running
-        return pool.submit(lambda: asyncio.run(make_coroutine())).result()
+    state: dict = {}
+
+    async def main():
+        state["loop"], state["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        return await make_coroutine()
+
+    def target() -> None:
+        try:
+            state["result"] = asyncio.run(main())
+        except BaseException as error:  # handed to the caller below
+            state["error"] = error
+
+    thread = threading.Thread(target=target, name="tinyformer-load", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.1)
+    except KeyboardInterrupt:
+        if "task" in state:
+            state["loop"].call_soon_threadsafe(state["task"].cancel)
+        thread.join(10.0)
+        raise
+    if "error" in state:
+        raise state["error"]
+    return state["result"]

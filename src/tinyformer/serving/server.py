@@ -68,6 +68,7 @@ class VLLMServer:
     check: refuse up front what vLLM would fail on (head size, max_model_len > n_positions, a KV budget
         below one request). ``check=False`` lets vLLM meet the problem itself, to see its real error.
     enforce_eager: skip torch.compile (about 35 s on 2 cores, no faster for a model this small).
+    log_iterations: log every engine step (requests and tokens in it); read them with ``iterations()``.
     shared: None uses $TINYFORMER_VLLM_URL when set; False always starts a server; True requires the URL.
     """
 
@@ -87,6 +88,7 @@ class VLLMServer:
         port: int | None = None,
         dtype: str = "float32",
         enforce_eager: bool = True,
+        log_iterations: bool = False,
         extra_args: tuple[str, ...] | list[str] = (),
         check: bool = True,
         startup_timeout: float = 300.0,
@@ -117,7 +119,7 @@ class VLLMServer:
             check_serving_config(self.predicted)
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.host, self.port = host, port
-        self.enforce_eager, self.extra_args = enforce_eager, tuple(extra_args)
+        self.enforce_eager, self.log_iterations, self.extra_args = enforce_eager, log_iterations, tuple(extra_args)
         self.startup_timeout, self.progress = startup_timeout, progress
         self.shared = _shared_url() is not None if shared is None else shared
         if self.shared and _shared_url() is None:
@@ -160,6 +162,8 @@ class VLLMServer:
         args += [f"{flag}={value}" for flag, value in optional.items() if value is not None]
         if self.enforce_eager:
             args.append("--enforce-eager")
+        if self.log_iterations:
+            args.append("--enable-logging-iteration-details")
         return args + list(self.extra_args)
 
     def start(self) -> VLLMServer:
@@ -195,6 +199,12 @@ class VLLMServer:
         if self.log_path is None or not self.log_path.is_file():
             return ""
         return self.log_path.read_text(errors="replace")
+
+    def iterations(self) -> list[vllm_log.Iteration]:
+        """The engine steps logged so far (start the server with ``log_iterations=True``)."""
+        if not self.log_iterations:
+            raise RuntimeError("start the server with log_iterations=True to log every engine step.")
+        return vllm_log.parse_iterations(self.log_text())
 
     def client(self, **kwargs):
         """An ``openai.OpenAI`` client for this server."""

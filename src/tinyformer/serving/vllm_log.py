@@ -18,6 +18,14 @@ ERROR_LINE = re.compile(r"\b(?P<kind>[A-Za-z_.]*(?:Error|Exception)): (?P<text>.
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # vLLM colours its log when it thinks a terminal is watching
 # Wrappers that point elsewhere ("see root cause above") rather than saying what went wrong.
 GENERIC_ERRORS = ("Engine core initialization failed", "validation error for", "Engine process failed to start")
+# "Iteration(12): 1 context requests, 32 context tokens, 3 generation requests, 3 generation tokens, ..." (logged
+# for every engine step when the server runs with --enable-logging-iteration-details).
+ITERATION_LINE = re.compile(
+    r"Iteration\((?P<index>\d+)\): (?P<context_requests>\d+) context requests, (?P<context_tokens>\d+) context tokens, "
+    r"(?P<generation_requests>\d+) generation requests, (?P<generation_tokens>\d+) generation tokens, "
+    r"iteration elapsed time: (?P<elapsed_ms>[\d.]+) ms(?: \(dummy\))?, [A-Z]+(?: \+ host)? "
+    r"KV cache usage: (?P<kv_cache_percent>[\d.]+)%"
+)
 # Stages of a start-up, for the progress bar: (text in the log, what the learner sees).
 STAGES = (
     ("non-default args", "API server parsed its arguments"),
@@ -58,6 +66,38 @@ def parse_kv_report(log: str) -> ReportedKV | None:
         max_model_len=int(match["max_model_len"].replace(",", "")),
         max_concurrency=float(match["concurrency"]),
     )
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """One engine step: one forward pass over the tokens of every request scheduled in it."""
+
+    index: int
+    context_requests: int  # requests whose prompt (or a chunk of it) is processed in this step: prefill
+    context_tokens: int
+    generation_requests: int  # requests that get their next token in this step: decode, one token each
+    generation_tokens: int
+    elapsed_ms: float
+    kv_cache_usage: float  # fraction of the KV blocks in use after the step
+
+    @property
+    def tokens(self) -> int:
+        return self.context_tokens + self.generation_tokens
+
+    @property
+    def requests(self) -> int:
+        return self.context_requests + self.generation_requests
+
+
+def parse_iterations(log: str) -> list[Iteration]:
+    """Every engine step the log describes (needs ``--enable-logging-iteration-details``)."""
+    steps = []
+    for match in ITERATION_LINE.finditer(ANSI_COLOUR.sub("", log)):
+        fields = match.groupdict()
+        usage = float(fields.pop("kv_cache_percent")) / 100
+        elapsed = float(fields.pop("elapsed_ms"))
+        steps.append(Iteration(**{k: int(v) for k, v in fields.items()}, elapsed_ms=elapsed, kv_cache_usage=usage))
+    return steps
 
 
 def startup_stage(log: str) -> str:

@@ -199,7 +199,9 @@ def run_class_server(args) -> int:
         server.stop()
 
 
-def class_server(plan: ClassPlan, *, host: str, port: int | None, api_key: str | None, timeout: float = 300.0):
+def class_server(
+    plan: ClassPlan, *, host: str, port: int | None, api_key: str | None, timeout: float = 300.0, progress: bool = True
+):
     """A (not yet started) VLLMServer with the plan's KV cache, no telemetry and no per-request access log."""
     from tinyformer.serving.server import VLLMServer
 
@@ -212,6 +214,7 @@ def class_server(plan: ClassPlan, *, host: str, port: int | None, api_key: str |
         host=host,
         port=port,
         startup_timeout=timeout,
+        progress=progress,
         extra_args=PRIVATE_ARGS,
         shared=False,  # the instructor's own shell may have the class variables set: start a server anyway
     )

@@ -34,8 +34,8 @@ def add_workshop_arguments(parser: argparse.ArgumentParser) -> None:
         description="Start a real vLLM server on an exported model with a KV cache sized for the class, print the\n"
         "two environment variables learners set, then a live status line read from /metrics until Ctrl-C.",
         epilog="examples:\n"
-        "  tinyformer workshop serve artifacts/micro-hf --learners 30 --tokens-per-request 256\n"
-        "  tinyformer workshop serve artifacts/micro-hf --public --port 8000   # reachable from the room's network",
+        "  tinyformer workshop serve artifacts/nano-hf --learners 30 --tokens-per-request 64\n"
+        "  tinyformer workshop serve artifacts/nano-hf --public --port 8000   # reachable from the room's network",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a folder written by `tinyformer export`")
@@ -95,7 +95,7 @@ COMMAND = Command(
     epilog=(
         "examples:\n"
         "  tinyformer workshop student-notebooks artifacts/student-notebooks\n"
-        "  tinyformer workshop serve artifacts/micro-hf --learners 30 --tokens-per-request 256 --public"
+        "  tinyformer workshop serve artifacts/nano-hf --learners 30 --public"
     ),
     add_arguments=add_workshop_arguments,
     run=run_workshop,
