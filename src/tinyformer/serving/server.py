@@ -45,6 +45,8 @@ from tinyformer.serving.metrics import cache_config
 URL_ENV, API_KEY_ENV = "TINYFORMER_VLLM_URL", "TINYFORMER_VLLM_API_KEY"
 DEFAULT_CONCURRENT_REQUESTS = 64  # default KV budget: this many max_model_len requests at once
 STOP_GRACE_SECONDS = 10.0  # SIGTERM, then this long to shut down cleanly, then SIGKILL
+# While starting, vLLM's API process does not act on SIGTERM (and has nothing to save): kill it sooner.
+STARTING_GRACE_SECONDS = 2.0
 WATCHDOG = Path(__file__).with_name("watchdog.py")  # run as a script: the leader of the server's process group
 # Process groups this Python process started, so tests (and the curious) can check none outlive us.
 STARTED_PROCESS_GROUPS: list[int] = []
@@ -131,6 +133,7 @@ class VLLMServer:
         self.ready_seconds: float | None = None
         self._process: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
+        self._stop_grace = [STARTING_GRACE_SECONDS]  # shared with the finalizer; longer once healthy
         self.url = _shared_url() if self.shared else None
 
     # ----- public API -------------------------------------------------------------------------
@@ -178,6 +181,7 @@ class VLLMServer:
         try:
             self._process = self._spawn()
             self._wait_until_healthy(started)
+            self._stop_grace[0] = STOP_GRACE_SECONDS  # a running server gets time to finish cleanly
             self.ready_seconds = time.perf_counter() - started
             self._read_report()
         except BaseException:  # failure, timeout or KeyboardInterrupt: nothing may outlive us
@@ -261,7 +265,9 @@ class VLLMServer:
                 start_new_session=True,  # its own process group: one signal reaches vLLM's children too
             )
         STARTED_PROCESS_GROUPS.append(process.pid)  # new session: pgid == pid
-        self._finalizer = weakref.finalize(self, _stop_process_group, process)  # also runs at interpreter exit
+        self._stop_grace[0] = STARTING_GRACE_SECONDS
+        # Also runs at interpreter exit. It must not refer to self, so the grace period travels in a list.
+        self._finalizer = weakref.finalize(self, _stop_process_group, process, self._stop_grace)
         return process
 
     def _wait_until_healthy(self, started: float) -> None:
@@ -363,8 +369,9 @@ def cpu_binding(workers: int) -> str:
     return "|".join(",".join(map(str, group)) for group in groups)
 
 
-def _stop_process_group(process: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGTERM the group, wait, SIGKILL what is left (the group and any descendant that left it)."""
+def _stop_process_group(process: subprocess.Popen, grace: list[float]) -> None:
+    """SIGTERM the group, wait ``grace[0]`` seconds, SIGKILL what is left (the group and any descendant that
+    left it)."""
     if process.returncode is not None and not _group_alive(process.pid):
         _close(process.stdin)
         return
@@ -372,7 +379,7 @@ def _stop_process_group(process: subprocess.Popen, grace: float = STOP_GRACE_SEC
     _close(process.stdin)  # tells the watchdog to stop the group too
     _signal_group(process.pid, signal.SIGTERM)
     try:
-        _wait_for_exit(process, descendants, grace)
+        _wait_for_exit(process, descendants, grace[0])
     except KeyboardInterrupt:  # a second interrupt while stopping: don't wait, kill
         _kill_all(process, descendants)
         raise
