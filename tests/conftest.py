@@ -115,9 +115,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         report.longrepr = f"CI=true forbids this skip ({why}): {reason}"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
-    """The test models are tiny: extra threads only wait on each other (4x slower on a busy 2-core box)."""
+    """The test models are tiny: extra threads only wait on each other (4x slower on a busy 2-core box).
+    Session-wide, so module fixtures and tests compute with the same thread count (bit-identical sums)."""
     import torch
 
     before = torch.get_num_threads()

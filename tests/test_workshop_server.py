@@ -190,8 +190,8 @@ def test_the_server_announces_its_plan_key_and_variables(class_server):
         predicted
         == reported
         == (
-            f"CPU KV cache size: {(LEARNERS + 1) * 128:,} tokens, Maximum concurrency for 256 tokens per request: "
-            f"{(LEARNERS + 1) / 2:.2f}x"
+            f"CPU KV cache size: {(LEARNERS + 1) * 128:,} tokens, Maximum concurrency for 128 tokens per request: "
+            f"{LEARNERS + 1:.2f}x"
         )
     )
     assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 401
@@ -222,7 +222,9 @@ def test_fifty_learners_run_the_batching_cell_at_once(class_server, model_dir, m
 @pytest.mark.slow
 def test_status_line_follows_the_load_and_sigterm_stops_everything(class_server):
     command, url, _ = class_server
-    command.wait_for(r"running \d+ \| waiting \d+ \| KV cache [\d.]+% .*\| peak KV [1-9][\d.]*%", seconds=30)
+    cell = batching_cell()
+    generated = (LEARNERS + 1) * len(cell.prompts) * cell.max_tokens  # the class + the requests sent alone
+    command.wait_for(rf"running 0 \| waiting 0 \| KV cache [\d.]+% .* out {generated:,} \| peak KV", seconds=60)
     vllm = [p for p in psutil.Process(command.process.pid).children(recursive=True)]
     assert vllm, "the command started no server process"
     assert read_metrics(url)["vllm:num_requests_running"] == 0  # the class has finished

@@ -52,6 +52,10 @@ WATCHDOG = Path(__file__).with_name("watchdog.py")  # run as a script: the leade
 STARTED_PROCESS_GROUPS: list[int] = []
 
 
+# Nothing leaves the learner's machine: switch off vLLM's usage statistics.
+NO_TELEMETRY_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+
+
 class VLLMStartupError(RuntimeError):
     """vLLM did not become healthy. ``root_cause`` is vLLM's own line; the message explains it."""
 
@@ -247,6 +251,7 @@ class VLLMServer:
 
     def _environment(self) -> dict[str, str]:
         env = {**os.environ, "VLLM_LOGGING_COLOR": "0"}  # a log file, not a terminal: no colour codes
+        env.update(NO_TELEMETRY_ENV)  # vLLM reports usage statistics unless told not to
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key  # not on the command line, where `ps` would show it
         if self.device == "cpu" and self.tensor_parallel_size > 1:

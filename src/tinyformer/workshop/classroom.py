@@ -11,7 +11,6 @@ KV cache and a reserve for vLLM itself must fit in the memory that is free now, 
 from __future__ import annotations
 
 import math
-import os
 import secrets
 import signal
 import socket
@@ -27,9 +26,8 @@ from tinyformer.serving.metrics import WATCHED, read_metrics
 from tinyformer.serving.server import API_KEY_ENV, URL_ENV
 
 NULL_BLOCKS = 1  # vLLM's block pool holds one block back as a placeholder
-# Nothing about the class leaves the room: no usage statistics to vLLM's developers, no per-request access
-# log lines (they would record every learner's address) in the server's log.
-NO_TELEMETRY_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+# No per-request access log lines (they would record every learner's address) in the server's log;
+# VLLMServer itself switches vLLM's usage statistics off.
 PRIVATE_ARGS = ("--disable-uvicorn-access-log",)
 
 
@@ -202,10 +200,9 @@ def run_class_server(args) -> int:
 def class_server(
     plan: ClassPlan, *, host: str, port: int | None, api_key: str | None, timeout: float = 300.0, progress: bool = True
 ):
-    """A (not yet started) VLLMServer with the plan's KV cache, no telemetry and no per-request access log."""
+    """A (not yet started) VLLMServer with the plan's KV cache and no per-request access log."""
     from tinyformer.serving.server import VLLMServer
 
-    os.environ.update(NO_TELEMETRY_ENV)  # the server inherits this process's environment
     return VLLMServer(
         plan.model_dir,
         max_model_len=plan.max_model_len,
