@@ -1,48 +1,47 @@
 """Serving the learner's exported model with a real vLLM server (lessons 07-09).
 
-server.py   VLLMServer: start, wait for health, always stop the whole process group; shared-server mode
-kv.py       KV-cache capacity predicted from the model config, and the up-front refusals
-vllm_log.py what vLLM reported (KV capacity) and why it failed, in the lesson's terms
-client.py   completions (openai client), /tokenize, an asyncio load generator capped by a semaphore
-metrics.py  /metrics parsed with prometheus_client, sampled in the background during a load
-cli.py      `tinyformer serve`
+server.py    VLLMServer: start, wait for health, always stop the whole process group; shared-server mode
+watchdog.py  the process-group leader that stops vLLM if this Python process dies without cleaning up
+kv.py        a KV budget: the capacity vLLM will report, predicted from the model config; up-front refusals
+vllm_log.py  what vLLM logged: KV capacity, engine steps, and why a start failed, in the lesson's terms
+client.py    completions (openai client), /tokenize, an asyncio load generator capped by a semaphore
+metrics.py   /metrics parsed with prometheus_client, sampled in the background during a load
+prepare.py   the lessons' model, trained if needed and exported for vLLM
+cli.py       `tinyformer serve`
+
+Names are imported on first use, so `tinyformer --help` (which imports cli.py) stays instant.
 """
 
-from tinyformer.serving.client import LoadResult, Reply, RequestRejected, complete, run_load, send_load, tokenize
-from tinyformer.serving.kv import (
-    BLOCK_SIZE,
-    KVBudget,
-    ServingConfigError,
-    bytes_for_tokens,
-    check_serving_config,
-    kv_bytes_per_token,
-    model_config_from_dir,
-)
-from tinyformer.serving.metrics import WATCHED, MetricsSampler, cache_config, read_metrics
-from tinyformer.serving.server import STARTED_PROCESS_GROUPS, VLLMServer, VLLMStartupError
-from tinyformer.serving.vllm_log import ReportedKV
+from __future__ import annotations
 
-__all__ = [
-    "BLOCK_SIZE",
-    "STARTED_PROCESS_GROUPS",
-    "WATCHED",
-    "KVBudget",
-    "LoadResult",
-    "MetricsSampler",
-    "Reply",
-    "ReportedKV",
-    "RequestRejected",
-    "ServingConfigError",
-    "VLLMServer",
-    "VLLMStartupError",
-    "bytes_for_tokens",
-    "cache_config",
-    "check_serving_config",
-    "complete",
-    "kv_bytes_per_token",
-    "model_config_from_dir",
-    "read_metrics",
-    "run_load",
-    "send_load",
-    "tokenize",
-]
+import importlib
+
+_HOMES = {
+    "client": ("LoadResult", "Reply", "RequestRejected", "complete", "run_load", "send_load", "tokenize"),
+    "kv": (
+        "BLOCK_SIZE",
+        "KVBudget",
+        "ServingConfigError",
+        "bytes_for_tokens",
+        "check_serving_config",
+        "kv_bytes_per_token",
+        "model_config_from_dir",
+    ),
+    "metrics": ("WATCHED", "MetricsSampler", "cache_config", "read_metrics"),
+    "server": ("STARTED_PROCESS_GROUPS", "VLLMServer", "VLLMStartupError"),
+    "vllm_log": ("Iteration", "ReportedKV"),
+}
+_WHERE = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'tinyformer.serving' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"tinyformer.serving.{_WHERE[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -39,7 +39,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from tinyformer.serving.server import VLLMServer, VLLMStartupError
+    from tinyformer.serving.server import VLLMServer
 
     server = VLLMServer(
         args.model_dir,
@@ -58,22 +58,35 @@ def run_serve(args: argparse.Namespace) -> int:
         shared=False,
     )
     print(f"predicted: {server.predicted.summary()}")
+    return serve_until_interrupted(server, "tinyformer serve", on_ready=_announce)
+
+
+def serve_until_interrupted(server, command: str, on_ready, wait=None) -> int:
+    """Start ``server``, call ``on_ready(server)``, then block until Ctrl-C or SIGTERM (exit code 0) or until
+    vLLM dies (1; ``wait(server)`` may watch instead and return what to print). Always stops the server."""
+    from tinyformer.serving.server import VLLMStartupError
+
     signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops the server as cleanly as Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even where the shell started us ignoring it
     try:
         server.start()
-        _announce(server)
-        while server.is_running():
-            time.sleep(1.0)
-        print(f"vLLM exited on its own; see its log: {server.log_path}", file=sys.stderr)
+        on_ready(server)
+        print(f"\n{(wait or _wait_while_running)(server)}; see its log: {server.log_path}", file=sys.stderr)
         return 1
     except VLLMStartupError as error:
-        print(f"tinyformer serve: error: {error}", file=sys.stderr)
+        print(f"{command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nstopping vLLM ...")
         return 0
     finally:
         server.stop()
+
+
+def _wait_while_running(server) -> str:
+    while server.is_running():
+        time.sleep(1.0)
+    return "vLLM exited on its own"
 
 
 def _announce(server) -> None:

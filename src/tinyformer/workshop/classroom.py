@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import secrets
-import signal
 import socket
 import sys
 import time
@@ -165,7 +164,6 @@ def learner_url(host: str, port: int) -> str:
 
 def run_class_server(args) -> int:
     """``tinyformer workshop serve``: plan, refuse or start, announce, then a status line until Ctrl-C."""
-    from tinyformer.serving.server import VLLMStartupError
 
     plan = plan_class(
         args.model_dir,
@@ -180,21 +178,16 @@ def run_class_server(args) -> int:
     api_key = args.api_key or secrets.token_urlsafe(16)
     server = class_server(plan, host=host, port=args.port, api_key=api_key, timeout=args.timeout)
     print(f"class plan: {plan.summary()}")
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops the server as cleanly as Ctrl-C
-    try:
-        server.start()
+    from tinyformer.serving.cli import serve_until_interrupted
+
+    def announce(server):
         _announce(server, plan, learner_url(host, args.port), api_key)
+
+    def wait(server) -> str:
         peak = watch(server, every=args.status_every)
-        print(f"\nvLLM exited on its own (peak KV usage {100 * peak:.1f}%); see its log: {server.log_path}")
-        return 1
-    except VLLMStartupError as error:
-        print(f"tinyformer workshop serve: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nstopping vLLM ...")
-        return 0
-    finally:
-        server.stop()
+        return f"vLLM exited on its own (peak KV usage {100 * peak:.1f}%)"
+
+    return serve_until_interrupted(server, "tinyformer workshop serve", announce, wait)
 
 
 def class_server(
@@ -295,7 +288,3 @@ def _network_address() -> str:
             return s.getsockname()[0]
         except OSError:
             return socket.gethostname()
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
