@@ -344,7 +344,7 @@ def interrupted_twice(folder, tmp_path) -> list[int]:
 
 def interrupted_mid_request(folder, tmp_path) -> list[int]:
     server = small_server(folder, kv_cache_tokens=4096)
-    prompts = ["the cat near the dog"] * 64
+    prompts = ["the cat near the dog"] * 512  # a load that lasts many seconds, so the interrupt lands mid-way
     with pytest.raises(KeyboardInterrupt), server:
         with interrupt_when(lambda: read_metrics(server)["vllm:num_requests_running"] > 0):
             run_load(server, prompts, concurrency=16, max_tokens=200, ignore_eos=True)
