@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from types import SimpleNamespace
 
 import ipywidgets as w
 import numpy as np
@@ -126,33 +127,53 @@ class AttentionExplorer(LiveFigureWidget):
             ]
         )
 
-    def draw(self, fig) -> None:
-        x = self.current()
+    def build(self, fig) -> None:
+        """Two panels (linear and log memory axis), each with the same lines; their data comes later."""
         n = np.array(SEQ_LENS, dtype=float)
-        per_n2 = x.scores_per_layer / self.seq_len.value**2
-        scores, kv = per_n2 * n**2, x.kv_per_token * self.batch.value * n
-        measured = None
-        if self.measure:
-            measured = measured_scores(
-                self.seq_len.value, self.n_head.value, self.batch.value, self.dtype.value, self.head_dim.value
-            )
+        self.panels = []
         for ax, scale in zip(fig.subplots(1, 2), ("linear", "log"), strict=True):
-            ax.plot(n, scores / memory.GiB, color="tab:red", label="score matrix (one layer) ~ n²")
-            ax.plot(n, kv / memory.GiB, color="tab:blue", label="KV cache (all layers) ~ n")
-            ax.axhline(x.device_bytes / memory.GiB, color="gray", ls="--", lw=1, label=self.device.value)
-            ax.axvline(x.longest_fitting_n, color="gray", ls=":", lw=1)
-            ax.plot([self.seq_len.value], [x.scores_per_layer / memory.GiB], "o", color="tab:red")
-            if measured is not None:
-                ax.plot([self.seq_len.value], [measured / memory.GiB], "kx", ms=10, label="measured here (naive)")
+            panel = SimpleNamespace(ax=ax, scale=scale)
+            (panel.scores,) = ax.plot(n, n, color="tab:red", label="score matrix (one layer) ~ n²")
+            (panel.kv,) = ax.plot(n, n, color="tab:blue", label="KV cache (all layers) ~ n")
+            panel.device = ax.axhline(1, color="gray", ls="--", lw=1)
+            panel.longest = ax.axvline(1, color="gray", ls=":", lw=1)
+            (panel.point,) = ax.plot([1], [1], "o", color="tab:red")
+            (panel.measured,) = ax.plot([1], [1], "kx", ms=10)
             log2_x_axis(ax, SEQ_LENS)
+            ax.set_xlim(SEQ_LENS[0] / 1.25, SEQ_LENS[-1] * 1.25)  # fixed: the lines move, the axis does not
             if scale == "log":
                 log_y_axis(ax)
-            else:
-                ax.set_ylim(0, max(scores.max(), kv.max()) / memory.GiB * 1.05)
             ax.set_xlabel("sequence length n (tokens)")
             ax.set_ylabel("GiB")
             ax.set_title(f"{scale} memory axis")
-        fig.axes[1].legend(fontsize=7, loc="upper left")
+            self.panels.append(panel)
+
+    def update_figure(self) -> None:
+        x, n_now = self.current(), self.seq_len.value
+        n = np.array(SEQ_LENS, dtype=float)
+        scores = x.scores_per_layer / n_now**2 * n**2 / memory.GiB  # grows as n^2
+        kv = x.kv_per_token * self.batch.value * n / memory.GiB  # grows as n
+        device = x.device_bytes / memory.GiB
+        measured = None
+        if self.measure:
+            measured = measured_scores(n_now, self.n_head.value, self.batch.value, self.dtype.value, self.head_dim.value)
+        for p in self.panels:
+            p.scores.set_ydata(scores)
+            p.kv.set_ydata(kv)
+            p.device.set_ydata([device, device])
+            p.device.set_label(self.device.value)
+            p.longest.set_xdata([x.longest_fitting_n, x.longest_fitting_n])
+            p.point.set_data([n_now], [x.scores_per_layer / memory.GiB])
+            p.measured.set_visible(measured is not None)
+            p.measured.set_label("measured here (naive)" if measured is not None else "_hidden")
+            if measured is not None:
+                p.measured.set_data([n_now], [measured / memory.GiB])
+            top = max(scores.max(), kv.max())
+            if p.scale == "log":
+                p.ax.set_ylim(min(scores.min(), kv.min()) / 2, max(top, device) * 2)
+            else:
+                p.ax.set_ylim(0, top * 1.05)
+        self.panels[1].ax.legend(fontsize=7, loc="upper left")  # rebuilt: the device's name may have changed
 
 
 def attention_explorer(**kwargs) -> AttentionExplorer:

@@ -1,4 +1,4 @@
-"""What every widget shares: a figure rendered to PNG, debounced updates, and a static fallback."""
+"""What every widget shares: one figure updated in place and sent as PNG, debounced updates, a static fallback."""
 
 from __future__ import annotations
 
@@ -43,13 +43,19 @@ def figure_png(fig: Figure, dpi: int = 72) -> bytes:
 
 
 class LiveFigureWidget:
-    """Controls + an HTML panel of numbers + a figure, recomputed (debounced) when a control changes.
+    """Controls + an HTML panel of numbers + a figure, updated (debounced) when a control changes.
+
+    The figure, its axes and its artists (lines, bars, images) are made once by ``build(fig)``; each update
+    only moves them (``update_figure()``: new data, limits, labels). Re-creating axes and ticks on every
+    slider move costs more than drawing them, and the update must reach the screen within 200 ms.
 
     Subclasses build ``self.controls`` (a list of widgets), implement ``numbers_html()`` (cheap: shown
-    first) and ``draw(fig)`` (the plot), and call ``self._finish()`` at the end of ``__init__``.
+    first), ``build(fig)`` and ``update_figure()``, and call ``self._finish(controls)`` at the end of
+    ``__init__``.
     """
 
     css_class = "tf-widget"
+    figsize = (10, 3.4)
 
     def _finish(self, controls: list[w.Widget]) -> None:
         self.controls = controls
@@ -66,6 +72,10 @@ class LiveFigureWidget:
             ]
         )
         self.ui.add_class(self.css_class)
+        self.figure = Figure(figsize=self.figsize)
+        self.build(self.figure)
+        # fixed margins: layout engines ("tight", "constrained") re-measure every text on every draw
+        self.figure.subplots_adjust(left=0.07, right=0.98, bottom=0.2, top=0.88, wspace=0.3)
         self.last_update_seconds = 0.0
         self._debounced = Debouncer(self.refresh)
         for control in controls:
@@ -73,22 +83,22 @@ class LiveFigureWidget:
         self.refresh()
 
     def refresh(self) -> None:
-        """Recompute the numbers, then the figure."""
+        """Recompute the numbers, then move the figure's artists and send the new PNG."""
         start = time.perf_counter()
         self.numbers.value = self.numbers_html()
-        self.image.value = figure_png(self.render())
+        self.update_figure()
+        self.image.value = figure_png(self.figure)
         self.last_update_seconds = time.perf_counter() - start
-
-    def render(self) -> Figure:
-        fig = Figure(figsize=(10, 3.4))
-        self.draw(fig)
-        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.2, top=0.88, wspace=0.3)  # fixed: layout engines are slow
-        return fig
 
     def numbers_html(self) -> str:
         raise NotImplementedError
 
-    def draw(self, fig: Figure) -> None:
+    def build(self, fig: Figure) -> None:
+        """Create the axes and artists once (their data is filled in by ``update_figure``)."""
+        raise NotImplementedError
+
+    def update_figure(self) -> None:
+        """Move the artists made by ``build`` to the controls' current values."""
         raise NotImplementedError
 
     def _repr_mimebundle_(self, **kwargs):

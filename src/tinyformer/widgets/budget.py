@@ -120,55 +120,84 @@ class BudgetCalculator(LiveFigureWidget):
             rows.append(f"<small>estimates: {'; '.join(plan.assumptions)}</small>")
         return "".join(rows)
 
-    def draw(self, fig) -> None:
+    def build(self, fig) -> None:
+        """Left: one stacked bar of a GPU's memory; right: max concurrency against max_model_len."""
+        self.memory_ax, self.concurrency_ax = fig.subplots(1, 2, width_ratios=[3, 2])
+        left = self.memory_ax
+        self.parts = {
+            name: left.barh(0, 0, left=0, height=0.6, color=color, edgecolor="k", lw=0.5)[0]
+            for name, color in PALETTE.items()
+        }
+        self.total_line = left.axvline(0, color="k", lw=1.5)
+        self.usable_line = left.axvline(0, color="k", ls="--", lw=1, label="x gpu_memory_utilization")
+        left.set_yticks([])
+        left.set_ylim(-0.5, 1.6)
+
+        right = self.concurrency_ax
+        (self.concurrency_line,) = right.plot([1], [1], "o-", ms=3)
+        self.one_request = right.axhline(1, color="tab:red", lw=1, ls=":", label="one request")
+        self.no_budget = right.text(
+            0.5, 0.5, "no KV budget:\nmax_model_len cannot help", ha="center", va="center", transform=right.transAxes
+        )
+        self.chosen_len = right.axvline(1, color="gray", lw=1)
+        log2_x_axis(right, MAX_MODEL_LENS)
+        right.set_xlim(MAX_MODEL_LENS[0] / 1.25, MAX_MODEL_LENS[-1] * 1.25)
+        log_y_axis(right)
+        right.set_xlabel("max_model_len")
+        right.set_ylabel("max concurrency (x)")
+        right.set_title("smaller max_model_len: more requests, same weights", fontsize=8)
+
+    def update_figure(self) -> None:
         plan = self.plan()
-        left, right = fig.subplots(1, 2, width_ratios=[3, 2])
+        self._update_memory_bar(plan)
+        self._update_concurrency(plan)
+
+    def _update_memory_bar(self, plan: memory.ServingPlan) -> None:
+        """Weights, activations, overhead and KV cache side by side in one GPU's memory."""
         total = plan.gpu.memory_bytes if plan.gpu else plan.usable
-        kv = max(plan.kv_budget, 0)
-        parts = {
+        sizes = {
             "weights": plan.weights_on_gpu,
             "activations (est.)": plan.activations,
             "overhead (est.)": plan.overhead,
-            "KV cache": kv,
+            "KV cache": max(plan.kv_budget, 0),
         }
-        parts["not used"] = max(total - sum(parts.values()), 0)
+        sizes["not used"] = max(total - sum(sizes.values()), 0)
         start = 0.0
-        for name, size in parts.items():
-            label = f"{name} {memory.format_bytes(size)}"
-            left.barh(
-                0, size / memory.GiB, left=start, height=0.6, color=PALETTE[name], edgecolor="k", lw=0.5, label=label
-            )
+        for name, size in sizes.items():
+            bar = self.parts[name]
+            bar.set_x(start)
+            bar.set_width(size / memory.GiB)
+            bar.set_label(f"{name} {memory.format_bytes(size)}")
             start += size / memory.GiB
-        left.axvline(total / memory.GiB, color="k", lw=1.5)
-        left.axvline(plan.usable / memory.GiB, color="k", ls="--", lw=1, label="x gpu_memory_utilization")
-        left.set_yticks([])
-        left.set_ylim(-0.5, 1.6)
+        self.total_line.set_xdata([total / memory.GiB] * 2)
+        self.usable_line.set_xdata([plan.usable / memory.GiB] * 2)
+        left = self.memory_ax
+        left.set_xlim(0, max(start, total / memory.GiB) * 1.02)
         left.set_xlabel("GiB per GPU" if plan.gpu else "GiB (KV cache bytes given)")
         left.set_title(plan.message[:70] + ("..." if len(plan.message) > 70 else ""), fontsize=8)
-        left.legend(fontsize=7, ncols=3, loc="upper center")
-        self._draw_concurrency(right, plan)
+        left.legend(fontsize=7, ncols=3, loc="upper center")  # rebuilt: the sizes are in the labels
 
-    def _draw_concurrency(self, ax, plan: memory.ServingPlan) -> None:
+    def _update_concurrency(self, plan: memory.ServingPlan) -> None:
         """Requests of max_model_len tokens that fit at once, for each max_model_len (same KV budget)."""
+        has_budget = plan.kv_budget > 0
+        for artist in (self.concurrency_line, self.one_request):
+            artist.set_visible(has_budget)
+        self.no_budget.set_visible(not has_budget)
+        self.chosen_len.set_xdata([plan.max_model_len] * 2)
+        ax = self.concurrency_ax
+        if not has_budget:
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()
+            return
         lens = [n for n in MAX_MODEL_LENS if n <= plan.model.max_position_embeddings]
-        if plan.kv_budget > 0:
-            conc = [
-                memory.vllm_kv_capacity(plan.kv_budget, plan.bytes_per_token, plan.block_size, n).max_concurrency
-                for n in lens
-            ]
-            ax.plot(lens, conc, "o-", ms=3)
-            ax.axhline(1, color="tab:red", lw=1, ls=":", label="one request")
-            log_y_axis(ax)
-            ax.legend(fontsize=7)
-        else:
-            ax.text(
-                0.5, 0.5, "no KV budget:\nmax_model_len cannot help", ha="center", va="center", transform=ax.transAxes
-            )
-        ax.axvline(plan.max_model_len, color="gray", lw=1)
-        log2_x_axis(ax, MAX_MODEL_LENS)
-        ax.set_xlabel("max_model_len")
-        ax.set_ylabel("max concurrency (x)")
-        ax.set_title("smaller max_model_len: more requests, same weights", fontsize=8)
+        conc = [
+            memory.vllm_kv_capacity(plan.kv_budget, plan.bytes_per_token, plan.block_size, n).max_concurrency
+            for n in lens
+        ]
+        self.concurrency_line.set_data(lens, conc)
+        positive = [c for c in conc if c > 0] or [1.0]
+        ax.set_ylim(min(min(positive), 1.0) / 2, max(max(positive), 1.0) * 2)  # keep "one request" in view
+        ax.legend(fontsize=7)
 
 
 def budget_calculator(**kwargs) -> BudgetCalculator:

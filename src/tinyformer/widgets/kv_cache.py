@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import ipywidgets as w
+import matplotlib
 import numpy as np
 import torch
+from matplotlib.ticker import FixedFormatter
 
 from tinyformer import memory
 from tinyformer.kv_cache import KVCache
@@ -109,33 +111,54 @@ class KVCacheStepper(LiveFigureWidget):
             ]
         ) + ("" if s.nbytes == formula else "<b>cache bytes differ from the formula!</b>")
 
-    def draw(self, fig) -> None:
-        t, k = self.trace, self.step.value
-        s = t.steps[k]
-        grow, keys, attn = fig.subplots(1, 3, width_ratios=[2, 2, 3])
+    def build(self, fig) -> None:
+        """Three panels sized for the LAST step (the longest cache), so a step only fills in more of them."""
+        t = self.trace
         lens = [x.cache_len for x in t.steps]
-        grow.bar(
-            range(len(lens)),
-            [x.nbytes for x in t.steps],
-            color=["tab:blue" if i == k else "lightsteelblue" for i in range(len(lens))],
-        )
-        grow.plot(range(len(lens)), [t.bytes_per_token * n for n in lens], "k--", lw=1, label="formula")
-        grow.set_xticks(range(0, len(lens), max(1, len(lens) // 5)))
-        grow.set_xlabel("step")
-        grow.set_ylabel("KV cache bytes")
-        grow.set_title("grows by one token per step", fontsize=9)
-        grow.legend(fontsize=7)
-        layer_keys = s.keys[self.layer.value][self.head.value]  # [S, hd]
-        keys.imshow(layer_keys, aspect="auto", cmap="coolwarm", interpolation="nearest")
-        keys.axhline(s.cache_len - 1.5, color="k", lw=1)
-        keys.set_title(f"layer {self.layer.value} head {self.head.value} keys [S={s.cache_len}, hd]", fontsize=9)
-        keys.set_xlabel("channel")
-        keys.set_ylabel("cached token")
-        weights = s.attention[self.layer.value][self.head.value]  # [S]
-        attn.bar(range(len(weights)), weights, color="tab:green")
-        attn.set_xticks(range(len(weights)), self.labels[: len(weights)], rotation=60, fontsize=7)
-        attn.set_ylim(0, 1)
-        attn.set_title(f"newest token's attention over the cache (sums to {weights.sum():.2f})", fontsize=9)
+        longest = lens[-1]
+        self.grow, self.keys, self.attn = fig.subplots(1, 3, width_ratios=[2, 2, 3])
+
+        self.cache_bars = self.grow.bar(range(len(lens)), [x.nbytes for x in t.steps], color="lightsteelblue")
+        self.grow.plot(range(len(lens)), [t.bytes_per_token * n for n in lens], "k--", lw=1, label="formula")
+        self.grow.set_xticks(range(0, len(lens), max(1, len(lens) // 5)))
+        self.grow.set_xlabel("step")
+        self.grow.set_ylabel("KV cache bytes")
+        self.grow.set_title("grows by one token per step", fontsize=9)
+        self.grow.legend(fontsize=7)
+
+        # Rows not yet in the cache are NaN, drawn blank: the image fills in row by row.
+        self.key_rows = np.full((longest, t.head_dim), np.nan)  # [S_max, hd]
+        cmap = matplotlib.colormaps["coolwarm"].with_extremes(bad="white")
+        self.key_image = self.keys.imshow(self.key_rows, aspect="auto", cmap=cmap, interpolation="nearest")
+        self.newest_row = self.keys.axhline(0, color="k", lw=1)
+        self.keys.set_xlabel("channel")
+        self.keys.set_ylabel("cached token")
+
+        self.weight_bars = self.attn.bar(range(longest), np.zeros(longest), color="tab:green")
+        self.attn.set_xticks(range(longest))
+        self.attn.tick_params(axis="x", labelrotation=60, labelsize=7)
+        self.attn.set_ylim(0, 1)
+
+    def update_figure(self) -> None:
+        t, k, layer, head = self.trace, self.step.value, self.layer.value, self.head.value
+        s = t.steps[k]
+        for i, bar in enumerate(self.cache_bars):
+            bar.set_color("tab:blue" if i == k else "lightsteelblue")
+
+        all_keys = t.steps[-1].keys[layer][head]  # [S_max, hd]: one colour scale for every step
+        self.key_rows[:] = np.nan
+        self.key_rows[: s.cache_len] = s.keys[layer][head]  # [S, hd]
+        self.key_image.set_data(self.key_rows)
+        self.key_image.set_clim(all_keys.min(), all_keys.max())
+        self.newest_row.set_ydata([s.cache_len - 1.5] * 2)
+        self.keys.set_title(f"layer {layer} head {head} keys [S={s.cache_len}, hd]", fontsize=9)
+
+        weights = s.attention[layer][head]  # [S]
+        for i, bar in enumerate(self.weight_bars):
+            bar.set_height(weights[i] if i < len(weights) else 0.0)
+        visible = [label if i < len(weights) else "" for i, label in enumerate(self.labels[: len(self.weight_bars)])]
+        self.attn.xaxis.set_major_formatter(FixedFormatter(visible))  # tokens not generated yet stay unnamed
+        self.attn.set_title(f"newest token's attention over the cache (sums to {weights.sum():.2f})", fontsize=9)
 
 
 def kv_cache_stepper(
