@@ -156,7 +156,8 @@ class AttentionExplorer(LiveFigureWidget):
         device = x.device_bytes / memory.GiB
         measured = None
         if self.measure:
-            measured = measured_scores(n_now, self.n_head.value, self.batch.value, self.dtype.value, self.head_dim.value)
+            setting = (n_now, self.n_head.value, self.batch.value, self.dtype.value, self.head_dim.value)
+            measured = measured_scores(*setting)
         for p in self.panels:
             p.scores.set_ydata(scores)
             p.kv.set_ydata(kv)
