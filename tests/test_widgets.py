@@ -9,7 +9,16 @@ import torch
 
 from tinyformer import ModelConfig, Transformer, build_tokenizer, memory
 from tinyformer.generate import generate
-from tinyformer.widgets import AttentionExplorer, BudgetCalculator, explorer_numbers, kv_cache_stepper, trace_generation
+from tinyformer.widgets import (
+    AttentionExplorer,
+    BudgetCalculator,
+    attention_row,
+    attention_weights,
+    attention_weights_viewer,
+    explorer_numbers,
+    kv_cache_stepper,
+    trace_generation,
+)
 from tinyformer.widgets.base import Debouncer
 from tinyformer.widgets.budget import CPU_BACKEND, TINY_MODEL
 
@@ -110,6 +119,47 @@ def test_kv_trace_refuses_a_sequence_past_the_position_table():
     model = Transformer(ModelConfig.preset("nano", vocab_size=60))
     with pytest.raises(ValueError, match="n_positions=128"):
         trace_generation(model, [1] * 120, 20)
+
+
+@pytest.fixture
+def nano_model_and_tokenizer():
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    return Transformer(ModelConfig.preset("nano", vocab_size=len(tokenizer))).eval(), tokenizer
+
+
+def test_attention_rows_are_the_models_weights_masked_after_the_query(nano_model_and_tokenizer):
+    model, tokenizer = nano_model_and_tokenizer
+    ids = tokenizer.encode("the cat near the dogs sleeps .")
+    weights = attention_weights(model, ids)  # [L, nh, T, T]
+    with torch.no_grad():
+        _, expected = model(torch.tensor([ids]), return_attention=True)
+    assert weights.shape == (2, 2, 7, 7)
+    for layer in range(2):
+        assert weights[layer] == pytest.approx(expected[layer][0].numpy(), abs=1e-7)
+    row = attention_row(weights, layer=1, head=0, query=3)
+    assert row.visible == 4
+    assert row.weights[:4].sum() == pytest.approx(1.0, abs=1e-6)
+    assert (row.weights[4:] == 0).all()  # the causal mask: exactly zero, not just small
+    assert row.strongest == int(weights[1, 0, 3].argmax())
+
+
+def test_attention_weights_viewer_follows_its_controls_and_refuses_an_empty_sentence(nano_model_and_tokenizer):
+    model, tokenizer = nano_model_and_tokenizer
+    widget = attention_weights_viewer(model, tokenizer, "the cat near the dogs sleeps .")
+    assert shown(widget, "tf-visible") == "1" and shown(widget, "tf-row-sum") == "1.000000"
+    widget.query.value, widget.head.value = 5, 1
+    expected = attention_row(attention_weights(model, tokenizer.encode("the cat near the dogs sleeps .")), 0, 1, 5)
+    assert shown(widget, "tf-visible") == "6"
+    assert [float(x) for x in shown(widget, "tf-row").split()] == pytest.approx(expected.weights, abs=1e-6)
+    assert shown(widget, "tf-future") == "0"
+
+    widget.sentence.value = "   "
+    assert "type at least one word" in widget.numbers.value and shown(widget, "tf-visible") == "6"
+    widget.sentence.value = "the dogs run ."  # shorter: the slider's range follows, the figure is rebuilt
+    assert widget.query.max == 3 and widget.query.value == 3
+    assert "tf-error" not in widget.numbers.value
+    assert bytes(widget.image.value).startswith(PNG_MAGIC)
 
 
 def test_debouncer_runs_at_once_without_an_event_loop_and_once_per_burst_with_one():

@@ -7,15 +7,25 @@ front end (nbmake, nbconvert, a static notebook viewer) sees.
 """
 
 from tinyformer.widgets.attention import AttentionExplorer, attention_explorer, explorer_numbers
+from tinyformer.widgets.attention_weights import (
+    AttentionWeightsViewer,
+    attention_row,
+    attention_weights,
+    attention_weights_viewer,
+)
 from tinyformer.widgets.budget import BudgetCalculator, budget_calculator
 from tinyformer.widgets.kv_cache import KVCacheStepper, KVTrace, kv_cache_stepper, trace_generation
 
 __all__ = [
     "AttentionExplorer",
+    "AttentionWeightsViewer",
     "BudgetCalculator",
     "KVCacheStepper",
     "KVTrace",
     "attention_explorer",
+    "attention_row",
+    "attention_weights",
+    "attention_weights_viewer",
     "budget_calculator",
     "explorer_numbers",
     "kv_cache_stepper",
