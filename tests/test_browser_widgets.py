@@ -15,6 +15,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -131,32 +132,36 @@ def browser(chromium_executable):
         b.close()
 
 
-def open_and_run(browser, lab, name: str):
-    """A page with notebook ``name`` open and every cell run; fails with the first error output."""
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{lab['url']}/lab/tree/{name}?token={lab['token']}")
-    page.wait_for_function(
-        "window.jupyterapp && window.jupyterapp.shell.currentWidget "
-        "&& window.jupyterapp.shell.currentWidget.sessionContext "
-        "&& window.jupyterapp.shell.currentWidget.sessionContext.session",
-        timeout=120_000,
+NOTEBOOK_PANEL = """name => Array.from(window.jupyterapp.shell.widgets('main'))
+    .find(w => w.context && w.context.path === name && w.sessionContext)"""
+
+
+def open_and_run(page, lab, name: str) -> None:
+    """Open notebook ``name`` in a fresh JupyterLab workspace (so no other notebook is restored beside it),
+    run every cell, and fail with the first error output."""
+    page.goto(f"{lab['url']}/lab/workspaces/{name.split('_')[0]}/tree/{name}?reset&token={lab['token']}")
+    find = f"({NOTEBOOK_PANEL})({json.dumps(name)})"
+    page.wait_for_function(f"window.jupyterapp && {find} && {find}.sessionContext.session", timeout=120_000)
+    page.wait_for_function(f"{find}.sessionContext.kernelDisplayStatus === 'idle'", timeout=120_000)
+    page.evaluate(
+        f"""() => {{
+            const nb = {find};
+            window.jupyterapp.shell.activateById(nb.id);
+            return window.jupyterapp.commands.execute('notebook:run-all-cells');
+        }}"""
     )
-    page.wait_for_function(
-        "window.jupyterapp.shell.currentWidget.sessionContext.kernelDisplayStatus === 'idle'", timeout=120_000
-    )
-    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
     # Done when every code cell has an execution count and the kernel is idle again.
     page.wait_for_function(
-        """() => {
-            const nb = window.jupyterapp.shell.currentWidget;
+        f"""() => {{
+            const nb = {find};
             const cells = nb.content.widgets.filter(c => c.model.type === 'code');
-            const errors = document.querySelectorAll(
+            const errors = nb.node.querySelectorAll(
                 '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]');
-            for (const e of errors) {
+            for (const e of errors) {{
                 if (e.textContent.includes('Traceback') || e.textContent.includes('Error')) return true;
-            }
+            }}
             return nb.sessionContext.kernelDisplayStatus === 'idle' && cells.every(c => c.model.executionCount);
-        }""",
+        }}""",
         timeout=600_000,
         polling=500,
     )
@@ -164,14 +169,32 @@ def open_and_run(browser, lab, name: str):
     for i in range(errors.count()):
         text = errors.nth(i).inner_text()
         assert "Traceback" not in text and "Error" not in text, f"{name}: a cell failed:\n{text[-2000:]}"
-    return page
 
 
 def value_of(page, css: str) -> str:
     return page.locator(f"b.{css}").first.get_attribute("data-value")
 
 
-def press_and_time(page, slider_css: str, key: str, watch_css: str, figure_css: str) -> tuple[float, float]:
+PRESSES = 7  # right, left, right, ... right: the widget ends one step to the right of where it started
+
+
+def press_and_time(page, slider_css: str, key: str, watch_css: str, figure_css: str) -> dict[str, float]:
+    """Press ``key`` then its opposite, PRESSES times in all, on the slider's handle; the median (and the
+    slowest) time from the key press to the new numbers and to the new figure, measured inside the page."""
+    opposite = {"ArrowRight": "ArrowLeft", "ArrowLeft": "ArrowRight"}[key]
+    times = [
+        press_once(page, slider_css, key if i % 2 == 0 else opposite, watch_css, figure_css) for i in range(PRESSES)
+    ]
+    numbers, figure = [t[0] for t in times], [t[1] for t in times]
+    return {
+        "presses": PRESSES,
+        "numbers_ms_median": statistics.median(numbers),
+        "figure_ms_median": statistics.median(figure),
+        "figure_ms_max": max(figure),
+    }
+
+
+def press_once(page, slider_css: str, key: str, watch_css: str, figure_css: str) -> tuple[float, float]:
     """Focus the slider's handle, press ``key``, and return (ms to new numbers, ms to new figure),
     both measured inside the page from the keydown event."""
     page.evaluate(
@@ -208,21 +231,23 @@ def readout(page, slider_css: str) -> str:
     return page.locator(f".{slider_css} .widget-readout").first.inner_text().strip()
 
 
-def report(name: str, timings: dict[str, tuple[float, float]]) -> None:
+def report(name: str, timings: dict[str, dict[str, float]]) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"widget_latency_{name.split('_')[0]}.json").write_text(json.dumps(timings, indent=1))
-    for widget, (numbers_ms, figure_ms) in timings.items():
-        verdict = "within" if figure_ms <= TARGET_MS else "OVER"
+    for widget, t in timings.items():
+        verdict = "within" if t["figure_ms_median"] <= TARGET_MS else "OVER"
         print(
-            f"{name} {widget}: numbers {numbers_ms:.0f} ms, figure {figure_ms:.0f} ms "
-            f"after the key press ({verdict} the {TARGET_MS} ms target)"
+            f"{name} {widget}: over {t['presses']} key presses, numbers {t['numbers_ms_median']:.0f} ms, figure "
+            f"{t['figure_ms_median']:.0f} ms (median; slowest {t['figure_ms_max']:.0f} ms) after the key press "
+            f"({verdict} the {TARGET_MS} ms target)"
         )
 
 
 @pytest.mark.parametrize("name", widget_notebooks())
 def test_widgets_respond_to_the_keyboard_with_the_pure_functions_numbers(browser, lab, name):
-    page = open_and_run(browser, lab, name)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
+        open_and_run(page, lab, name)
         timings = CHECKS[name[:2]](page)
         report(name, timings)
     except BaseException:
@@ -233,7 +258,7 @@ def test_widgets_respond_to_the_keyboard_with_the_pure_functions_numbers(browser
         page.close()
 
 
-def check_notebook_06(page) -> dict[str, tuple[float, float]]:
+def check_notebook_06(page) -> dict[str, dict[str, float]]:
     timings = {}
     # Attention explorer: n 4096 -> 8192 with the right arrow; the notebook set heads 32, layers 32, bf16, hd 128.
     before = int(value_of(page, "tf-scores"))
@@ -259,7 +284,7 @@ def check_notebook_06(page) -> dict[str, tuple[float, float]]:
     return timings
 
 
-def check_kv_stepper(page) -> tuple[float, float]:
+def check_kv_stepper(page) -> dict[str, float]:
     """Step 0 -> 1 adds one token to the cache (prompt "the cat near the dogs": 5 tokens, nano model, fp32)."""
     timing = press_and_time(page, "tf-step", "ArrowRight", ".tf-kv-numbers", "img.tf-kv-figure")
     nano = ModelConfig.preset("nano", vocab_size=len(build_tokenizer()))
@@ -270,7 +295,7 @@ def check_kv_stepper(page) -> tuple[float, float]:
     return timing
 
 
-def check_notebook_02(page) -> dict[str, tuple[float, float]]:
+def check_notebook_02(page) -> dict[str, dict[str, float]]:
     """Token 0 -> 1 with the right arrow: the row shown is the model's, and sees exactly two tokens."""
     timing = press_and_time(page, "tf-query", "ArrowRight", ".tf-weights-numbers", "img.tf-weights-figure")
     torch.manual_seed(0)  # notebook 02's own untrained model, built the same way
@@ -284,7 +309,7 @@ def check_notebook_02(page) -> dict[str, tuple[float, float]]:
     return {"attention weights viewer": timing}
 
 
-def check_notebook_05(page) -> dict[str, tuple[float, float]]:
+def check_notebook_05(page) -> dict[str, dict[str, float]]:
     return {"KV cache stepper": check_kv_stepper(page)}
 
 

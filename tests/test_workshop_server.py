@@ -220,14 +220,55 @@ def test_fifty_learners_run_the_batching_cell_at_once(class_server, model_dir, m
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_status_line_follows_the_load_and_sigterm_stops_everything(class_server):
+def test_status_line_follows_the_load(class_server):
     command, url, _ = class_server
     cell = batching_cell()
     generated = (LEARNERS + 1) * len(cell.prompts) * cell.max_tokens  # the class + the requests sent alone
     command.wait_for(rf"running 0 \| waiting 0 \| KV cache [\d.]+% .* out {generated:,} \| peak KV", seconds=60)
+    assert read_metrics(url)["vllm:num_requests_running"] == 0  # the class has finished
+
+
+def run_lesson(number: str) -> str:
+    """Run notebook ``number`` top to bottom in a fresh kernel (this process's environment); its printed text."""
+    from nbclient import NotebookClient
+
+    path = next((REPO / "notebooks").glob(f"{number}_*.ipynb"))
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(path.parent)}}).execute()
+    return "".join(
+        output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+    )
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_lessons_07_to_09_use_the_shared_server_with_no_other_change(class_server, model_dir, monkeypatch):
+    """A learner's laptop with the two variables set: the unchanged lessons talk to the class's server, and the
+    cells that need a server with settings of their own say they are skipped instead of starting one."""
+    _, url, key = class_server
+    monkeypatch.setenv(URL_ENV, url)
+    monkeypatch.setenv(API_KEY_ENV, key)
+    logs = model_dir.parent / "logs"  # where every server a lesson starts writes its log
+    logs_before = set(logs.glob("*.log")) if logs.is_dir() else set()
+    generated_before = read_metrics(url)["vllm:generation_tokens_total"]
+
+    printed = {number: run_lesson(number) for number in ("07", "08", "09")}
+
+    for number, text in printed.items():
+        assert f"url='{url}'" in text and "shared)" in text, f"notebook {number} did not use the shared server"
+    assert printed["08"].count("Skipped here") == 3  # vLLM's two start-up errors, tensor parallelism
+    assert printed["09"].count("Skipped here") == 1  # the tiny-cache and scheduler-limit servers
+    assert "predicted: CPU KV cache size: 6,528 tokens" in printed["08"]  # notebook 08 predicts the class server
+    assert (set(logs.glob("*.log")) if logs.is_dir() else set()) == logs_before, "a lesson started its own server"
+    assert read_metrics(url)["vllm:generation_tokens_total"] > generated_before + 10_000  # the lessons' requests
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_sigterm_stops_the_server_and_everything_it_started(class_server):
+    command, _, _ = class_server
     vllm = [p for p in psutil.Process(command.process.pid).children(recursive=True)]
     assert vllm, "the command started no server process"
-    assert read_metrics(url)["vllm:num_requests_running"] == 0  # the class has finished
 
     command.process.send_signal(signal.SIGTERM)
     assert command.process.wait(timeout=60) == 0

@@ -17,7 +17,16 @@ from __future__ import annotations
 import importlib
 
 _HOMES = {
-    "client": ("LoadResult", "Reply", "RequestRejected", "complete", "run_load", "send_load", "tokenize"),
+    "client": (
+        "LoadResult",
+        "Reply",
+        "RequestRejected",
+        "complete",
+        "run_coroutine",
+        "run_load",
+        "send_load",
+        "tokenize",
+    ),
     "kv": (
         "BLOCK_SIZE",
         "KVBudget",
@@ -28,7 +37,13 @@ _HOMES = {
         "model_config_from_dir",
     ),
     "metrics": ("WATCHED", "MetricsSampler", "cache_config", "read_metrics"),
-    "server": ("STARTED_PROCESS_GROUPS", "VLLMServer", "VLLMStartupError"),
+    "server": (
+        "STARTED_PROCESS_GROUPS",
+        "VLLMServer",
+        "VLLMStartupError",
+        "own_server_allowed",
+        "using_shared_server",
+    ),
     "vllm_log": ("Iteration", "ReportedKV"),
 }
 _WHERE = {name: module for module, names in _HOMES.items() for name in names}

@@ -156,7 +156,7 @@ async def send_load(
 
 def run_load(server, prompts: list[str], *, concurrency: int, raise_on_error: bool = True, **kwargs) -> LoadResult:
     """``send_load`` from ordinary (non-async) code, including a Jupyter cell whose event loop is running."""
-    result = _run_coroutine(lambda: send_load(server, prompts, concurrency=concurrency, **kwargs))
+    result = run_coroutine(lambda: send_load(server, prompts, concurrency=concurrency, **kwargs))
     if raise_on_error and result.failures:
         first = result.failures[0]
         raise RequestRejected(f"{len(result.failures)} of {len(prompts)} requests failed; the first: {first.error}")
@@ -173,7 +173,7 @@ def _fill(reply: Reply, server, response: httpx.Response) -> None:
     reply.prompt_token_ids = list(choice.get("prompt_token_ids") or [])
 
 
-def _run_coroutine(make_coroutine):
+def run_coroutine(make_coroutine):
     """Run the coroutine ``make_coroutine()`` makes and return its result, from synchronous code.
 
     In a Jupyter cell an event loop is already running in this thread, so the coroutine runs in a

@@ -358,6 +358,28 @@ class VLLMServer:
 # ----- module helpers -------------------------------------------------------------------------
 
 
+def using_shared_server() -> bool:
+    """True when ``$TINYFORMER_VLLM_URL`` names a class's shared server: the lessons' servers connect to it."""
+    return _shared_url() is not None
+
+
+def own_server_allowed(what: str) -> bool:
+    """Whether a lesson cell may start a vLLM server with settings of its own to show ``what``.
+
+    Not while the class's shared server is in use: the learner's laptop may have no vLLM at all, and thirty
+    learners each starting servers on one JupyterHub would starve the room. Says so, so nothing is skipped
+    silently; the instructor shows those cells on their own screen.
+    """
+    if not using_shared_server():
+        return True
+    print(
+        f"Skipped here: {what}. That needs a vLLM server started with settings of its own, and this notebook uses the "
+        f"class's shared server (${URL_ENV}={_shared_url()}). Your instructor shows it. To run it yourself on a "
+        f"machine with vLLM installed, unset {URL_ENV} and restart the kernel."
+    )
+    return False
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

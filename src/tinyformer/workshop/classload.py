@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from tinyformer.serving.client import LoadResult, _run_coroutine, complete, send_load
+from tinyformer.serving.client import LoadResult, complete, run_coroutine, send_load
 from tinyformer.serving.metrics import MetricsSampler
 
 
@@ -106,7 +106,7 @@ def simulate_class(server, cell: BatchingCell, learners: int = 50, *, sample_eve
 
     with MetricsSampler(server, interval=sample_every) as sampler:
         start = time.perf_counter()
-        results = _run_coroutine(whole_class)
+        results = run_coroutine(whole_class)
         seconds = time.perf_counter() - start
     failures = [reply for result in results for reply in result.failures]
     return ClassLoadReport(
