@@ -79,7 +79,7 @@ unit: install
 	@TIMEFORMAT='== unit tests: %1Rs'; time $(BIN)/pytest tests
 
 notebooks: install
-	@TIMEFORMAT='== notebooks (nbmake): %1Rs'; time $(BIN)/pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) notebooks
+	@TIMEFORMAT='== notebooks (nbmake): %1Rs'; time $(BIN)/pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) --durations=0 notebooks
 
 # The browser tests drive Debian's Chromium through Playwright (never `playwright install`).
 browser-deps:

@@ -234,6 +234,7 @@ def readout(page, slider_css: str) -> str:
 def report(name: str, timings: dict[str, dict[str, float]]) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"widget_latency_{name.split('_')[0]}.json").write_text(json.dumps(timings, indent=1))
+    print()
     for widget, t in timings.items():
         verdict = "within" if t["figure_ms_median"] <= TARGET_MS else "OVER"
         print(
@@ -244,12 +245,13 @@ def report(name: str, timings: dict[str, dict[str, float]]) -> None:
 
 
 @pytest.mark.parametrize("name", widget_notebooks())
-def test_widgets_respond_to_the_keyboard_with_the_pure_functions_numbers(browser, lab, name):
+def test_widgets_respond_to_the_keyboard_with_the_pure_functions_numbers(browser, lab, name, capsys):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
         open_and_run(page, lab, name)
         timings = CHECKS[name[:2]](page)
-        report(name, timings)
+        with capsys.disabled():  # the latencies are part of the report, also without -s
+            report(name, timings)
     except BaseException:
         RESULTS.mkdir(exist_ok=True)
         page.screenshot(path=str(RESULTS / f"browser_{name}.png"), full_page=True)
