@@ -74,6 +74,7 @@ def evaluate(model: Transformer, stream: TokenStream, block_size: int, max_windo
     was_training = model.training
     model.eval()
     windows = stream.ids[stream.val_windows(block_size, max_windows)]  # [N, T + 1]
+    windows = windows.to(next(model.parameters()).device)  # evaluate where the model is
     loss = lm_loss(model(windows[:, :-1]), windows[:, 1:]).item()
     model.train(was_training)
     return loss
@@ -100,11 +101,12 @@ def train(
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
     result = TrainResult()
+    device = next(model.parameters()).device  # train where the model is: the CPU, or a GPU after model.cuda()
     model.train()
     start = time.perf_counter()
     bar = tqdm(range(1, cfg.steps + 1), disable=not progress, desc="training", unit="step")
     for step in bar:
-        x, y = stream.batch("train", cfg.batch_size, cfg.block_size, generator)  # [B, T] each
+        x, y = (t.to(device) for t in stream.batch("train", cfg.batch_size, cfg.block_size, generator))  # [B, T] each
         loss = lm_loss(model(x), y)  # forward + cross-entropy
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # backprop: d loss / d every weight
