@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import torch
 
 from tinyformer import ModelConfig, Transformer, build_tokenizer, memory
 from tinyformer.checkpoint import train_preset
+from tinyformer.serving.server import free_port
 from tinyformer.widgets import attention_row, attention_weights, explorer_numbers
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -49,12 +49,6 @@ TARGET_MS = 200
 def widget_notebooks() -> list[str]:
     """The lessons with widgets: 02 (attention weights), 05 (KV cache stepper), 06 (memory)."""
     return [next(NOTEBOOKS.glob(f"{number}_*.ipynb")).name for number in ("02", "05", "06")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from transformers.utils import logging as hf_logging
 
 from tinyformer.config import ModelConfig
+from tinyformer.generate import eval_mode
 from tinyformer.model import Transformer
 
 # nn.Linear weights that GPT-2 keeps in Conv1D layout [in, out].
@@ -164,12 +165,8 @@ def verify_export(model: Transformer, tokenizer, folder: Path, atol: float = VER
         raise ExportVerificationError(f"the exported tokenizer in {folder} encodes text differently from the original.")
 
     ids = probe_ids(model.config)  # [2, n_positions]
-    was_training = model.training
-    model.eval()
-    try:
-        expected = model(ids.to(next(model.parameters()).device)).float().cpu()  # [2, n_positions, V]
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        expected = model(ids.to(model.device)).float().cpu()  # [2, n_positions, V]
     got = hf_model(ids).logits.float()  # [2, n_positions, V]
     gap = (expected - got).abs().max().item()
     if not gap <= atol:

@@ -68,7 +68,7 @@ def generate(
     prompts = _as_prompts(prompt_ids)
     steps = tokens_that_fit(model.config.n_positions, prompts, max_new_tokens, on_limit)
     _check_sampling(temperature, top_k)
-    device = next(model.parameters()).device
+    device = model.device
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     choose = partial(next_token, temperature=temperature, top_k=top_k, generator=generator)
     cache = KVCache(model.config.n_layer) if use_cache else None

@@ -117,6 +117,11 @@ class Transformer(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (the CPU, or a GPU after ``model.cuda()``): inputs must be moved there."""
+        return self.lm_head.weight.device
+
     def num_parameters(self) -> int:
         """Trainable numbers, counting the tied wte/lm_head table once."""
         return sum(p.numel() for p in self.parameters())

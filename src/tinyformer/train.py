@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from tinyformer.data import TokenStream
+from tinyformer.generate import eval_mode
 from tinyformer.model import Transformer
 
 
@@ -71,13 +72,10 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def evaluate(model: Transformer, stream: TokenStream, block_size: int, max_windows: int = 128) -> float:
     """Validation loss on a fixed set of windows (forward only, weights frozen)."""
-    was_training = model.training
-    model.eval()
     windows = stream.ids[stream.val_windows(block_size, max_windows)]  # [N, T + 1]
-    windows = windows.to(next(model.parameters()).device)  # evaluate where the model is
-    loss = lm_loss(model(windows[:, :-1]), windows[:, 1:]).item()
-    model.train(was_training)
-    return loss
+    windows = windows.to(model.device)  # evaluate where the model is
+    with eval_mode(model):  # dropout off; training resumes in the mode it was in
+        return lm_loss(model(windows[:, :-1]), windows[:, 1:]).item()
 
 
 def train(
@@ -101,12 +99,12 @@ def train(
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
     result = TrainResult()
-    device = next(model.parameters()).device  # train where the model is: the CPU, or a GPU after model.cuda()
     model.train()
     start = time.perf_counter()
     bar = tqdm(range(1, cfg.steps + 1), disable=not progress, desc="training", unit="step")
     for step in bar:
-        x, y = (t.to(device) for t in stream.batch("train", cfg.batch_size, cfg.block_size, generator))  # [B, T] each
+        batch = stream.batch("train", cfg.batch_size, cfg.block_size, generator)
+        x, y = (t.to(model.device) for t in batch)  # [B, T] each, moved to the CPU or GPU the model is on
         loss = lm_loss(model(x), y)  # forward + cross-entropy
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # backprop: d loss / d every weight

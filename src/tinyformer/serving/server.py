@@ -127,7 +127,7 @@ class VLLMServer:
         self.host, self.port = host, port
         self.enforce_eager, self.log_iterations, self.extra_args = enforce_eager, log_iterations, tuple(extra_args)
         self.startup_timeout, self.progress = startup_timeout, progress
-        self.shared = _shared_url() is not None if shared is None else shared
+        self.shared = using_shared_server() if shared is None else shared
         if self.shared and _shared_url() is None:
             raise ServingConfigError(f"shared=True needs ${URL_ENV} (e.g. http://10.0.0.5:8000) naming the server.")
         self.api_key = os.environ.get(API_KEY_ENV) if self.shared else api_key

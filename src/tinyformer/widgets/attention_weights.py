@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from matplotlib.ticker import FixedFormatter
 
+from tinyformer.generate import eval_mode
 from tinyformer.widgets.base import LiveFigureWidget, dropdown, number, slider
 
 
@@ -30,10 +31,8 @@ def attention_weights(model, ids: list[int]) -> np.ndarray:
     """Every layer's attention weights for one sentence: [n_layer, n_head, T, T] (row = query, column = key)."""
     if not ids:
         raise ValueError("the sentence has no tokens; type at least one word.")
-    if len(ids) > model.config.n_positions:
-        raise ValueError(f"{len(ids)} tokens is more than the model's n_positions={model.config.n_positions}.")
-    model.eval()
-    _, attentions = model(torch.tensor([ids]), return_attention=True)  # per layer [1, nh, T, T]
+    with eval_mode(model):  # the model checks the length itself: at most n_positions tokens
+        _, attentions = model(torch.tensor([ids]), return_attention=True)  # per layer [1, nh, T, T]
     return torch.stack([a[0] for a in attentions]).float().numpy()  # [L, nh, T, T]
 
 

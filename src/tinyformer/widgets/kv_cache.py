@@ -11,6 +11,7 @@ import torch
 from matplotlib.ticker import FixedFormatter
 
 from tinyformer import memory
+from tinyformer.generate import eval_mode
 from tinyformer.kv_cache import KVCache
 from tinyformer.widgets.base import LiveFigureWidget, dropdown, number, slider
 
@@ -52,24 +53,24 @@ def trace_generation(model, prompt_ids: list[int], max_new_tokens: int = 12) -> 
             f"need a non-empty prompt and prompt + max_new_tokens - 1 <= n_positions={config.n_positions}; "
             f"got {len(prompt_ids)} + {max_new_tokens}."
         )
-    model.eval()
-    cache = KVCache(config.n_layer)
-    ids = torch.tensor([prompt_ids])  # [1, T]
-    steps = []
-    for _ in range(max_new_tokens):
-        logits, attentions = model(ids, cache=cache, return_attention=True)  # weights [1, nh, T, S] per layer
-        next_id = int(logits[0, -1].argmax())
-        steps.append(
-            KVStep(
-                token_id=next_id,
-                cache_len=len(cache),
-                key_shapes=cache.shapes(),
-                nbytes=cache.nbytes,
-                keys=[k[0].float().numpy().copy() for k in cache.keys],
-                attention=[a[0, :, -1, :].float().numpy().copy() for a in attentions],
+    with eval_mode(model):  # dropout off while tracing; the model's mode is restored after
+        cache = KVCache(config.n_layer)
+        ids = torch.tensor([prompt_ids])  # [1, T]
+        steps = []
+        for _ in range(max_new_tokens):
+            logits, attentions = model(ids, cache=cache, return_attention=True)  # weights [1, nh, T, S] per layer
+            next_id = int(logits[0, -1].argmax())
+            steps.append(
+                KVStep(
+                    token_id=next_id,
+                    cache_len=len(cache),
+                    key_shapes=cache.shapes(),
+                    nbytes=cache.nbytes,
+                    keys=[k[0].float().numpy().copy() for k in cache.keys],
+                    attention=[a[0, :, -1, :].float().numpy().copy() for a in attentions],
+                )
             )
-        )
-        ids = torch.tensor([[next_id]])  # decode: only the newest token goes in
+            ids = torch.tensor([[next_id]])  # decode: only the newest token goes in
     dtype = next(model.parameters()).dtype
     per_token = memory.kv_bytes_per_token(config.n_layer, config.n_head, config.head_dim, dtype)
     return KVTrace(list(prompt_ids), steps, config.n_layer, config.n_head, config.head_dim, per_token)
