@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinyformer.generate import eval_mode
+from tinyformer.model import eval_mode
 from tinyformer.tokenizer import PAD
 
 POOLINGS = ("mean", "last")

@@ -69,7 +69,9 @@ class VectorStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"no vector store at {self.path}; create one with VectorStore.build(path, vectors).")
+            raise FileNotFoundError(
+                f"no vector store at {self.path}; create one with VectorStore.build(path, vectors)."
+            )
         self.db = _connect(self.path)
         self.dim = self.db.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()[0]
 
@@ -86,7 +88,8 @@ class VectorStore:
             with db:  # one transaction
                 db.execute("CREATE TABLE meta(key TEXT PRIMARY KEY, value)")
                 db.execute("INSERT INTO meta VALUES ('dim', ?)", (vectors.shape[1],))
-                db.execute(f"CREATE VIRTUAL TABLE vectors USING vec0(embedding float[{vectors.shape[1]}] distance_metric=cosine)")
+                column = f"embedding float[{vectors.shape[1]}] distance_metric=cosine"
+                db.execute(f"CREATE VIRTUAL TABLE vectors USING vec0({column})")
                 rows = ((i, _blob(v)) for i, v in enumerate(vectors))
                 db.executemany("INSERT INTO vectors(rowid, embedding) VALUES (?, ?)", rows)
             db.close()

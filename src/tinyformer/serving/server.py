@@ -16,6 +16,7 @@ server instead of starting one, and never stops it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ import httpx
 import psutil
 from tqdm.auto import tqdm
 
+from tinyformer import vllm_rules
 from tinyformer.paths import artifacts_dir
 from tinyformer.serving import vllm_log
 from tinyformer.serving.budget import (
@@ -76,6 +78,9 @@ class VLLMServer:
     enforce_eager: skip torch.compile (about 35 s on 2 cores, no faster for a model this small).
     log_iterations: log every engine step (requests and tokens in it); read them with ``iterations()``.
     shared: None uses $TINYFORMER_VLLM_URL when set; False always starts a server; True requires the URL.
+    pooling: None serves generation; "MEAN", "LAST" or "CLS" starts an embedding server instead (/v1/embeddings,
+        no /v1/completions: one runner per engine), pooling the final hidden states that way. It never uses the
+        class's shared server, which generates.
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class VLLMServer:
         enforce_eager: bool = True,
         log_iterations: bool = False,
         extra_args: tuple[str, ...] | list[str] = (),
+        pooling: str | None = None,
         check: bool = True,
         startup_timeout: float = 300.0,
         progress: bool = True,
@@ -124,10 +130,11 @@ class VLLMServer:
         if check:
             check_serving_config(self.predicted)
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
+        self.pooling = _check_pooling(pooling, max_num_batched_tokens, self.max_model_len, check)
         self.host, self.port = host, port
         self.enforce_eager, self.log_iterations, self.extra_args = enforce_eager, log_iterations, tuple(extra_args)
         self.startup_timeout, self.progress = startup_timeout, progress
-        self.shared = using_shared_server() if shared is None else shared
+        self.shared = (using_shared_server() and pooling is None) if shared is None else shared
         if self.shared and _shared_url() is None:
             raise ServingConfigError(f"shared=True needs ${URL_ENV} (e.g. http://10.0.0.5:8000) naming the server.")
         self.api_key = os.environ.get(API_KEY_ENV) if self.shared else api_key
@@ -171,7 +178,7 @@ class VLLMServer:
             args.append("--enforce-eager")
         if self.log_iterations:
             args.append("--enable-logging-iteration-details")
-        return args + list(self.extra_args)
+        return args + pooling_args(self.pooling) + list(self.extra_args)
 
     def start(self) -> VLLMServer:
         if self.shared:
@@ -378,6 +385,30 @@ def own_server_allowed(what: str) -> bool:
         f"machine with vLLM installed, unset {URL_ENV} and restart the kernel."
     )
     return False
+
+
+def pooling_args(pooling: str | None) -> list[str]:
+    """vLLM's flags for an embedding server: the pooling runner, the causal LM converted to an embedder
+    (its LM head unused), and how to pool the final hidden states into one L2-normalised vector."""
+    if pooling is None:
+        return []
+    return ["--runner", "pooling", "--convert", "embed", "--pooler-config", json.dumps({"pooling_type": pooling})]
+
+
+def _check_pooling(pooling: str | None, max_num_batched_tokens: int | None, max_model_len: int, check: bool):
+    if pooling is not None and pooling not in vllm_rules.POOLING_TYPES:
+        raise ServingConfigError(
+            f"pooling must be None (generate) or one of {vllm_rules.POOLING_TYPES}, got {pooling!r}."
+        )
+    if check and pooling is not None and max_num_batched_tokens is not None:
+        refusal = vllm_rules.batched_tokens_refusal(max_num_batched_tokens, max_model_len, pooling)
+        if refusal:
+            raise ServingConfigError(
+                f"{pooling} pooling needs the whole prompt in one engine step (vLLM turns chunked prefill off for "
+                f"it), so max_num_batched_tokens must be at least max_model_len={max_model_len}. vLLM would say: "
+                f"{refusal.vllm_says}"
+            )
+    return pooling
 
 
 def free_port(host: str = "127.0.0.1") -> int:
