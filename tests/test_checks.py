@@ -82,6 +82,20 @@ def weight_bytes(n, dtype, table=None):
     return math.ceil(n * table[dtype])
 
 
+def hamilton_by_hand(requests, total, *, leftovers=True):
+    """Largest remainder with fractions (an independent twin of retrieval.hamilton)."""
+    from fractions import Fraction
+
+    if sum(requests) <= total:
+        return list(requests)
+    quotas = [Fraction(r * total, sum(requests)) for r in requests]
+    shares = [int(q) for q in quotas]
+    if leftovers:
+        for i in sorted(range(len(quotas)), key=lambda i: (-(quotas[i] - shares[i]), i))[: total - sum(shares)]:
+            shares[i] += 1
+    return shares
+
+
 # checker -> (a correct solution, [(a typical mistake, a fragment of the hint it must get), ...])
 CASES = {
     checks.check_embedding_lookup: (
@@ -258,6 +272,30 @@ CASES = {
         [
             (lambda prompts: left_pad(prompts, left=False), "right padding"),
             (lambda prompts: left_pad(prompts, mask_value=False), "inverted"),
+        ],
+    ),
+    checks.check_mean_pool: (
+        lambda h, m: (h * m[..., None]).sum(1) / m.sum(1, keepdim=True),
+        [
+            (lambda h, m: h.mean(1), "averaged the padding"),
+            (lambda h, m: (h * m[..., None]).sum(1), "sum over real tokens"),
+        ],
+    ),
+    checks.check_hamilton: (
+        hamilton_by_hand,
+        [
+            (lambda r, t: [round(x * t / sum(r)) for x in r], "leftovers by remainder"),
+            (
+                lambda r, t: hamilton_by_hand(r, min(t, sum(r) - 1)) if sum(r) <= t else hamilton_by_hand(r, t),
+                "in full",
+            ),
+        ],
+    ),
+    checks.check_parents_that_fit: (
+        lambda L, p, a, c: (L - p - a) // c,
+        [
+            (lambda L, p, a, c: (L - p) // c, "answer's tokens"),
+            (lambda L, p, a, c: -(-(L - p - a) // c), "round down"),
         ],
     ),
 }

@@ -6,6 +6,7 @@ budget.py    KVBudget: the capacity vLLM will report, predicted from the model c
              (vLLM's rules themselves live in tinyformer.vllm_rules)
 vllm_log.py  what vLLM logged: KV capacity, engine steps, and why a start failed, in the lesson's terms
 client.py    completions (openai client), /tokenize, an asyncio load generator capped by a semaphore
+embeddings.py /v1/embeddings of an embedding server (pooling=...), once or as a semaphore-capped load
 metrics.py   /metrics parsed with prometheus_client, sampled in the background during a load
 prepare.py   the lessons' model, trained if needed and exported for vLLM
 cli.py       `tinyformer serve`
@@ -37,6 +38,7 @@ _HOMES = {
         "kv_bytes_per_token",
         "model_config_from_dir",
     ),
+    "embeddings": ("EmbeddingLoad", "embeddings", "run_embedding_load", "send_embedding_load"),
     "metrics": ("WATCHED", "MetricsSampler", "cache_config", "read_metrics"),
     "server": (
         "STARTED_PROCESS_GROUPS",
