@@ -46,7 +46,7 @@ def contrastive_finetune(
     *,
     steps: int = 150,
     batch: int = 32,
-    lr: float = 3e-3,
+    lr: float = 1e-2,
     seed: int = 0,
 ):
     """A fine-tuned copy of ``model`` (the original is untouched) and its losses. Batches hold pairs of
