@@ -203,8 +203,10 @@ def test_vector_store_returns_what_exact_search_returns(tmp_path):
     for q, row in zip(queries, exact, strict=True):
         found = store.search(q, 5)
         assert [i for i, _ in found] == R.top_k(row[None], 5)[0].tolist()
-        for i, distance in found:
-            assert abs((1 - distance) - row[i].item()) < 1e-5
+        assert R.agrees_with_exact(found, row)
+    tied = torch.tensor([1.0, 0.0, 1.0, 0.5])  # rows 0 and 2 tie: either order agrees, a wrong row does not
+    assert R.agrees_with_exact([(2, 0.0), (0, 0.0)], tied) and R.agrees_with_exact([(0, 0.0), (2, 0.0)], tied)
+    assert not R.agrees_with_exact([(0, 0.0), (3, 0.5)], tied) and not R.agrees_with_exact([(0, 0.0), (0, 0.0)], tied)
     reopened = R.VectorStore(tmp_path / "index.db")
     assert reopened.search(queries[0], 3) == store.search(queries[0], 3)
     with pytest.raises(ValueError, match="one vector of 16"):

@@ -19,6 +19,7 @@ from tinyformer.retrieval.collection import (
 from tinyformer.retrieval.pooling import embed, encode, hidden_states, last_token_pool, mean_pool, pool
 from tinyformer.retrieval.search import (
     VectorStore,
+    agrees_with_exact,
     centre,
     cosine_scores,
     rank_parents,
@@ -32,6 +33,7 @@ __all__ = [
     "Document",
     "Question",
     "VectorStore",
+    "agrees_with_exact",
     "alabama_paradox",
     "centre",
     "context_room",

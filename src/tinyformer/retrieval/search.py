@@ -44,6 +44,20 @@ def recall_at_k(ranked, relevant: list[set[int]] | list[frozenset[int]], k: int)
     return float(np.mean(hits))
 
 
+def agrees_with_exact(found: list[tuple[int, float]], scores: torch.Tensor, atol: float = 1e-5) -> bool:
+    """An index's answer ``[(row, cosine distance)]`` is exact search's, up to the order of equal scores: distinct
+    rows, each reported similarity is that row's exact score, and they are the ``len(found)`` best scores."""
+    rows = [i for i, _ in found]
+    reported = torch.tensor([1 - d for _, d in found])  # cosine distance -> similarity
+    exact = scores[rows].float()
+    best = torch.sort(scores.float(), descending=True).values[: len(found)]
+    return (
+        len(set(rows)) == len(rows)
+        and torch.allclose(reported, exact, atol=atol)
+        and torch.allclose(exact, best, atol=atol)
+    )
+
+
 def centre(queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Subtract the keys' mean vector from both: the direction every text shares says nothing about any one."""
     mean = keys.mean(dim=0, keepdim=True)  # [1, d]
