@@ -412,7 +412,7 @@ def find_model(name: str) -> ModelSpec:
     if name in real_models():
         return real_models()[name]
     raise ValueError(
-        f"unknown model {name!r}; choose a Hugging Face id, one of {sorted(by_id)}, or a name, one of "
+        f"unknown model {name!r}; choose one of the Hugging Face ids {sorted(by_id)} or the names "
         f"{sorted(real_models())}."
     )
 

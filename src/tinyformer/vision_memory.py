@@ -263,3 +263,15 @@ def plan_case(case: dict) -> CaseResult:
         logged_kv_tokens=case["logged"].get("kv_tokens"),
         plan=plan,
     )
+
+
+def images_per_request(vision: VisionSpec, max_model_len: int, text_tokens: int = 0) -> int | None:
+    """Maximal images one request can carry within max_model_len (None: images are not text positions)."""
+    if vision.cross_attention:
+        return None
+    return max(0, max_model_len - text_tokens) // text_positions_per_image(vision)
+
+
+def images_in_kv_cache(vision: VisionSpec, kv_tokens: int) -> int:
+    """Maximal images whose tokens the KV cache holds at once (cross-attention tokens for tiles)."""
+    return max(0, kv_tokens) // image_tokens(vision)
