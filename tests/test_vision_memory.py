@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tinyformer import memory
-from tinyformer import vision_memory as vm
+from tinyformer.memory import vision as vm
 
 PHI = "microsoft/Phi-3.5-vision-instruct"
 LLAVA = "llava-hf/llava-1.5-7b-hf"

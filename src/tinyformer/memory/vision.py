@@ -2,8 +2,9 @@
 vLLM's start-up profiling run takes with maximal dummy images.
 
 Pure functions of sizes copied from each model's public config (``reference/vlm_models.json``); the planner
-(:func:`tinyformer.memory.plan_serving`) calls :func:`profile_images` and :func:`vision_activation_bytes`
-when a :class:`~tinyformer.memory.ModelSpec` carries a :class:`VisionSpec`. Nothing here runs a model.
+(:func:`tinyformer.memory.planner.plan_serving`) calls :func:`profile_images` and
+:func:`vision_activation_bytes` when a :class:`~tinyformer.memory.catalogue.ModelSpec` carries a
+:class:`VisionSpec`; :func:`plan_case` replays a public start-up log through it. Nothing here runs a model.
 
 Image tokens per image, each model's own rule (what its processor and vLLM's placeholder expansion do):
 
@@ -25,8 +26,10 @@ image, so its vision encoder sees 256 x 4 tiles at the defaults, whatever ``max_
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from importlib import resources
 
 SCHEMES = ("fixed", "crops", "dynamic", "tiles")
 
@@ -233,9 +236,8 @@ class CaseResult:
 
 
 def logged_cases() -> list[dict]:
-    from tinyformer import memory
-
-    return memory._reference("vlm_models.json")["cases"]
+    """The public vLLM start-up logs of reference/vlm_models.json (card, settings, what was logged, source)."""
+    return json.loads((resources.files("tinyformer") / "reference" / "vlm_models.json").read_text())["cases"]
 
 
 def case_gpu(case: dict):
