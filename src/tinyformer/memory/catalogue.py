@@ -206,8 +206,8 @@ def model_weight_bytes(spec: ModelSpec, dtype="bf16") -> int:
     """Bytes of the model's weights in ``dtype``.
 
     Quantised checkpoints (fp8, int8, int4) quantise the transformer blocks' matrices; the embedding
-    tables, LM head, norms (and a vision encoder) stay in 16 bits, as AWQ/GPTQ/FP8 checkpoints ship them. (Their per-group
-    scales, about 3% more for int4, are left out.)
+    tables, LM head, norms (and a vision encoder) stay in 16 bits, as AWQ/GPTQ/FP8 checkpoints ship them.
+    (Their per-group scales, about 3% more for int4, are left out.)
     """
     name = dtype_name(dtype)
     if name not in QUANTISED:
