@@ -177,3 +177,27 @@ def test_debouncer_runs_at_once_without_an_event_loop_and_once_per_burst_with_on
 
     asyncio.run(burst())
     assert calls == [1, 1]
+
+
+def test_budget_calculator_shows_image_tokens_and_how_many_images_fit():
+    phi = "microsoft/Phi-3.5-vision-instruct"
+    widget = BudgetCalculator(model=phi, gpu="A100 40 GB", max_model_len=16384)
+    plan = memory.plan_serving(phi, "A100 40 GB", max_model_len=16384)
+    assert widget.plan() == plan and plan.ok
+    # 4 crops of 336 px + the global view: 5 x 144 tokens + separators (Phi-3.5-vision's largest image)
+    assert int(shown(widget, "tf-image-tokens")) == 781
+    assert int(shown(widget, "tf-images-per-request")) == 16384 // 781
+    kv_tokens = (plan.capacity.num_blocks - 1) * 16  # less vLLM's null block
+    assert int(shown(widget, "tf-images-in-kv")) == kv_tokens // 781 > 0
+    assert int(shown(widget, "tf-profile-images")) == plan.images_profiled == 2048 // 781
+    widget.model.value = "Llama-3.1-8B"  # a text model: no image rows
+    assert "tf-image-tokens" not in widget.numbers.value
+
+
+def test_budget_calculator_says_llama_vision_images_are_cross_attention_and_names_a_fix_that_helps():
+    widget = BudgetCalculator(model="meta-llama/Llama-3.2-11B-Vision-Instruct", gpu="A100 80 GB", max_model_len=8192)
+    assert int(shown(widget, "tf-image-tokens")) == 6404
+    assert shown(widget, "tf-images-per-request") == ""  # one text position per image: not max_model_len's
+    assert "profiling run" in widget.numbers.value and "256 maximal dummy images" in widget.numbers.value
+    fix = memory.cheapest_fix(widget.plan())
+    assert fix.change.startswith("--max-num-seqs") and fix.change in widget.numbers.value
