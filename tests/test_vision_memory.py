@@ -190,6 +190,14 @@ def test_logged_kv_tokens_within_10_percent(case):
     assert result.predicted_kv_tokens == pytest.approx(result.logged_kv_tokens, rel=0.10)
 
 
+def test_a_card_calibrated_on_a_text_model_of_the_same_log_is_a_24_gb_card():
+    case = next(c for c in CASES if "calibrate" in c["gpu"])
+    assert 23 * memory.GiB < vm.implied_memory_bytes(case) < 24 * memory.GiB
+    result = vm.plan_case(case)  # then the VLM's own line: the vision tower's weights and 7 dummy images
+    assert result.plan.images_profiled == 4096 // 576
+    assert result.plan.weights_on_gpu / memory.GiB == pytest.approx(case["logged"]["weights_gib"], rel=0.01)
+
+
 def test_cases_cover_every_vlm_and_every_failure_class():
     assert {c["model"] for c in CASES} >= {PHI, LLAVA, MLLAMA}
     assert {c["logged"]["class"] for c in CASES} == {"fits", "kv_error", "oom"}

@@ -241,13 +241,35 @@ def logged_cases() -> list[dict]:
 
 
 def case_gpu(case: dict):
-    """The case's card: a row of the shipped GPU table, or the total memory its own log printed."""
+    """The case's card: a row of the shipped GPU table, the total memory its own log printed, or the memory
+    implied by a text-only model's "# GPU blocks" line from the same machine and settings (``calibrate``)."""
     from tinyformer import memory
 
     gpu = case["gpu"]
+    if "calibrate" in gpu:
+        return memory.GPU(gpu["name"], implied_memory_bytes(case), gpu["compute_capability"])
     if "memory_gib" not in gpu:
         return memory.lookup(memory.gpus(), gpu["name"], "GPU")
     return memory.GPU(gpu["name"], int(gpu["memory_gib"] * memory.GiB), gpu["compute_capability"])
+
+
+def implied_memory_bytes(case: dict) -> int:
+    """Total GPU memory that makes the planner reproduce the calibration model's logged block count.
+
+    vLLM: blocks = (total x utilisation - weights - activations - overhead) // block bytes, so
+    total = (weights + activations + overhead + blocks x block bytes) / utilisation, with the planner's
+    own weights and activation estimates for the text model.
+    """
+    from tinyformer import memory
+
+    calibrate = case["gpu"]["calibrate"]
+    spec = memory.ModelSpec(name=calibrate["name"], **calibrate["text"])
+    probe = memory.GPU("probe", 2**50, case["gpu"]["compute_capability"])
+    settings = dict(case["settings"]) | {"dtype": calibrate["dtype"]}
+    plan = memory.plan_serving(spec, probe, engine=case["engine"], **settings)
+    kv = calibrate["gpu_blocks"] * plan.block_size * plan.bytes_per_token
+    used = plan.weights_on_gpu + plan.activations + plan.overhead + kv
+    return math.ceil(used / plan.gpu_memory_utilization)
 
 
 def plan_case(case: dict) -> CaseResult:
