@@ -202,3 +202,11 @@ def test_cases_cover_every_vlm_and_every_failure_class():
     assert {c["model"] for c in CASES} >= {PHI, LLAVA, MLLAMA}
     assert {c["logged"]["class"] for c in CASES} == {"fits", "kv_error", "oom"}
     assert all(c["source"] for c in CASES)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if "weights_gib" in c["logged"]], ids=lambda c: c["id"])
+def test_weights_per_gpu_match_the_logged_loading_line_within_2_percent(case):
+    # "Loading model weights took X GB" (GiB) per GPU; vLLM leaves out a layer or two of the vision towers and
+    # does not shard every vision weight across tensor-parallel ranks, hence not exact
+    plan = vm.plan_case(case).plan
+    assert plan.weights_on_gpu / memory.GiB == pytest.approx(case["logged"]["weights_gib"], rel=0.02)
