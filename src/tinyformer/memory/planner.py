@@ -39,6 +39,8 @@ class Engine:
 # memory, so allocator slack and unfused temporaries (rotary-embedding copies, ...) count; CUDA graphs were
 # captured only after the KV cache was sized ("CUDA graphs can take additional 1~3 GiB"). The factor is fitted
 # to the Phi-3.5-vision log (case phi35v-a10g-30000 in reference/vlm_models.json); the other cases check it.
+# V0 overhead: none on one GPU (the CUDA context exists before vLLM takes its baseline); 0.5 GiB of NCCL
+# buffers per GPU with tensor parallelism is a guess that no cited log checks.
 V0_ACTIVATION_FACTOR = 1.45
 V0_MAX_NUM_SEQS = 256
 ENGINES = {

@@ -19,9 +19,10 @@ Image tokens per image, each model's own rule (what its processor and vLLM's pla
 
 vLLM sizes the KV cache after a profiling forward pass with the largest images a request may carry:
 decoder-only models get ``min(max_num_seqs, max_num_batched_tokens // image_tokens)`` dummy requests with
-one maximal image each (``limit_mm_per_prompt`` images with newer versions), while the encoder-decoder
-runner of vLLM <= 0.10 (Llama-3.2-Vision) gives every one of ``max_num_seqs`` dummy requests a maximal
-image, so its vision encoder sees 256 x 4 tiles at the defaults, whatever ``max_model_len`` is.
+one maximal image each (``limit_mm_per_prompt`` images with newer versions), while vLLM's V0
+encoder-decoder runner (the one that served Llama-3.2-Vision) gives every one of ``max_num_seqs`` dummy
+requests a maximal image, so its vision encoder sees 256 x 4 tiles at the defaults, whatever
+``max_model_len`` is.
 """
 
 from __future__ import annotations
