@@ -210,7 +210,10 @@ def test_real_server_refuses_in_the_predicted_words(row, micro_export):
     )
     with pytest.raises(VLLMStartupError) as error:
         server.start()
-    assert error.value.root_cause is not None and says in error.value.root_cause, error.value.root_cause
+    cause = error.value.root_cause
+    predicted = vllm_rules.kv_budget_refusal(kv_bytes, PER_TOKEN, block_size, max_model_len)
+    assert cause is not None and cause.startswith("ValueError: " + says), cause
+    assert predicted.vllm_says in cause  # the whole predicted message, word for word
 
 
 def test_budget_calculator_shows_the_row_checked_against_the_real_server():
