@@ -57,7 +57,7 @@ class ClassPlan:
     @property
     def kv_cache_tokens(self) -> int:
         """Token slots to ask vLLM for: every learner's request at once, plus vLLM's placeholder block."""
-        return (self.learners * self.blocks_per_learner + NULL_BLOCKS) * self.block_size
+        return (self.learners * self.blocks_per_learner + NULL_BLOCKS) * self.block_size  # whole blocks
 
     @property
     def kv_cache_bytes(self) -> int:
