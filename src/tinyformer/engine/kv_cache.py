@@ -46,6 +46,11 @@ class PagedKVCache:
         self.keys[layer].flatten(0, 1)[slots] = k  # [num_blocks * block_size, nh, hd] viewed as rows of slots
         self.values[layer].flatten(0, 1)[slots] = v
 
-    def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather the keys and values [S, nh, hd] in ``slots`` [S] (through the block tables)."""
-        return self.keys[layer].flatten(0, 1)[slots], self.values[layer].flatten(0, 1)[slots]
+    def gather(self, layer: int, block_tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [R, nh, S, hd] of R requests, read block by block through their block tables
+        [R, max_blocks] and laid out in token order (S = max_blocks x block_size): the blocks themselves may be
+        anywhere in the pool."""
+        R = block_tables.shape[0]
+        keys = self.keys[layer][block_tables].flatten(1, 2)  # [R, max_blocks, bs, nh, hd] -> [R, S, nh, hd]
+        values = self.values[layer][block_tables].flatten(1, 2)
+        return keys.view(R, -1, *keys.shape[2:]).transpose(1, 2), values.transpose(1, 2)  # [R, nh, S, hd]

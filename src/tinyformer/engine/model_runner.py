@@ -7,9 +7,10 @@ token belongs to and where its keys and values go. Nothing is padded.
 The runner calls the model's own weights (``wte``, ``wpe``, each block's ``ln_1``, ``c_attn``, ``c_proj``,
 ``ln_2``, ``mlp``, then ``ln_f`` and ``lm_head``); only attention is different: per layer, the new keys
 and values are written into their cache slots first, then every query reads its request's keys and
-values back through the block table (a gather) and attends with a mask that allows the same request
-and earlier positions only. Writing before reading lets a request reuse, in the same step, blocks that
-another request scheduled before it is filling (prefix caching).
+values back through its block table (a gather, block by block) and attends causally. Decodes (one query
+each) attend together, their block tables padded with the null block and the padding masked out, as vLLM
+pads its block tables; each prefill chunk attends on its own. Writing before reading lets a request reuse,
+in the same step, blocks that another request scheduled before it is filling (prefix caching).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tinyformer.engine.block_manager import NULL_BLOCK_ID
 from tinyformer.engine.kv_cache import PagedKVCache, slots_of
 from tinyformer.engine.scheduler import Scheduled
 from tinyformer.model import Transformer
@@ -26,38 +28,56 @@ from tinyformer.model import Transformer
 
 @dataclass
 class PackedBatch:
-    """N new tokens of R requests, and S cached slots they attend over (each request's whole context)."""
+    """N new tokens, flat, and what attention needs to read each request's cache."""
 
     input_ids: torch.Tensor  # [N] token ids
     positions: torch.Tensor  # [N] position of each token in its own request
     slots: torch.Tensor  # [N] where each new token's keys and values are written
-    context_slots: torch.Tensor  # [S] every slot the requests read, request after request
-    allowed: torch.Tensor  # [N, S] True where a query may attend: same request, position <= its own
-    sample_rows: torch.Tensor  # [R'] index in N of the last token of each request that samples this step
+    # Decodes (one new token each), attended together: their rows in N, their block tables padded with the
+    # null block to the longest, and which of those slots are real.
+    decode_rows: torch.Tensor  # [D]
+    decode_tables: torch.Tensor  # [D, max_blocks]
+    decode_seen: torch.Tensor  # [D, 1, 1, max_blocks * block_size], True on each request's cached tokens
+    # Prefill chunks (several new tokens), one at a time: (first row in N, start, stop, block table).
+    prefills: list[tuple[int, int, int, torch.Tensor]]
+    sample_rows: torch.Tensor  # [R'] row in N of the last token of each request that samples this step
     sample_ids: list[int]  # seq_id of each of those requests
 
     @classmethod
     def build(cls, scheduled: Scheduled, block_size: int, device) -> PackedBatch:
-        ids, positions, slots, context, q_req, k_req, k_pos, rows, sample_ids = ([] for _ in range(9))
-        for r, (seq, n) in enumerate(scheduled):
+        ids, positions, slots, rows, sample_ids = [], [], [], [], []
+        decodes, prefills = [], []
+        for seq, n in scheduled:
             start, stop = seq.num_computed_tokens, seq.num_computed_tokens + n
+            if n == 1:
+                decodes.append((len(ids), stop, seq.block_table))
+            else:
+                prefills.append((len(ids), start, stop, tensor(seq.block_table, device)))
             ids += seq.token_ids[start:stop]
             positions += range(start, stop)
             slots += slots_of(seq.block_table, start, stop, block_size)
-            context += slots_of(seq.block_table, 0, stop, block_size)
-            q_req += [r] * n
-            k_req += [r] * stop
-            k_pos += range(stop)
             if stop == seq.num_tokens:  # the request's last token is in: its next token is sampled
                 rows.append(len(ids) - 1)
                 sample_ids.append(seq.seq_id)
+        widest = max((len(table) for _, _, table in decodes), default=0)
+        tables = [table + [NULL_BLOCK_ID] * (widest - len(table)) for _, _, table in decodes]
+        lengths = tensor([stop for _, stop, _ in decodes], device)
+        seen = torch.arange(widest * block_size, device=device)[None, :] < lengths[:, None]  # [D, S]
+        return cls(
+            tensor(ids, device),
+            tensor(positions, device),
+            tensor(slots, device),
+            tensor([row for row, _, _ in decodes], device),
+            tensor(tables, device).view(len(decodes), widest),
+            seen[:, None, None, :],
+            prefills,
+            tensor(rows, device),
+            sample_ids,
+        )
 
-        def tensor(values):
-            return torch.tensor(values, dtype=torch.long, device=device)
 
-        q_pos, q_req, k_req, k_pos = tensor(positions), tensor(q_req), tensor(k_req), tensor(k_pos)
-        allowed = (q_req[:, None] == k_req[None, :]) & (k_pos[None, :] <= q_pos[:, None])  # [N, S]
-        return cls(tensor(ids), q_pos, tensor(slots), tensor(context), allowed, tensor(rows), sample_ids)
+def tensor(values, device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long, device=device)
 
 
 class ModelRunner:
@@ -81,14 +101,29 @@ class ModelRunner:
         return dict(zip(batch.sample_ids, logits.argmax(dim=-1).tolist(), strict=True))
 
     def paged_attention(self, layer: int, attn, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        """Causal self-attention of N packed tokens, each over its own request's cached keys and values."""
+        """Causal self-attention of N packed tokens, each request over its own cached keys and values."""
         N, d = x.shape
         q, k, v = attn.c_attn(x).split(d, dim=1)  # 3 x [N, d]
         heads = (N, self.n_head, self.head_dim)
         self.cache.write(layer, batch.slots, k.view(heads), v.view(heads))  # into the blocks, first
-        keys, values = self.cache.read(layer, batch.context_slots)  # [S, nh, hd] each, through the block tables
-        q = q.view(heads).transpose(0, 1)  # [nh, N, hd]
-        mixed = F.scaled_dot_product_attention(
-            q, keys.transpose(0, 1), values.transpose(0, 1), attn_mask=batch.allowed
-        )  # [nh, N, hd]; the mask keeps requests apart and causal
-        return attn.c_proj(mixed.transpose(0, 1).reshape(N, d))  # [N, d], heads merged
+        q = q.view(heads)  # [N, nh, hd]
+        mixed = torch.empty_like(q)  # [N, nh, hd]
+        if len(batch.decode_rows):  # one query per request, over its cache (padded slots masked out)
+            keys, values = self.cache.gather(layer, batch.decode_tables)  # [D, nh, S, hd] each
+            one = q[batch.decode_rows][:, :, None, :]  # [D, nh, 1, hd]
+            out = F.scaled_dot_product_attention(one, keys, values, attn_mask=batch.decode_seen)  # [D, nh, 1, hd]
+            mixed[batch.decode_rows] = out[:, :, 0, :]
+        for row, start, stop, table in batch.prefills:  # n queries at positions start..stop-1, over 0..stop-1
+            keys, values = self.cache.gather(layer, table[None, :])  # [1, nh, S, hd] each
+            rows = slice(row, row + stop - start)
+            query = q[rows].transpose(0, 1)[None]  # [1, nh, n, hd]
+            out = F.scaled_dot_product_attention(
+                query, keys[:, :, :stop], values[:, :, :stop], attn_mask=causal(start, stop)
+            )
+            mixed[rows] = out[0].transpose(0, 1)  # [n, nh, hd]
+        return attn.c_proj(mixed.reshape(N, d))  # [N, d], heads merged
+
+
+def causal(start: int, stop: int) -> torch.Tensor:
+    """[n, S]: the queries at positions start..stop-1 may see cached positions 0..their own."""
+    return torch.arange(stop)[None, :] <= torch.arange(start, stop)[:, None]
