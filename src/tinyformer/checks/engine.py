@@ -95,11 +95,11 @@ def check_block_table_lookup(fn, *, quiet: bool = False):
 
 # (running requests as (name, blocks held) in the order they were admitted, free blocks, who needs how many more)
 PREEMPT_CASES = (
-    ((("a", 2), ("b", 2), ("c", 1)), 0, "a", 1),
+    ((("a", 1), ("b", 3), ("c", 1)), 0, "a", 1),
     ((("a", 2), ("b", 2), ("c", 1)), 0, "a", 2),
     ((("a", 1), ("b", 3), ("c", 1), ("d", 2)), 1, "b", 1),
     ((("a", 1), ("b", 1)), 0, "b", 1),
-    ((("a", 3), ("b", 1)), 2, "a", 1),
+    ((("a", 3), ("b", 1)), 0, "a", 2),
 )
 
 
