@@ -91,10 +91,10 @@ def test_cached_blocks_are_shared_by_reference_and_evicted_least_recently_freed_
     assert [manager.blocks[i].ref_count for i in (1, 2, 3, 4)] == [2, 2, 1, 1]
     manager.free_blocks(a)
     manager.free_blocks(b)
-    assert list(manager.free) == [3, 4, 2, 1]  # each request's tail first; shared blocks when their last user leaves
+    assert list(manager.free) == [4, 3, 2, 1]  # partly filled (never cached) blocks first, then cached ones, LRU
     assert manager.cached_prefix(Sequence.from_prompt(2, [1, 2, 3, 4, 0], 1)) == [manager.blocks[1], manager.blocks[2]]
     c = Sequence.from_prompt(3, [7, 7, 7, 7, 7, 7], 1)
-    assert manager.allocate(c, 6) and c.block_table == [3, 4, 2]  # the least recently freed go first
+    assert manager.allocate(c, 6) and c.block_table == [4, 3, 2]  # then the least recently freed cached block
     assert manager.cached_prefix(Sequence.from_prompt(4, [1, 2, 3, 4, 0], 1)) == [manager.blocks[1]]  # [3, 4] evicted
 
 

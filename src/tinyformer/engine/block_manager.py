@@ -7,7 +7,8 @@ Only bookkeeping lives here: block ids, reference counts, hashes. The keys and v
 * **Blocks, not sequences.** The cache is cut into ``num_blocks`` blocks of ``block_size`` tokens. A request
   takes blocks one at a time as it grows, anywhere in the pool; its block table lists them in order.
 * **The null block.** Like vLLM, block 0 is never given out (vLLM uses it as a placeholder), so
-  ``num_blocks`` blocks hold ``num_blocks - 1`` blocks' worth of requests.
+  ``num_blocks`` blocks hold ``num_blocks - 1`` blocks' worth of requests. The rules (the null block, whole
+  blocks) are :mod:`tinyformer.vllm_rules`'s; this module applies them.
 * **Prefix caching.** A full block is named by a hash of (its parent block's hash, its tokens), so equal
   hashes mean equal prefixes. A request whose first blocks' hashes are known reuses those blocks instead of
   recomputing them; reference counts say how many requests use a block.
@@ -22,18 +23,10 @@ import hashlib
 from collections import OrderedDict
 
 from tinyformer.engine.sequence import Sequence
+from tinyformer.vllm_rules import NULL_BLOCKS, usable_blocks
+from tinyformer.vllm_rules import blocks_for_tokens as blocks_needed
 
-NULL_BLOCK_ID = 0  # the block vLLM's pool holds back; no request ever gets it
-
-
-def blocks_needed(num_tokens: int, block_size: int) -> int:
-    """Blocks that hold ``num_tokens`` tokens: a partly filled block is still a whole block."""
-    return -(-num_tokens // block_size)
-
-
-def usable_blocks(num_blocks: int) -> int:
-    """Blocks requests can get: all but the null block."""
-    return num_blocks - 1
+NULL_BLOCK_ID = 0  # vLLM's pool holds its first block back (vllm_rules.NULL_BLOCKS = 1); no request ever gets it
 
 
 def block_hash(parent: bytes | None, token_ids: list[int]) -> bytes:
@@ -61,7 +54,7 @@ class BlockManager:
         self.blocks = [Block(i) for i in range(num_blocks)]
         # Free blocks, least recently freed first. An OrderedDict, so a cached block that gets hit can be taken
         # out of the middle of the queue at once.
-        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(NULL_BLOCK_ID + 1, num_blocks))
+        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(NULL_BLOCKS, num_blocks))
         self.cached: dict[bytes, Block] = {}  # hash of a full block -> the block holding those tokens
         self.hashes: dict[int, list[bytes]] = {}  # seq_id -> hashes of its full blocks, computed once
 
@@ -150,13 +143,16 @@ class BlockManager:
         return block
 
     def free_blocks(self, seq: Sequence) -> None:
-        """Give back the request's blocks. Blocks nobody else holds join the back of the free queue, last block
-        first, so a request's tail is evicted before its (more shareable) beginning."""
+        """Give back the request's blocks. A block nobody else holds joins the free queue: at the back if it is
+        cached (last block first, so a request's tail is evicted before its more shareable beginning), at the
+        front if it is not (nothing to lose by reusing it at once). vLLM orders them the same way."""
         for block_id in reversed(seq.block_table):
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
                 self.free[block_id] = None
+                if block.hash is None:
+                    self.free.move_to_end(block_id, last=False)
         seq.block_table = []
         seq.num_computed_tokens = 0
 

@@ -16,14 +16,14 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from itertools import count
 
-from tinyformer.engine.block_manager import BlockManager, usable_blocks
+from tinyformer.engine.block_manager import BlockManager
 from tinyformer.engine.kv_cache import PagedKVCache
 from tinyformer.engine.model_runner import ModelRunner
 from tinyformer.engine.scheduler import Scheduler
 from tinyformer.engine.sequence import Sequence
 from tinyformer.engine.stats import Stats, StepRecord
-from tinyformer.generate import eval_mode
-from tinyformer.model import Transformer
+from tinyformer.model import Transformer, eval_mode
+from tinyformer.vllm_rules import usable_blocks
 
 
 @dataclass(frozen=True)
