@@ -118,12 +118,12 @@ class ModelRunner:
             rows = slice(row, row + stop - start)
             query = q[rows].transpose(0, 1)[None]  # [1, nh, n, hd]
             out = F.scaled_dot_product_attention(
-                query, keys[:, :, :stop], values[:, :, :stop], attn_mask=causal(start, stop)
+                query, keys[:, :, :stop], values[:, :, :stop], attn_mask=causal(start, stop, x.device)
             )
             mixed[rows] = out[0].transpose(0, 1)  # [n, nh, hd]
         return attn.c_proj(mixed.reshape(N, d))  # [N, d], heads merged
 
 
-def causal(start: int, stop: int) -> torch.Tensor:
+def causal(start: int, stop: int, device=None) -> torch.Tensor:
     """[n, S]: the queries at positions start..stop-1 may see cached positions 0..their own."""
-    return torch.arange(stop)[None, :] <= torch.arange(start, stop)[:, None]
+    return torch.arange(stop, device=device)[None, :] <= torch.arange(start, stop, device=device)[:, None]
