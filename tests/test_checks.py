@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyformer import checks
+from tinyformer.engine import block_hash
 
 # -- correct solutions (what a learner would write) ---------------------------------------------------------
 
@@ -258,6 +259,58 @@ CASES = {
         [
             (lambda prompts: left_pad(prompts, left=False), "right padding"),
             (lambda prompts: left_pad(prompts, mask_value=False), "inverted"),
+        ],
+    ),
+}
+
+
+def preemption_choice(running, free_blocks, requester, wanted, *, newest=True, largest=False):
+    running, preempted = list(running), []
+    while free_blocks < wanted:
+        victim = max(running, key=lambda r: r[1]) if largest else running[-1] if newest else running[0]
+        running.remove(victim)
+        preempted.append(victim[0])
+        free_blocks += victim[1]
+        if victim[0] == requester:
+            break
+    return preempted
+
+
+def block_hashes(tokens, block_size, *, chained=True, partial=False):
+    parent, hashes = None, []
+    for i in range(-(-len(tokens) // block_size) if partial else len(tokens) // block_size):
+        parent = block_hash(parent if chained else None, tokens[i * block_size : (i + 1) * block_size])
+        hashes.append(parent)
+    return hashes
+
+
+CASES |= {
+    checks.check_blocks_needed: (
+        lambda n, block_size: -(-n // block_size),
+        [
+            (lambda n, block_size: n // block_size, "rounded down"),
+            (lambda n, block_size: n // block_size + 1, "no extra block"),
+        ],
+    ),
+    checks.check_block_table_lookup: (
+        lambda table, p, block_size: table[p // block_size] * block_size + p % block_size,
+        [
+            (lambda table, p, block_size: table[p // block_size], "block id"),
+            (lambda table, p, block_size: table[0] * block_size + p, "next to each other"),
+        ],
+    ),
+    checks.check_preemption_choice: (
+        preemption_choice,
+        [
+            (lambda *args: preemption_choice(*args, newest=False), "NEWEST"),
+            (lambda *args: preemption_choice(*args, largest=True), "not the largest"),
+        ],
+    ),
+    checks.check_block_hashes: (
+        block_hashes,
+        [
+            (lambda *args: block_hashes(*args, chained=False), "previous block's hash"),
+            (lambda *args: block_hashes(*args, partial=True), "full blocks only"),
         ],
     ),
 }

@@ -16,6 +16,7 @@ solution. It returns a :class:`CheckResult`, truthy when every case passed.
 | 07 serving with vLLM | check_auth_header |
 | 08 max_model_len and KV capacity | check_max_tokens_allowed, check_kv_blocks, check_kv_capacity |
 | 09 batching and concurrency | check_left_pad, check_concurrency_to_fill_cache |
+| 13 build the engine | check_blocks_needed, check_block_table_lookup, check_preemption_choice, check_block_hashes |
 """
 
 from tinyformer.checks.attention import (
@@ -27,6 +28,12 @@ from tinyformer.checks.attention import (
 from tinyformer.checks.block import check_block, check_lm_head, check_mlp
 from tinyformer.checks.core import CheckResult
 from tinyformer.checks.embeddings import check_embedding_lookup, check_input_embedding, check_position_lookup
+from tinyformer.checks.engine import (
+    check_block_hashes,
+    check_block_table_lookup,
+    check_blocks_needed,
+    check_preemption_choice,
+)
 from tinyformer.checks.generation import check_cache_append, check_greedy_next_token
 from tinyformer.checks.memory import check_attention_scores_bytes, check_kv_bytes_per_token, check_weight_bytes
 from tinyformer.checks.serving import (
@@ -46,6 +53,9 @@ __all__ = [
     "check_attention_scores_bytes",
     "check_auth_header",
     "check_block",
+    "check_block_hashes",
+    "check_block_table_lookup",
+    "check_blocks_needed",
     "check_cache_append",
     "check_causal_attention",
     "check_causal_mask",
@@ -62,6 +72,7 @@ __all__ = [
     "check_max_tokens_allowed",
     "check_mlp",
     "check_position_lookup",
+    "check_preemption_choice",
     "check_sgd_step",
     "check_weight_bytes",
 ]
