@@ -79,6 +79,7 @@ def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
             description=command.description,
             epilog=command.epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,  # `--api-key SECRET` must not pass for `--api-key-file`: keys stay off command lines
         )
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)

@@ -85,6 +85,9 @@ class VLLMServer:
     enforce_eager: skip torch.compile (about 35 s on 2 cores, no faster for a model this small).
     log_iterations: log every engine step (requests and tokens in it); read them with ``iterations()``.
     shared: None uses $TINYFORMER_VLLM_URL when set; False always starts a server; True requires the URL.
+    api_key: required when ``host`` is not loopback (127.0.0.1, ::1, localhost); passed to vLLM in its environment.
+    guard_every_route: the key on every route but GET /health (guard.py), not only on vLLM's /v1. Default: on
+        when the server listens beyond loopback; True also guards a loopback server (a multi-user machine).
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class VLLMServer:
         tensor_parallel_size: int = 1,
         block_size: int | None = None,
         api_key: str | None = None,
+        guard_every_route: bool | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
         dtype: str = "float32",
@@ -140,11 +144,9 @@ class VLLMServer:
         if self.shared and _shared_url() is None:
             raise ServingConfigError(f"shared=True needs ${URL_ENV} (e.g. http://10.0.0.5:8000) naming the server.")
         self.api_key = os.environ.get(API_KEY_ENV) if self.shared else api_key
-        if not self.shared and not self.api_key and not is_loopback(host):
-            raise ServingConfigError(
-                f"host={host!r} listens beyond this machine, and with no API key anyone who reaches the port could "
-                f"use the server. Keep host='127.0.0.1', or {KEY_ADVICE}."
-            )
+        self._guard_every_route = guard_every_route
+        if not self.shared:
+            _check_key_policy(host, self.api_key, guard_every_route)
         self.model = self.model_dir.name  # the name clients pass as model=...
         self.log_path = Path(log_path) if log_path is not None else None
         self.reported: vllm_log.ReportedKV | None = None
@@ -173,7 +175,9 @@ class VLLMServer:
     def guards_every_route(self) -> bool:
         """A server on the network wants the key on every route but GET /health; on loopback, vLLM's own
         --api-key rule applies (/v1 only), as lesson 07 shows."""
-        return bool(self.api_key) and not is_loopback(self.host)
+        if not self.api_key or self.shared:
+            return False
+        return self._guard_every_route if self._guard_every_route is not None else not is_loopback(self.host)
 
     def command(self) -> list[str]:
         """The command line that starts this server (the API key travels in the environment, not here)."""
@@ -415,6 +419,24 @@ def own_server_allowed(what: str) -> bool:
         f"machine with vLLM installed, unset {URL_ENV} and restart the kernel."
     )
     return False
+
+
+def _check_key_policy(host: str, api_key: str | None, guard_every_route: bool | None) -> None:
+    """A server that listens beyond loopback has a key, and the key guards every route."""
+    if guard_every_route and not api_key:
+        raise ServingConfigError(f"guard_every_route=True needs an API key to check: {KEY_ADVICE}.")
+    if is_loopback(host):
+        return
+    if not api_key:
+        raise ServingConfigError(
+            f"host={host!r} listens beyond this machine, and with no API key anyone who reaches the port could "
+            f"use the server. Keep host='127.0.0.1', or {KEY_ADVICE}."
+        )
+    if guard_every_route is False:
+        raise ServingConfigError(
+            f"guard_every_route=False with host={host!r}: vLLM's own key check covers /v1 only, and a server on "
+            "the network must not leave /tokenize, /metrics, /invocations and the rest open. Leave it on."
+        )
 
 
 def free_port(host: str = "127.0.0.1") -> int:

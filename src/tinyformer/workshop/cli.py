@@ -38,6 +38,7 @@ def add_workshop_arguments(parser: argparse.ArgumentParser) -> None:
         "  tinyformer workshop serve artifacts/nano-hf --learners 30 --tokens-per-request 64\n"
         "  tinyformer workshop serve artifacts/nano-hf --public --port 8000   # reachable from the room's network",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # no `--api-key KEY` passing for --api-key-file
     )
     serve.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a folder written by `tinyformer export`")
     serve.add_argument("--learners", type=positive_int, default=30, help="learners sending at once (default 30)")
