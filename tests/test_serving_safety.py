@@ -26,7 +26,7 @@ from tinyformer.export import export_hf
 from tinyformer.model import Transformer
 from tinyformer.serving import ServingConfigError, VLLMServer, VLLMStartupError, read_metrics
 from tinyformer.serving.cli import read_or_create_key
-from tinyformer.serving.server import API_KEY_ENV, GUARD_MIDDLEWARE, check_port_free, free_port, listening_ports
+from tinyformer.serving.server import API_KEY_ENV, GUARD_MIDDLEWARE, check_port_free, listening_ports
 from tinyformer.tokenizer import build_tokenizer
 from tinyformer.workshop.classroom import learner_env
 
@@ -156,35 +156,8 @@ def test_serve_checks_its_port_and_timeout_too(capsys):
 # ----- somebody else's server on the port -------------------------------------------------------------------
 
 
-@pytest.fixture
-def foreign_server(tmp_path):
-    """A real HTTP server in a process of its own that answers GET /health with 200 (a file called health)."""
-    (tmp_path / "health").write_text("I am not vLLM\n")
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            psutil.wait_procs([psutil.Process(process.pid)], timeout=0.1)
-        else:
-            raise AssertionError("the foreign HTTP server did not come up")
-        yield process, port
-    finally:
-        process.kill()
-        process.wait()
-
-
-def test_start_refuses_a_port_that_answers_health_for_somebody_else(export_config, foreign_server):
-    process, port = foreign_server
+def test_start_refuses_a_port_that_answers_health_for_somebody_else(export_config, foreign_http_server):
+    process, port = foreign_http_server
     server = VLLMServer(export_config, port=port, shared=False, progress=False)
     try:
         with pytest.raises(ServingConfigError, match=rf"cannot listen on 127.0.0.1:{port}.*pid {process.pid}"):
@@ -196,10 +169,10 @@ def test_start_refuses_a_port_that_answers_health_for_somebody_else(export_confi
         check_port_free("127.0.0.1", port)
 
 
-def test_health_from_a_process_outside_our_group_is_not_taken_for_our_server(export_config, foreign_server):
+def test_health_from_a_process_outside_our_group_is_not_taken_for_our_server(export_config, foreign_http_server):
     """The port was free when checked and somebody else took it before vLLM did: /health answers 200, but the
     listening socket is not in our process group, so start-up must fail instead of attaching to it."""
-    process, port = foreign_server
+    process, port = foreign_http_server
     assert port in listening_ports(process.pid)
     server = VLLMServer(export_config, port=port, shared=False, progress=False)
     server.url = f"http://127.0.0.1:{port}"

@@ -157,8 +157,8 @@ def test_api_key_guards_v1_but_not_the_rest_on_loopback(server):
     assert httpx.post(f"{server.api_url}/completions", json={"model": server.model, "prompt": "the"}).status_code == 401
     assert httpx.get(models, headers=server.headers).status_code == 200
     for path in ("/health", "/metrics", "/version", "/openapi.json"):
-        assert httpx.get(f"{server.url}{path}").status_code == 200, path
-    keyless = httpx.post(f"{server.url}/tokenize", json={"model": server.model, "prompt": "the cat"})
+        assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 200, path
+    keyless = httpx.post(f"{server.url}/tokenize", json={"model": server.model, "prompt": "the cat"}, timeout=30)
     assert keyless.status_code == 200 and keyless.json()["count"] == 2
 
 

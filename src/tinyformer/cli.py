@@ -190,7 +190,10 @@ TRAIN = Command(
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "checkpoint", type=Path, metavar="CHECKPOINT", help="a checkpoint written by `tinyformer train` (a .pt file)"
+        "checkpoint",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="a checkpoint written by `tinyformer train` (a .pt file, or the folder holding just one)",
     )
     parser.add_argument(
         "--out",
@@ -204,15 +207,33 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def checkpoint_in(path: Path) -> Path:
+    """``path`` itself, or the one checkpoint in the folder ``tinyformer train --out DIR`` filled."""
+    if not path.is_dir():
+        return path
+    found = sorted(path.glob("*.pt"))
+    if len(found) == 1:
+        print(f"using the checkpoint in {path}: {found[0]}")
+        return found[0]
+    if not found:
+        raise FileNotFoundError(
+            f"{path} is a folder with no checkpoint (*.pt) in it; train one with "
+            f"`tinyformer train --out {path}`, or pass the checkpoint file itself."
+        )
+    names = ", ".join(str(p) for p in found)
+    raise ValueError(f"{path} holds {len(found)} checkpoints ({names}); pass the one to export, e.g. {found[0]}.")
+
+
 def _run_export(args: argparse.Namespace) -> int:
     from tinyformer.checkpoint import load_checkpoint
     from tinyformer.export import export_hf
 
-    model, tokenizer, _ = load_checkpoint(args.checkpoint)
+    checkpoint = checkpoint_in(args.checkpoint)
+    model, tokenizer, _ = load_checkpoint(checkpoint)
     if args.out is None:
         from tinyformer.paths import artifacts_dir
 
-        args.out = artifacts_dir() / f"{args.checkpoint.stem}-hf"
+        args.out = artifacts_dir() / f"{checkpoint.stem}-hf"
     out = export_hf(model, tokenizer, args.out, overwrite=args.overwrite, verify=not args.no_verify)
     checked = "" if args.no_verify else ", checked against the checkpoint with transformers"
     print(f"wrote {out} (Hugging Face GPT-2 format{checked})")

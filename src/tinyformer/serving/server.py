@@ -26,6 +26,7 @@ import time
 import weakref
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import psutil
@@ -368,7 +369,12 @@ class VLLMServer:
         models = httpx.get(f"{self.api_url}/models", headers=self.headers, timeout=10.0)
         if models.status_code == 401:
             raise VLLMStartupError(f"the shared server {self.url} refused the API key: set ${API_KEY_ENV}.")
-        served = models.json()["data"][0]
+        served = _served_model(models)
+        if served is None:
+            raise ServingConfigError(
+                f"${URL_ENV}={self.url} answers /health, but it is not a vLLM server: GET /v1/models gave HTTP "
+                f"{models.status_code} without a model list. Check the address and port the instructor gave you."
+            )
         self.model = served["id"]
         info = cache_config(self)
         self.reported = vllm_log.ReportedKV(
@@ -602,8 +608,25 @@ def _device() -> str:
 
 
 def _shared_url() -> str | None:
-    url = os.environ.get(URL_ENV, "").strip().rstrip("/")
-    return url.removesuffix("/v1") or None
+    url = os.environ.get(URL_ENV, "").strip().rstrip("/").removesuffix("/v1")
+    if not url:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ServingConfigError(
+            f"${URL_ENV}={url!r} is not a server address: give the scheme, host and port, e.g. "
+            f"export {URL_ENV}=http://{url if '://' not in url else '10.0.0.5:8000'}"
+        )
+    return url
+
+
+def _served_model(response: httpx.Response) -> dict | None:
+    """The first entry of vLLM's /v1/models answer, or None when the answer is not one."""
+    try:
+        served = response.json()["data"][0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return served if isinstance(served, dict) and {"id", "max_model_len"} <= set(served) else None
 
 
 def _client_host(host: str) -> str:
