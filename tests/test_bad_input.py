@@ -93,9 +93,9 @@ def test_a_padding_mask_must_cover_the_cached_tokens_too(model):
         ("layer_norm_epsilon", -1, "layer_norm_epsilon must be a small number above 0"),
         ("layer_norm_epsilon", 0.0, "layer_norm_epsilon must be a small number above 0"),
         ("layer_norm_epsilon", math.nan, "layer_norm_epsilon must be a small number above 0"),
-        ("dropout", "0.1", r"dropout must be a number in \[0, 1\)"),
-        ("dropout", None, r"dropout must be a number in \[0, 1\)"),
-        ("dropout", 1.0, r"dropout must be a number in \[0, 1\)"),
+        ("dropout", "0.1", r"dropout must be in \[0, 1\), got"),
+        ("dropout", None, r"dropout must be in \[0, 1\), got"),
+        ("dropout", 1.0, r"dropout must be in \[0, 1\), got"),
     ],
 )
 def test_model_config_refuses_bad_numbers(field, value, match):

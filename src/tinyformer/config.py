@@ -47,7 +47,7 @@ class ModelConfig:
                 f"n_embd / n_head dimensions. Pick n_head from the divisors of {self.n_embd}."
             )
         if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1) (0 = off), got {self.dropout!r}.")
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}: a number, 0 = off.")
         if not _is_number(self.layer_norm_epsilon) or not 0.0 < self.layer_norm_epsilon < 1.0:
             raise ValueError(
                 f"layer_norm_epsilon must be a small number above 0 (GPT-2: 1e-5), got {self.layer_norm_epsilon!r}."
