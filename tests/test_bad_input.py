@@ -221,7 +221,7 @@ def test_a_shared_server_url_that_is_not_vllm_is_refused(export_config, monkeypa
 def test_widgets_refuse_a_model_that_is_not_on_the_cpu(tokenizer):
     """The meta device stands in for a GPU: the check is on the device type, and no data is needed to fail."""
     from tinyformer.widgets.attention_weights import attention_weights
-    from tinyformer.widgets.kv_cache import trace_generation
+    from tinyformer.widgets.kv_stepper import trace_generation
 
     with torch.device("meta"):
         elsewhere = Transformer(ModelConfig.preset("nano", vocab_size=len(tokenizer)))
@@ -236,7 +236,7 @@ def test_widget_panels_show_tokens_like_unk(model, tokenizer):
     from html.parser import HTMLParser
 
     from tinyformer.widgets.attention_weights import attention_weights_viewer
-    from tinyformer.widgets.kv_cache import KVCacheStepper, trace_generation
+    from tinyformer.widgets.kv_stepper import KVCacheStepper, trace_generation
 
     class Text(HTMLParser):
         def __init__(self):
