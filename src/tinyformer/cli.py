@@ -15,6 +15,7 @@ import argparse
 import importlib
 import math
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -237,7 +238,7 @@ def _run_export(args: argparse.Namespace) -> int:
     out = export_hf(model, tokenizer, args.out, overwrite=args.overwrite, verify=not args.no_verify)
     checked = "" if args.no_verify else ", checked against the checkpoint with transformers"
     print(f"wrote {out} (Hugging Face GPT-2 format{checked})")
-    print(f"serve it: python -m vllm.entrypoints.openai.api_server --model {out} --dtype float32")
+    print(f"serve it: tinyformer serve {shlex.quote(str(out))}")
     return 0
 
 
