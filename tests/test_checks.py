@@ -428,3 +428,27 @@ def test_works_with_gradients_switched_off_globally():
     with torch.no_grad():  # notebook 03 runs with torch.set_grad_enabled(False)
         assert checks.check_sgd_step(sgd_step, quiet=True)
         assert checks.check_mlp(CASES[checks.check_mlp][0], quiet=True)
+
+
+def test_checkers_reject_floats_that_only_truncate_to_the_right_integers():
+    """9.7 for 9: converting a float answer to the expected integer type would truncate it into a pass."""
+    from tinyformer.checks import check_greedy_next_token, check_kv_bytes_per_token, check_max_tokens_allowed
+    from tinyformer.checks.core import compare_numbers, compare_tensors, tensors_match
+
+    expected = torch.tensor([9, 3])
+    assert compare_tensors(atol=0, rtol=0)(torch.tensor([9.7, 3.2]), expected).startswith("expected whole numbers")
+    assert compare_tensors(atol=0, rtol=0)(torch.tensor([9.0, 3.0]), expected) is None  # whole floats are fine
+    assert not tensors_match(torch.tensor([9.7, 3.2]), expected)
+    assert compare_numbers()(9.7, 9).startswith("expected a whole number (9), got 9.7")
+    assert compare_numbers()(9 + 1e-12, 9) is not None  # within rel 1e-9, but a count has no fraction
+    assert compare_numbers()(9.0, 9) is None
+
+    def argmax_plus_fraction(logits):
+        return logits[:, -1, :].argmax(-1).float() + 0.7  # truncates to the right ids
+
+    assert not check_greedy_next_token(argmax_plus_fraction, quiet=True)
+    assert check_greedy_next_token(lambda logits: logits[:, -1, :].argmax(-1), quiet=True)
+    assert not check_max_tokens_allowed(lambda prompt, limit: limit - prompt + 0.7, quiet=True)
+    assert not check_kv_bytes_per_token(
+        lambda layers, heads, dim, nbytes: 2 * layers * heads * dim * nbytes + 0.5, quiet=True
+    )
