@@ -1,4 +1,4 @@
-"""Checkers for the exercises in lessons 01-09: ``assert check_causal_mask(my_mask)``.
+"""Checkers for the exercises in lessons 01-11: ``assert check_causal_mask(my_mask)``.
 
 Each checker calls the learner's function on several seeded cases, compares with the answer the
 package's own code gives, and prints ✅ or the first failing case (expected vs got, summarised) with a
@@ -16,6 +16,7 @@ solution. It returns a :class:`CheckResult`, truthy when every case passed.
 | 07 serving with vLLM | check_auth_header |
 | 08 max_model_len and KV capacity | check_max_tokens_allowed, check_kv_blocks, check_kv_capacity |
 | 09 batching and concurrency | check_left_pad, check_concurrency_to_fill_cache |
+| 11 fewer bits | check_int8_round_trip, check_int4_pack, check_kv_bytes_fp8 |
 """
 
 from tinyformer.checks.attention import (
@@ -29,6 +30,7 @@ from tinyformer.checks.core import CheckResult
 from tinyformer.checks.embeddings import check_embedding_lookup, check_input_embedding, check_position_lookup
 from tinyformer.checks.generation import check_cache_append, check_greedy_next_token
 from tinyformer.checks.memory import check_attention_scores_bytes, check_kv_bytes_per_token, check_weight_bytes
+from tinyformer.checks.quantize import check_int4_pack, check_int8_round_trip, check_kv_bytes_fp8
 from tinyformer.checks.serving import (
     check_auth_header,
     check_concurrency_to_fill_cache,
@@ -53,7 +55,10 @@ __all__ = [
     "check_embedding_lookup",
     "check_greedy_next_token",
     "check_input_embedding",
+    "check_int4_pack",
+    "check_int8_round_trip",
     "check_kv_blocks",
+    "check_kv_bytes_fp8",
     "check_kv_bytes_per_token",
     "check_kv_capacity",
     "check_left_pad",
