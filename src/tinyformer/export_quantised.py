@@ -11,7 +11,7 @@ plain fp32 folder fails: vLLM looks for this config and these tensors and finds 
 * everything else (embeddings, the tied LM head, layer norms) is written as in :func:`tinyformer.export.export_hf`.
 
 vLLM 0.32 runs such layers on CPU with its W4A16 kernel (``CPUWNA16LinearKernel``), which needs input and
-output widths that are multiples of 32 and activations in bf16 or fp16.
+output widths that are multiples of 32 and activations in bf16 or fp16 (see :data:`SERVE_DTYPE`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ from tinyformer.model import Transformer
 
 SERVED_SCHEMES = ("int4",)  # what vLLM 0.32 runs on CPU from a checkpoint (its CPU kernel is 4-bit only)
 CPU_KERNEL_MULTIPLE = 32  # CPUWNA16LinearKernel: input and output widths must be multiples of this
+# Serve with --dtype float16. Measured with vLLM 0.32 on an AVX-512/AMX CPU: in bfloat16 the kernel takes its
+# AMX path, which quantises the activations to int8 too (VLLM_CPU_INT4_W4A8=1, the default), or, with that
+# switched off, died with SIGILL; in float16 it runs the plain W4A16 path, within fp16 rounding of the
+# dequantised weights.
+SERVE_DTYPE = "float16"
 
 
 def awq_quantization_config(group_size: int) -> dict:
@@ -97,7 +102,7 @@ def export_quantised(
         save_file(awq_state_dict(model, layers), tmp / "model.safetensors", metadata={"format": "pt"})
         config = json.loads((tmp / "config.json").read_text())
         config["quantization_config"] = awq_quantization_config(group_size)
-        config["dtype"] = "bfloat16"  # activations: the AWQ kernels take bf16 or fp16, not fp32
+        config["dtype"] = SERVE_DTYPE  # the AWQ kernels take bf16 or fp16 activations, not fp32
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         _move_into_place(tmp, out_dir)
     except BaseException:

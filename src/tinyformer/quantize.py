@@ -195,6 +195,14 @@ def scheme_bytes_per_parameter(scheme: str, n_in: int, group_size: int | None = 
     return 0.5 + (scale_bytes + 0.5) / group_size
 
 
+def checkpoint_bytes_per_parameter(dtype: str, n_in: int, group_size: int = DEFAULT_GROUP_SIZE) -> float:
+    """Bytes per weight of a quantised checkpoint's matrix with ``n_in`` inputs, scales included:
+    int4 groups of ``group_size`` (AWQ/GPTQ), int8 per channel, fp8 with one scale per output channel."""
+    if dtype == "fp8":
+        return scheme_bytes_per_parameter("int8", n_in)  # 1 byte per weight + an fp16 scale per channel
+    return scheme_bytes_per_parameter(dtype, n_in, None if dtype == "int8" else min(group_size, n_in))
+
+
 # ---- clear errors ------------------------------------------------------------------------------
 
 
@@ -217,3 +225,43 @@ def check_group_size(group_size, n_in: int) -> None:
 def _check_weight(w: torch.Tensor) -> None:
     if w.ndim != 2 or not w.is_floating_point():
         raise ValueError(f"expected a float weight matrix [out, in], got {tuple(w.shape)} {w.dtype}.")
+
+
+# ---- comparing a lower-precision server with the reference model ------------------------------------------
+
+NEAR_TIE_NATS = 0.05  # logits closer than this count as a tie that rounding (bf16, fp8, int8 activations) may flip
+
+
+@dataclass(frozen=True)
+class GreedyAgreement:
+    """How a server's greedy continuations compare with a reference model's, prompt by prompt."""
+
+    prompts: int
+    identical: int  # continuations equal token for token
+    first_differences: list[float]  # per differing prompt: reference logit gap between its pick and the server's
+    near_tie: float
+
+    @property
+    def explained(self) -> bool:
+        """Every difference starts at a near-tie of the reference model (rounding picked the other token)."""
+        return all(gap <= self.near_tie for gap in self.first_differences)
+
+
+@torch.inference_mode()
+def greedy_agreement(
+    model: Transformer, prompts: list[list[int]], served: list[list[int]], near_tie: float = NEAR_TIE_NATS
+) -> GreedyAgreement:
+    """Compare ``served`` continuations with ``model``'s: at the first token where they differ, how far (in
+    logits) the server's token was behind the reference model's favourite, given the same prefix."""
+    from tinyformer.generate import generate
+
+    identical, gaps = 0, []
+    for prompt, got in zip(prompts, served, strict=True):
+        ours = generate(model, prompt, len(got)).tokens[0]
+        if ours == got:
+            identical += 1
+            continue
+        step = next(i for i, (a, b) in enumerate(zip(ours, got, strict=True)) if a != b)
+        logits = model(torch.tensor([prompt + got[:step]]))[0, -1]  # [V], the position that chose token `step`
+        gaps.append(float(logits.max() - logits[got[step]]))
+    return GreedyAgreement(len(prompts), identical, gaps, near_tie)
