@@ -75,7 +75,7 @@ def check_servable(model: Transformer, scheme: str, group_size: int) -> None:
         if layer.in_features % CPU_KERNEL_MULTIPLE or layer.out_features % CPU_KERNEL_MULTIPLE:
             raise ValueError(
                 f"{name} is [{layer.out_features}, {layer.in_features}]; vLLM's CPU int4 kernel needs both widths "
-                f"to be multiples of {CPU_KERNEL_MULTIPLE}. Use a model with n_embd a multiple of {CPU_KERNEL_MULTIPLE}."
+                f"to be multiples of {CPU_KERNEL_MULTIPLE}. Use n_embd a multiple of {CPU_KERNEL_MULTIPLE}."
             )
 
 

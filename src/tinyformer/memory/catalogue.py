@@ -179,4 +179,6 @@ def model_weight_bytes(spec: ModelSpec, dtype="bf16") -> int:
 
     kept_16bit = spec.embedding_params + (2 * spec.n_layer + 1) * spec.norm_params + spec.extra_params
     quantised = spec.n_params - kept_16bit
-    return math.ceil(quantised * checkpoint_bytes_per_parameter(name, spec.hidden_size)) + weight_bytes(kept_16bit, "bf16")
+    return math.ceil(quantised * checkpoint_bytes_per_parameter(name, spec.hidden_size)) + weight_bytes(
+        kept_16bit, "bf16"
+    )
