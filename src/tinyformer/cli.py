@@ -200,7 +200,7 @@ def _run_export(args: argparse.Namespace) -> int:
             model, tokenizer, args.out, scheme=args.quantize, group_size=args.group_size, overwrite=args.overwrite
         )
         print(f"wrote {out} ({args.quantize} weights in AWQ's layout, quantization_config in config.json)")
-        print(f"serve it: tinyformer serve {out} --dtype bfloat16")
+        print(f"serve it: tinyformer serve {out}   (vLLM reads the quantization_config; --dtype float16)")
         return 0
     from tinyformer.export import export_hf
 

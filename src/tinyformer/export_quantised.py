@@ -61,6 +61,13 @@ def awq_state_dict(model: Transformer, layers: dict[str, quantize.QuantisedLinea
     return state
 
 
+def serve_dtype(model_dir: str | Path) -> str:
+    """The --dtype to serve an export with: float32 for a plain one, SERVE_DTYPE for a quantised one."""
+    config = Path(model_dir) / "config.json"
+    quantised = config.is_file() and "quantization_config" in json.loads(config.read_text())
+    return SERVE_DTYPE if quantised else "float32"
+
+
 def check_servable(model: Transformer, scheme: str, group_size: int) -> None:
     """Refuse, before writing anything, what vLLM's CPU kernel would refuse at load."""
     quantize.check_scheme(scheme)
