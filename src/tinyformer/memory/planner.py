@@ -320,7 +320,7 @@ def fixes(plan: ServingPlan) -> list[Fix]:
     for quantised in QUANTISED:
         if DTYPE_BYTES[quantised] < DTYPE_BYTES[plan.dtype]:
             attempt(
-                f"a {quantised} checkpoint ({QUANTISED_FORMATS[quantised]}), served as it is",
+                f"an {quantised} checkpoint ({QUANTISED_FORMATS[quantised]}), served as it is",
                 "some accuracy; the weights must be quantised first: --quantization alone is not enough "
                 "(on a plain checkpoint vLLM stops with 'Cannot find the config file for awq')",
                 dtype=quantised,
