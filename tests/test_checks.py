@@ -301,6 +301,48 @@ CASES = {
     ),
 }
 
+FP8_BYTES = {"fp32": 4, "bf16": 2, "fp8": 1}
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+def int8_round_trip(w, *, per_row=True, zero_rows=True):
+    scale = w.abs().amax(dim=1, keepdim=True) / 127 if per_row else w.abs().max() / 127
+    if zero_rows:
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return torch.round(w / scale).clamp(-127, 127) * scale
+
+
+def pack_int4(q, *, order=AWQ_ORDER, as_int32=True):
+    rows, cols = q.shape
+    eights = q.long().reshape(rows, cols // 8, 8)[..., list(order)]
+    packed = (eights << torch.arange(0, 32, 4)).sum(dim=-1)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).int() if as_int32 else packed
+
+
+CASES[checks.check_int8_round_trip] = (
+    int8_round_trip,
+    [
+        (lambda w: int8_round_trip(w, per_row=False), "one scale for the whole matrix"),
+        (lambda w: int8_round_trip(w, zero_rows=False), "all-zero row"),
+        (lambda w: w.clone(), "unchanged"),
+    ],
+)
+CASES[checks.check_int4_pack] = (
+    pack_int4,
+    [
+        (lambda q: pack_int4(q, order=tuple(range(8))), "plain order"),
+        (lambda q: pack_int4(q, order=(0, 4, 1, 5, 2, 6, 3, 7)), "wrong way round"),
+        (lambda q: pack_int4(q, as_int32=False), "subtract 2**32"),
+    ],
+)
+CASES[checks.check_kv_bytes_fp8] = (
+    lambda n_layer, heads, head_dim, dtype: 2 * n_layer * heads * head_dim * FP8_BYTES[dtype],
+    [
+        (lambda n_layer, heads, head_dim, dtype: n_layer * heads * head_dim * FP8_BYTES[dtype], "factor of 2"),
+        (lambda n_layer, heads, head_dim, dtype: 16 * n_layer * heads * head_dim * FP8_BYTES[dtype], "bits"),
+    ],
+)
+
 
 def preemption_choice(running, free_blocks, requester, wanted, *, newest=True, largest=False):
     running, preempted = list(running), []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import types
@@ -13,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from tinyformer import cli
 from tinyformer.checkpoint import load_checkpoint
+from tinyformer.export_quantised import awq_quantization_config, serve_dtype
 
 STEPS = 3  # the command is under test here, not the training
 
@@ -112,6 +114,36 @@ def test_export_needs_overwrite_to_replace(checkpoint: Path, tmp_path: Path, cap
     assert cli.main(["export", str(checkpoint), "--out", str(out)]) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert cli.main(["export", str(checkpoint), "--out", str(out), "--overwrite"]) == 0
+
+
+def test_export_quantize_int4_writes_an_awq_folder(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "nano-int4"
+    assert cli.main(["export", str(checkpoint), "--out", str(out), "--quantize", "int4"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    # the default group size 128 is capped at nano's narrowest layer (n_embd = 64 inputs)
+    assert config["quantization_config"] == awq_quantization_config(64)
+    assert "quantization_config" in capsys.readouterr().out
+    assert serve_dtype(out) == "float16" and serve_dtype(tmp_path) == "float32"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--quantize", "int4", "--group-size", "48"], "group_size=48 does not divide the layer's input width 64"),
+        (["--quantize", "int8"], "4-bit kernel only"),
+        (["--group-size", "32"], "--group-size applies to --quantize int4 only"),
+    ],
+)
+def test_export_quantize_bad_input_is_one_clear_line(checkpoint: Path, tmp_path: Path, capsys, args, message) -> None:
+    assert cli.main(["export", str(checkpoint), "--out", str(tmp_path / "q"), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tinyformer export: error:") and message in err
+    assert not (tmp_path / "q").exists()
+
+
+def test_export_quantize_rejects_an_unknown_scheme(checkpoint: Path, capsys) -> None:
+    assert cli.main(["export", str(checkpoint), "--quantize", "int3"]) == 2
+    assert "invalid choice: 'int3'" in capsys.readouterr().err
 
 
 def test_export_of_a_corrupted_checkpoint_is_a_clear_error(tmp_path: Path, capsys) -> None:

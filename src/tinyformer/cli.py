@@ -206,6 +206,18 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-verify", action="store_true", help="skip reloading the export with transformers to compare logits"
     )
+    parser.add_argument(
+        "--quantize",
+        choices=("int8", "int4"),
+        help="write quantised weights with their scales and zero points, as a checkpoint vLLM loads "
+        "(int4: AWQ layout; vLLM's CPU kernel serves int4 only)",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=positive_int,
+        metavar="N",
+        help="int4: inputs sharing one scale and zero point (default: 128, capped at the narrowest layer's width)",
+    )
 
 
 def checkpoint_in(path: Path) -> Path:
@@ -227,14 +239,27 @@ def checkpoint_in(path: Path) -> Path:
 
 def _run_export(args: argparse.Namespace) -> int:
     from tinyformer.checkpoint import load_checkpoint
-    from tinyformer.export import export_hf
 
+    if args.group_size is not None and args.quantize != "int4":
+        raise ValueError("--group-size applies to --quantize int4 only (int8 has one scale per output channel).")
     checkpoint = checkpoint_in(args.checkpoint)
     model, tokenizer, _ = load_checkpoint(checkpoint)
     if args.out is None:
         from tinyformer.paths import artifacts_dir
 
-        args.out = artifacts_dir() / f"{checkpoint.stem}-hf"
+        suffix = f"-{args.quantize}" if args.quantize else "-hf"
+        args.out = artifacts_dir() / f"{checkpoint.stem}{suffix}"
+    if args.quantize:
+        from tinyformer.export_quantised import export_quantised
+
+        out = export_quantised(
+            model, tokenizer, args.out, scheme=args.quantize, group_size=args.group_size, overwrite=args.overwrite
+        )
+        print(f"wrote {out} ({args.quantize} weights in AWQ's layout, quantization_config in config.json)")
+        print(f"serve it: tinyformer serve {out}   (vLLM reads the quantization_config; --dtype float16)")
+        return 0
+    from tinyformer.export import export_hf
+
     out = export_hf(model, tokenizer, args.out, overwrite=args.overwrite, verify=not args.no_verify)
     checked = "" if args.no_verify else ", checked against the checkpoint with transformers"
     print(f"wrote {out} (Hugging Face GPT-2 format{checked})")
@@ -254,7 +279,8 @@ EXPORT = Command(
     epilog=(
         "examples:\n"
         "  tinyformer export artifacts/nano.pt --out exports/nano\n"
-        "  tinyformer export micro.pt --out exports/micro --overwrite"
+        "  tinyformer export micro.pt --out exports/micro --overwrite\n"
+        "  tinyformer export artifacts/nano.pt --out exports/nano-int4 --quantize int4 --group-size 32"
     ),
     add_arguments=_export_arguments,
     run=_run_export,

@@ -1,4 +1,4 @@
-"""Checkers for the exercises in lessons 01-09: ``assert check_causal_mask(my_mask)``.
+"""Checkers for the exercises in lessons 01-13: ``assert check_causal_mask(my_mask)``.
 
 Each checker calls the learner's function on several seeded cases, compares with the answer the
 package's own code gives, and prints ✅ or the first failing case (expected vs got, summarised) with a
@@ -16,6 +16,7 @@ solution. It returns a :class:`CheckResult`, truthy when every case passed.
 | 07 serving with vLLM | check_auth_header |
 | 08 max_model_len and KV capacity | check_max_tokens_allowed, check_kv_blocks, check_kv_capacity |
 | 09 batching and concurrency | check_left_pad, check_concurrency_to_fill_cache |
+| 11 fewer bits | check_int8_round_trip, check_int4_pack, check_kv_bytes_fp8 |
 | 12 embeddings and context budget | check_mean_pool, check_hamilton, check_parents_that_fit |
 | 13 build the engine | check_blocks_needed, check_block_table_lookup, check_preemption_choice, check_block_hashes |
 """
@@ -37,6 +38,7 @@ from tinyformer.checks.engine import (
 )
 from tinyformer.checks.generation import check_cache_append, check_greedy_next_token
 from tinyformer.checks.memory import check_attention_scores_bytes, check_kv_bytes_per_token, check_weight_bytes
+from tinyformer.checks.quantize import check_int4_pack, check_int8_round_trip, check_kv_bytes_fp8
 from tinyformer.checks.retrieval import check_hamilton, check_mean_pool, check_parents_that_fit
 from tinyformer.checks.serving import (
     check_auth_header,
@@ -66,7 +68,10 @@ __all__ = [
     "check_greedy_next_token",
     "check_hamilton",
     "check_input_embedding",
+    "check_int4_pack",
+    "check_int8_round_trip",
     "check_kv_blocks",
+    "check_kv_bytes_fp8",
     "check_kv_bytes_per_token",
     "check_kv_capacity",
     "check_left_pad",

@@ -17,6 +17,9 @@ from tinyformer.memory.formulas import DTYPE_BYTES, GiB, dtype_bytes, dtype_name
 from tinyformer.memory.vision import profile_images, vision_activation_bytes
 from tinyformer.vllm_rules import KVCapacity
 
+# The checkpoint a quantised row of the calculator stands for: files written quantised, config included.
+QUANTISED_FORMATS = {"fp8": "e.g. an FP8 checkpoint", "int8": "e.g. a W8A8 checkpoint", "int4": "e.g. AWQ or GPTQ"}
+
 # What vLLM measures at start-up and we can only estimate (documented assumptions, from public vLLM
 # start-up logs: e.g. Llama-3-8B on an H100 logged 1.79 GiB "non_torch_memory" and 1.26 GiB
 # "PyTorch activation peak memory"). CUDA context, cuBLAS/NCCL workspaces and CUDA graphs:
@@ -444,7 +447,12 @@ def fixes(plan: ServingPlan) -> list[Fix]:
         attempt("--kv-cache-dtype fp8", "a little attention accuracy", kv_cache_dtype="fp8")
     for quantised in QUANTISED:
         if DTYPE_BYTES[quantised] < DTYPE_BYTES[plan.dtype]:
-            attempt(f"quantised {quantised} weights", "some accuracy; needs a quantised checkpoint", dtype=quantised)
+            attempt(
+                f"an {quantised} checkpoint ({QUANTISED_FORMATS[quantised]}), served as it is",
+                "some accuracy; the weights must be quantised first: --quantization alone is not enough "
+                "(on a plain checkpoint vLLM stops with 'Cannot find the config file for awq')",
+                dtype=quantised,
+            )
     for tp in (2, 4, 8):  # the smallest number of GPUs that works
         if tp > plan.tensor_parallel_size:
             before = len(found)
