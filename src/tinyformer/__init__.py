@@ -17,7 +17,8 @@ Lesson -> the modules it shows (each notebook imports these; ``checks`` holds ev
 09 batching and concurrency      ``serving.client`` (load generator), ``serving.metrics``
 10 images are tokens (VLM)       ``vision`` (planned)
 11 fewer bits (quantisation)     ``quantize`` (planned)
-12 embeddings and retrieval      ``retrieval`` (planned)
+12 embeddings and retrieval      ``retrieval`` (pooling, collection, search, budget, finetune),
+                                 ``serving.embeddings``, ``vllm_rules`` (pooling runner, chunked prefill)
 13 the engine itself             ``engine`` (planned)
 == ============================= =================================================================
 

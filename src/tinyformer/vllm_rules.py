@@ -8,15 +8,16 @@ lessons' :class:`~tinyformer.serving.budget.KVBudget`, the classroom planner, th
 What vLLM does, in order:
 
 1. **Head sizes.** The CPU attention kernel runs head sizes :data:`CPU_HEAD_SIZES`; any other starts
-   and then kills the engine on the first request.
+   and then kills the engine on the first request ("Unsupported CPU attention configuration: head_dim=16").
 2. **Blocks.** The KV cache is paged in blocks of ``block_size`` tokens for all layers at once: 16 on
    NVIDIA GPUs, 128 on the CPU backend (``--block-size`` takes a multiple of 32 there).
    ``num_blocks = floor(kv_bytes / (block_size x bytes_per_token))``; leftover bytes hold nothing.
 3. **The null block.** The block pool keeps :data:`NULL_BLOCKS` block back as a placeholder, so N blocks
    serve N - 1 blocks' worth of requests.
-4. **Refusals at start-up.** ``max_model_len`` above the model's position table; a KV budget that,
-   less the null block, is empty ("No available memory for the cache blocks") or cannot hold one
-   request of ``max_model_len`` tokens in whole blocks ("To serve at least one request ...").
+4. **Refusals at start-up.** ``max_model_len`` above the model's position table; a tensor-parallel size
+   that does not divide the attention heads; a KV budget that, less the null block, is empty ("No
+   available memory for the cache blocks") or cannot hold one request of ``max_model_len`` tokens in
+   whole blocks ("To serve at least one request ..."). 1 block is empty; 2 blocks hold 1 usable block.
 5. **The capacity line.** A request of ``max_model_len`` tokens takes ``ceil(max_model_len /
    block_size)`` blocks; vLLM logs ``<device> KV cache size: N tokens, Maximum concurrency for L tokens
    per request: X.XXx`` with X = num_blocks / blocks per request (null block included) and
@@ -35,6 +36,10 @@ from tinyformer.memory.formulas import GiB, kv_bytes_per_token, positive
 
 __all__ = [
     "BLOCK_SIZE",
+    "NO_CHUNKED_PREFILL_POOLINGS",
+    "POOLING_TYPES",
+    "batched_tokens_refusal",
+    "chunked_prefill_enabled",
     "CPU_BLOCK_MULTIPLE",
     "CPU_BLOCK_SIZE",
     "CPU_HEAD_SIZES",
@@ -279,3 +284,31 @@ def head_size_supported(head_dim: int, device: str = "cpu") -> bool:
 def block_size_supported(block_size: int, device: str = "cpu") -> bool:
     """Block sizes tinyformer lets vLLM use: on CPU a multiple of 32 (vLLM only warns about others)."""
     return block_size > 0 and (device != "cpu" or block_size % CPU_BLOCK_MULTIPLE == 0)
+
+
+# ----- pooling (embedding) servers --------------------------------------------------------------------------
+# One engine runs one runner: a server started with ``--runner pooling`` has no /v1/completions route (it answers
+# 404 Not Found), and a generating server has no /v1/embeddings. Generation and embeddings need two servers.
+
+POOLING_TYPES = ("MEAN", "LAST", "CLS")
+# ModelConfig.is_chunked_prefill_supported: a causal model pooled by MEAN or CLS needs every token of the
+# prompt in one step (a mean over a half-computed prompt is wrong), so vLLM turns chunked prefill off for it.
+NO_CHUNKED_PREFILL_POOLINGS = ("MEAN", "CLS")
+
+
+def chunked_prefill_enabled(pooling_type: str | None) -> bool:
+    """Whether vLLM 0.32 keeps chunked prefill on for a causal (GPT-2) model with this pooling (None: generating)."""
+    return pooling_type not in NO_CHUNKED_PREFILL_POOLINGS
+
+
+def batched_tokens_refusal(max_num_batched_tokens: int, max_model_len: int, pooling_type: str | None) -> Refusal | None:
+    """SchedulerConfig.verify_max_model_len: without chunked prefill a prompt is scheduled whole, so the token budget
+    per step must hold the longest one (``max_num_batched_tokens >= max_model_len``)."""
+    if chunked_prefill_enabled(pooling_type) or max_num_batched_tokens >= max_model_len:
+        return None
+    return Refusal(
+        "batched_tokens_below_max_model_len",
+        f"max_num_batched_tokens ({max_num_batched_tokens}) is smaller than max_model_len ({max_model_len}). This "
+        "effectively limits the maximum sequence length to max_num_batched_tokens and makes vLLM reject longer "
+        "sequences. Please increase max_num_batched_tokens or decrease max_model_len.",
+    )

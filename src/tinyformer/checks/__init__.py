@@ -16,6 +16,8 @@ solution. It returns a :class:`CheckResult`, truthy when every case passed.
 | 07 serving with vLLM | check_auth_header |
 | 08 max_model_len and KV capacity | check_max_tokens_allowed, check_kv_blocks, check_kv_capacity |
 | 09 batching and concurrency | check_left_pad, check_concurrency_to_fill_cache |
+| 12 embeddings and context budget | check_mean_pool, check_hamilton, check_parents_that_fit |
+| 13 build the engine | check_blocks_needed, check_block_table_lookup, check_preemption_choice, check_block_hashes |
 """
 
 from tinyformer.checks.attention import (
@@ -27,8 +29,15 @@ from tinyformer.checks.attention import (
 from tinyformer.checks.block import check_block, check_lm_head, check_mlp
 from tinyformer.checks.core import CheckResult
 from tinyformer.checks.embeddings import check_embedding_lookup, check_input_embedding, check_position_lookup
+from tinyformer.checks.engine import (
+    check_block_hashes,
+    check_block_table_lookup,
+    check_blocks_needed,
+    check_preemption_choice,
+)
 from tinyformer.checks.generation import check_cache_append, check_greedy_next_token
 from tinyformer.checks.memory import check_attention_scores_bytes, check_kv_bytes_per_token, check_weight_bytes
+from tinyformer.checks.retrieval import check_hamilton, check_mean_pool, check_parents_that_fit
 from tinyformer.checks.serving import (
     check_auth_header,
     check_concurrency_to_fill_cache,
@@ -46,12 +55,16 @@ __all__ = [
     "check_attention_scores_bytes",
     "check_auth_header",
     "check_block",
+    "check_block_hashes",
+    "check_block_table_lookup",
+    "check_blocks_needed",
     "check_cache_append",
     "check_causal_attention",
     "check_causal_mask",
     "check_concurrency_to_fill_cache",
     "check_embedding_lookup",
     "check_greedy_next_token",
+    "check_hamilton",
     "check_input_embedding",
     "check_kv_blocks",
     "check_kv_bytes_per_token",
@@ -60,8 +73,11 @@ __all__ = [
     "check_lm_head",
     "check_lm_loss",
     "check_max_tokens_allowed",
+    "check_mean_pool",
     "check_mlp",
+    "check_parents_that_fit",
     "check_position_lookup",
+    "check_preemption_choice",
     "check_sgd_step",
     "check_weight_bytes",
 ]

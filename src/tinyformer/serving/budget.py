@@ -51,9 +51,19 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
             f"no config.json in {model_dir}: export the model first with tinyformer.export.export_hf(model, "
             "tokenizer, out_dir) or `tinyformer export`."
         )
-    hf = json.loads(path.read_text())
-    if hf.get("model_type") != "gpt2":
-        raise ServingConfigError(f"{path} describes a {hf.get('model_type')!r} model; tinyformer serves GPT-2 exports.")
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ServingConfigError(f"{path} is not valid JSON ({error}); export the model again.") from None
+    if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
+        kind = hf.get("model_type") if isinstance(hf, dict) else type(hf).__name__
+        raise ServingConfigError(f"{path} describes a {kind!r} model; tinyformer serves GPT-2 exports.")
+    missing = [f for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if f not in hf]
+    if missing:
+        raise ServingConfigError(
+            f"{path} lacks {missing}: it was not written by export_hf, or was edited. Export the model again "
+            "(`tinyformer export CHECKPOINT --out DIR --overwrite`)."
+        )
     return ModelConfig(
         vocab_size=hf["vocab_size"],
         n_positions=hf["n_positions"],

@@ -1,0 +1,71 @@
+"""Talking to an embedding server (``VLLMServer(..., pooling="MEAN")``): /v1/embeddings, once or as a load
+whose concurrency an asyncio semaphore caps, like ``client.send_load`` does for completions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import httpx
+import torch
+
+from tinyformer.serving.client import RequestRejected, rejection_message, run_coroutine
+
+
+def embeddings(server, texts: list[str], *, timeout: float = 120.0) -> torch.Tensor:
+    """[N, d] vectors for ``texts`` in one POST /v1/embeddings (vLLM returns them L2-normalised)."""
+    response = httpx.post(
+        f"{server.api_url}/embeddings",
+        json={"model": server.model, "input": list(texts)},
+        headers=server.headers,
+        timeout=timeout,
+    )
+    if response.status_code != 200:
+        raise RequestRejected(rejection_message(server, response.status_code, response.text))
+    rows = sorted(response.json()["data"], key=lambda row: row["index"])
+    return torch.tensor([row["embedding"] for row in rows])
+
+
+@dataclass
+class EmbeddingLoad:
+    vectors: torch.Tensor  # [N, d], in the order of the texts
+    concurrency: int
+    seconds: float
+    tokens: int  # prompt tokens the server counted
+
+    @property
+    def texts_per_second(self) -> float:
+        return self.vectors.shape[0] / self.seconds
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+
+async def send_embedding_load(server, texts: list[str], *, concurrency: int, timeout: float = 600.0) -> EmbeddingLoad:
+    """One /v1/embeddings request per text, at most ``concurrency`` in flight (the client's limit)."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}.")
+    semaphore = asyncio.Semaphore(concurrency)
+    # A fresh connection per request, as client.send_load does: kept-alive connections serialised requests.
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
+    start = time.perf_counter()
+
+    async def one(client: httpx.AsyncClient, text: str) -> dict:
+        async with semaphore:  # waits here while `concurrency` requests are open
+            response = await client.post(f"{server.api_url}/embeddings", json={"model": server.model, "input": text})
+        if response.status_code != 200:
+            raise RequestRejected(rejection_message(server, response.status_code, response.text))
+        return response.json()
+
+    async with httpx.AsyncClient(headers=server.headers, timeout=timeout, limits=limits) as client:
+        replies = await asyncio.gather(*(one(client, t) for t in texts))
+    seconds = time.perf_counter() - start
+    vectors = torch.tensor([r["data"][0]["embedding"] for r in replies])
+    return EmbeddingLoad(vectors, concurrency, seconds, sum(r["usage"]["prompt_tokens"] for r in replies))
+
+
+def run_embedding_load(server, texts: list[str], *, concurrency: int, **kwargs) -> EmbeddingLoad:
+    """``send_embedding_load`` from ordinary code or a Jupyter cell."""
+    return run_coroutine(lambda: send_embedding_load(server, texts, concurrency=concurrency, **kwargs))
