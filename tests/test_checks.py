@@ -54,8 +54,9 @@ def kv_capacity(kv_bytes, per_token, block_size, max_model_len, *, whole_request
     return int(concurrency * max_model_len), concurrency
 
 
-def concurrency_to_fill(slots, per_request, block_size):
-    return math.ceil((slots // block_size) / math.ceil(per_request / block_size))
+def concurrency_to_fill(slots, per_request, block_size, *, null_block=True):
+    blocks = slots // block_size - (1 if null_block else 0)  # vLLM never gives the null block to a request
+    return math.ceil(blocks / math.ceil(per_request / block_size))
 
 
 def left_pad(prompts, *, left=True, mask_value=True):
@@ -265,6 +266,7 @@ CASES = {
         concurrency_to_fill,
         [
             (lambda slots, per_request, block_size: slots // per_request, "count blocks, not tokens"),
+            (lambda *args: concurrency_to_fill(*args, null_block=False), "null block"),
             (lambda slots, per_request, block_size: concurrency_to_fill(slots, per_request, block_size) - 1, "down"),
         ],
     ),

@@ -101,6 +101,14 @@ def test_every_preset_has_a_recipe_that_fits_it(preset):
     assert cfg.optimizer == "sgd"
 
 
+def test_nano_recipe_trains_every_position_the_lessons_serve():
+    """Lessons 05-09 generate up to position n_positions - 1 and vLLM serves max_model_len = n_positions: the
+    training windows must reach the last row of the position table (a row no window reaches keeps its random init)."""
+    cfg = TrainConfig.for_preset("nano")
+    assert cfg.block_size == PRESETS["nano"]["n_positions"]
+    assert cfg.batch_size * cfg.block_size == 2048  # the tokens per step the recipe was tuned with
+
+
 def test_unknown_recipe():
     with pytest.raises(ValueError, match=r"no training recipe for preset 'huge'; choose one of \['micro', 'nano'\]"):
         TrainConfig.for_preset("huge")

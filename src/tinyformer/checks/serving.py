@@ -201,12 +201,13 @@ def check_kv_capacity(fn, *, quiet: bool = False):
 # --------------------------------------------------------------------------------------------------
 
 # (KV cache token slots, tokens per request, block size)
-FILL_CASES = ((1280, 160, 128), (1280, 256, 128), (4096, 100, 16), (2560, 1000, 128))
+FILL_CASES = ((1280, 160, 128), (1280, 256, 128), (4096, 100, 16), (2560, 1000, 128), (1280, 100, 128))
 
 
 def check_concurrency_to_fill_cache(fn, *, quiet: bool = False):
     """``fn(kv_cache_tokens, tokens_per_request, block_size)`` -> the fewest requests of ``tokens_per_request``
-    tokens (prompt + output) that, running at once, need the whole KV cache (more must wait in the queue)."""
+    tokens (prompt + output) that, running at once, need every block vLLM gives to requests (all but the null
+    block), so that more must wait in the queue."""
 
     def make_cases():
         cases = []
@@ -214,7 +215,8 @@ def check_concurrency_to_fill_cache(fn, *, quiet: bool = False):
             # A cache of `slots` tokens, with 1-byte tokens so bytes and token slots are the same number.
             capacity = vllm_rules.vllm_kv_capacity(slots, 1, block, max_model_len=per_request)
             label = f"{slots:,} token slots, {per_request} tokens per request, blocks of {block}"
-            cases.append(Case(label, (slots, per_request, block), math.ceil(capacity.max_concurrency)))
+            expected = math.ceil(capacity.usable_blocks / capacity.blocks_per_request)
+            cases.append(Case(label, (slots, per_request, block), expected))
         return cases
 
     def token_division(got, case):
@@ -224,6 +226,12 @@ def check_concurrency_to_fill_cache(fn, *, quiet: bool = False):
                 "the cache is handed out in blocks: a request holds ceil(tokens / block_size) whole blocks, "
                 "so count blocks, not tokens."
             )
+        return None
+
+    def null_block(got, case):
+        slots, per_request, block = case.args
+        if got == math.ceil(slots // block / vllm_rules.blocks_for_tokens(per_request, block)) != case.expected:
+            return "vLLM keeps one block back (the null block): requests share one block fewer than the cache holds."
         return None
 
     def rounded_down(got, case):
@@ -236,8 +244,11 @@ def check_concurrency_to_fill_cache(fn, *, quiet: bool = False):
         fn,
         make_cases,
         compare_numbers(),
-        diagnoses=(token_division, rounded_down),
-        hint="blocks in the cache, blocks per request (rounded up), then how many requests use them all (rounded up).",
+        diagnoses=(token_division, null_block, rounded_down),
+        hint=(
+            "blocks in the cache less the null block, blocks per request (rounded up), then how many requests "
+            "use them all (rounded up)."
+        ),
         quiet=quiet,
     )
 
