@@ -10,7 +10,7 @@ from tinyformer.config import ModelConfig
 from tinyformer.data import Corpus
 from tinyformer.model import Transformer
 from tinyformer.tokenizer import build_tokenizer
-from tinyformer.train import load_or_train
+from tinyformer.train import TrainConfig, load_or_train, weights_recipe
 
 
 @pytest.fixture(scope="module")
@@ -149,10 +149,23 @@ def test_missing_file_has_a_hint(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_load_or_train_loads_an_existing_checkpoint(saved, model, tokenizer, monkeypatch):
+def test_load_or_train_loads_a_checkpoint_of_todays_recipe(tmp_path, model, tokenizer, monkeypatch):
+    recipe = weights_recipe(TrainConfig.for_preset("nano", eval_every=100))  # how often it validated: no matter
+    saved = save_checkpoint(tmp_path / "nano.pt", model, tokenizer, preset="nano", recipe=recipe)
     monkeypatch.setattr("tinyformer.train.train", lambda *a, **k: pytest.fail("load_or_train trained again"))
     loaded, loaded_tokenizer = load_or_train("nano", path=saved, progress=False)
     ids = probe(tokenizer)
     with torch.no_grad():
         assert torch.equal(loaded(ids), model(ids))
     assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+
+
+@pytest.mark.parametrize("recipe", [None, {"steps": 2500, "block_size": 64}])  # no recipe saved; nano's old recipe
+def test_load_or_train_trains_again_over_a_checkpoint_of_another_recipe(
+    tmp_path, model, tokenizer, monkeypatch, recipe
+):
+    saved = save_checkpoint(tmp_path / "nano.pt", model, tokenizer, **({"recipe": recipe} if recipe else {}))
+    calls = []
+    monkeypatch.setattr("tinyformer.train.train_preset", lambda *a, **k: calls.append(a) or (model, tokenizer, None))
+    load_or_train("nano", path=saved, progress=False)
+    assert calls == [("nano", saved)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -61,6 +61,12 @@ RECIPES: dict[str, dict] = {
     "nano": dict(steps=2500, lr=0.3, block_size=128, batch_size=16),
     "micro": dict(steps=1500, lr=0.2),
 }
+
+
+def weights_recipe(cfg: TrainConfig) -> dict:
+    """The settings that decide the trained weights (how often we validate does not): saved with a checkpoint,
+    so that `load_or_train` can tell a checkpoint of today's recipe from one of an older recipe."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("eval_every", "eval_windows")}
 
 
 @dataclass
@@ -154,17 +160,28 @@ def train_preset(preset: str, path: str | Path, *, seed: int = 0, steps: int | N
     model = Transformer(ModelConfig.preset(preset, vocab_size=len(tokenizer)))
     cfg = TrainConfig.for_preset(preset, seed=seed, **({"steps": steps} if steps else {}))
     result = train(model, TokenStream(Corpus(seed=seed), tokenizer), cfg, progress=progress)
-    save_checkpoint(path, model, tokenizer, preset=preset, val_loss=result.final_val_loss, steps=cfg.steps)
+    save_checkpoint(
+        path,
+        model,
+        tokenizer,
+        preset=preset,
+        val_loss=result.final_val_loss,
+        steps=cfg.steps,
+        recipe=weights_recipe(cfg),
+    )
     return model, tokenizer, result
 
 
 def load_or_train(preset: str = "nano", *, path: str | Path | None = None, progress: bool = True):
     """(model, tokenizer): the checkpoint notebook 04 saved, or the same seeded training run now.
 
-    Later lessons call this so each notebook also runs on its own in a fresh kernel."""
+    Later lessons call this so each notebook also runs on its own in a fresh kernel. A checkpoint saved
+    by an older recipe (e.g. nano before it trained all 128 positions) is trained again, not reused."""
     path = Path(path) if path is not None else artifacts_dir() / f"{preset}.pt"
     if path.is_file():
-        model, tokenizer, _ = load_checkpoint(path)
-        return model, tokenizer
+        model, tokenizer, meta = load_checkpoint(path)
+        if meta.get("recipe") == weights_recipe(TrainConfig.for_preset(preset)):
+            return model, tokenizer
+        print(f"{path} was trained with another recipe than today's {preset!r} recipe: training it again.")
     model, tokenizer, _ = train_preset(preset, path, progress=progress)
     return model.eval(), tokenizer
