@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from tinyformer.checkpoint import load_or_train
 from tinyformer.data import Corpus
 from tinyformer.export import export_hf, to_hf_gpt2
 from tinyformer.generate import generate
+from tinyformer.train import load_or_train
 
 PROMPT_TOKENS = 16
 PRESET = "micro"

@@ -25,8 +25,8 @@ import pytest
 import torch
 
 from tinyformer import ModelConfig, Transformer, build_tokenizer, memory
-from tinyformer.checkpoint import train_preset
 from tinyformer.serving.server import free_port
+from tinyformer.train import train_preset
 from tinyformer.widgets import attention_row, attention_weights, explorer_numbers
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

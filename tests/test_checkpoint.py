@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinyformer.checkpoint import load_checkpoint, load_or_train, save_checkpoint
+from tinyformer.checkpoint import load_checkpoint, save_checkpoint
 from tinyformer.config import ModelConfig
 from tinyformer.data import Corpus
 from tinyformer.model import Transformer
 from tinyformer.tokenizer import build_tokenizer
+from tinyformer.train import load_or_train
 
 
 @pytest.fixture(scope="module")

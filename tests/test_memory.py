@@ -126,9 +126,13 @@ def test_cpu_plan_is_the_exact_documented_capacity():
     spec = memory.ModelSpec.from_tinyformer(ModelConfig.preset("micro", vocab_size=60))
     plan = memory.plan_serving(spec, None, dtype="fp32", kv_cache_memory_bytes=2_621_440, max_model_len=256)
     assert plan.message == "CPU KV cache size: 1,280 tokens, Maximum concurrency for 256 tokens per request: 5.00x"
-    short = memory.plan_serving(spec, None, dtype="fp32", kv_cache_memory_bytes=128 * 2048, max_model_len=256)
-    assert short.status == "max_model_len_too_long"
-    assert "estimated maximum model length is 128" in short.message and "262,144 available" in short.message
+    # 2 blocks look like one 256-token request, but vLLM keeps one back (the null block): 1 usable < 2 needed.
+    short = memory.plan_serving(spec, None, dtype="fp32", kv_cache_memory_bytes=2 * 128 * 2048, max_model_len=256)
+    assert not short.ok and short.capacity is None and short.status == "max_model_len_too_long"
+    assert "estimated maximum model length is 128" in short.message and "524,288 available" in short.message
+    one_block = memory.plan_serving(spec, None, dtype="fp32", kv_cache_memory_bytes=128 * 2048, max_model_len=256)
+    assert one_block.status == "no_kv_memory" and "No available memory for the cache blocks" in one_block.message
+    assert memory.plan_serving(spec, None, dtype="fp32", kv_cache_memory_bytes=3 * 128 * 2048, max_model_len=256).ok
 
 
 def test_weights_that_do_not_fit_fail_whatever_max_model_len_and_the_fix_is_not_max_model_len():
@@ -144,7 +148,7 @@ def test_weights_that_do_not_fit_fail_whatever_max_model_len_and_the_fix_is_not_
 def test_kv_shortage_cheapest_fix_is_the_max_model_len_vllm_estimates():
     plan = memory.plan_serving("Llama-3.1-8B", "L4 24 GB")  # default max_model_len 131072
     assert plan.status == "max_model_len_too_long"
-    fits = memory.kv_cache_blocks(plan.kv_budget, plan.bytes_per_token, 16) * 16
+    fits = (memory.kv_cache_blocks(plan.kv_budget, plan.bytes_per_token, 16) - 1) * 16  # less the null block
     assert f"estimated maximum model length is {fits}" in plan.message
     fix = memory.cheapest_fix(plan)
     assert fix.change == f"--max-model-len {fits}" and fix.plan.ok and fix.plan.capacity.max_concurrency >= 1

@@ -1,4 +1,30 @@
-"""tinyformer: build, train, cache, measure and serve a small GPT-style transformer by hand."""
+"""tinyformer: build, train, cache, measure and serve a small GPT-style transformer by hand.
+
+Lesson -> the modules it shows (each notebook imports these; ``checks`` holds every lesson's exercise checkers):
+
+== ============================= =================================================================
+00 setup check                   everything below, briefly
+01 tokens and positions          ``tokenizer``, ``data`` (the corpus), ``model`` (wte, wpe), ``positions``
+02 self-attention                ``model`` (CausalSelfAttention), ``widgets.attention_weights``
+03 block and LM head             ``model`` (MLP, Block, lm_head), ``params``
+04 training with SGD             ``train`` (the loop, presets' recipes), ``checkpoint``
+05 generation and the KV cache   ``generate``, ``kv_cache``, ``widgets.kv_stepper``, ``export``
+06 memory budget                 ``memory`` (formulas, catalogue, planner, measure), ``widgets.attention``,
+                                 ``widgets.budget``
+07 serving with vLLM             ``serving`` (server, client), ``export``
+08 max_model_len, KV capacity    ``vllm_rules`` (blocks, null block, capacity line, refusals),
+                                 ``serving.budget`` (KVBudget), ``serving.vllm_log``
+09 batching and concurrency      ``serving.client`` (load generator), ``serving.metrics``
+10 images are tokens (VLM)       ``vision`` (planned)
+11 fewer bits (quantisation)     ``quantize`` (planned)
+12 embeddings and retrieval      ``retrieval`` (planned)
+13 the engine itself             ``engine`` (planned)
+== ============================= =================================================================
+
+Front ends over those: ``cli`` (``tinyformer train|export|serve|workshop``), ``widgets``, ``workshop``
+(class server, student copies). vLLM's facts live in one place, ``vllm_rules``; byte formulas in
+``memory.formulas``; where files go in ``paths``.
+"""
 
 from tinyformer.config import PRESETS, VLLM_CPU_HEAD_SIZES, HeadSizeWarning, ModelConfig
 from tinyformer.data import Corpus, TokenStream

@@ -1,4 +1,7 @@
-"""Checkpoints: weights, config, tokenizer and training notes in one file, written atomically."""
+"""Checkpoints: weights, config, tokenizer and training notes in one file, written atomically.
+
+Training a preset and the lessons' "load what lesson 04 saved, or train it now" live in :mod:`tinyformer.train`.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,6 @@ from transformers import PreTrainedTokenizerFast
 
 from tinyformer.config import ModelConfig
 from tinyformer.model import Transformer
-from tinyformer.paths import artifacts_dir
-from tinyformer.tokenizer import build_tokenizer
 
 FORMAT = "tinyformer-checkpoint-v1"
 
@@ -85,28 +86,10 @@ def load_checkpoint(path: str | Path) -> tuple[Transformer, PreTrainedTokenizerF
     return model.eval(), tokenizer, payload["meta"]
 
 
-def train_preset(preset: str, path: str | Path, *, seed: int = 0, steps: int | None = None, progress: bool = True):
-    """Train a preset on the shipped corpus with its recipe, save it to ``path``; return
-    (model, tokenizer, TrainResult). Seeded: the same call gives the same weights on one machine."""
-    from tinyformer.data import Corpus, TokenStream
-    from tinyformer.train import TrainConfig, train
+def __getattr__(name: str):
+    """``train_preset`` and ``load_or_train`` moved to :mod:`tinyformer.train`; imports from here keep working."""
+    if name in ("train_preset", "load_or_train"):
+        from tinyformer import train
 
-    tokenizer = build_tokenizer()
-    torch.manual_seed(seed)
-    model = Transformer(ModelConfig.preset(preset, vocab_size=len(tokenizer)))
-    cfg = TrainConfig.for_preset(preset, seed=seed, **({"steps": steps} if steps else {}))
-    result = train(model, TokenStream(Corpus(seed=seed), tokenizer), cfg, progress=progress)
-    save_checkpoint(path, model, tokenizer, preset=preset, val_loss=result.final_val_loss, steps=cfg.steps)
-    return model, tokenizer, result
-
-
-def load_or_train(preset: str = "nano", *, path: str | Path | None = None, progress: bool = True):
-    """(model, tokenizer): the checkpoint notebook 04 saved, or the same seeded training run now.
-
-    Later lessons call this so each notebook also runs on its own in a fresh kernel."""
-    path = Path(path) if path is not None else artifacts_dir() / f"{preset}.pt"
-    if path.is_file():
-        model, tokenizer, _ = load_checkpoint(path)
-        return model, tokenizer
-    model, tokenizer, _ = train_preset(preset, path, progress=progress)
-    return model.eval(), tokenizer
+        return getattr(train, name)
+    raise AttributeError(f"module 'tinyformer.checkpoint' has no attribute {name!r}")

@@ -121,8 +121,8 @@ def checkpoint_path(out: Path | None, preset: str) -> Path:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from tinyformer.checkpoint import train_preset
     from tinyformer.data import Corpus
+    from tinyformer.train import train_preset
 
     path = checkpoint_path(args.out, args.preset)
     if path.exists() and not args.overwrite:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict, dataclass
 
-# Head sizes that vLLM's CPU attention kernel can run (see docs/vllm-on-cpu facts). Any other
-# head size starts a server fine and then kills the engine on the first request.
-VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+from tinyformer.vllm_rules import CPU_HEAD_SIZES
+
+# Head sizes that vLLM's CPU attention kernel can run. Any other head size starts a server fine and then
+# kills the engine on the first request. (The fact lives in tinyformer.vllm_rules.)
+VLLM_CPU_HEAD_SIZES = CPU_HEAD_SIZES
 
 
 class HeadSizeWarning(UserWarning):

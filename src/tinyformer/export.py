@@ -25,8 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from transformers.utils import logging as hf_logging
 
 from tinyformer.config import ModelConfig
-from tinyformer.generate import eval_mode
-from tinyformer.model import Transformer
+from tinyformer.model import Transformer, eval_mode
 
 # nn.Linear weights that GPT-2 keeps in Conv1D layout [in, out].
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

@@ -13,14 +13,13 @@ with ``on_limit="truncate"``, generation stops when the sequence reaches ``n_pos
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 
 from tinyformer.kv_cache import KVCache
-from tinyformer.model import Transformer
+from tinyformer.model import Transformer, eval_mode
 
 PAD_ID = 0  # what left padding is filled with; any valid id works, padded keys are masked out
 
@@ -134,17 +133,6 @@ def _decode(model, padded, steps, choose, cache, eos_token_id, on_step):
     new = torch.stack(new_ids, dim=1) if new_ids else torch.empty(batch, 0, dtype=torch.long)  # [B, steps']
     logits = torch.stack(step_logits, dim=1) if step_logits else torch.empty(batch, 0, vocab)  # [B, steps', V]
     return new, logits, bool(new_ids) and bool(finished.all())
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module):
-    """Generation is inference: switch dropout off, and restore the model's mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def next_token(

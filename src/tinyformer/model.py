@@ -10,6 +10,8 @@ so exporting to `GPT2LMHeadModel` is a rename plus a transpose of the Linear wei
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -210,3 +212,14 @@ class Transformer(nn.Module):
                 f"Shorten the input to at most {self.config.n_positions} tokens, or build a model "
                 f"with a larger n_positions."
             )
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Inference (generation, evaluation, export): switch dropout off, and restore the model's mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -1,17 +1,22 @@
-"""The training loop, written out: sample a batch, forward, cross-entropy, backward, SGD step."""
+"""The training loop, written out: sample a batch, forward, cross-entropy, backward, SGD step; and the
+recipes later lessons use (train a preset and save it; load what lesson 04 saved, or train it now)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from tinyformer.data import TokenStream
-from tinyformer.generate import eval_mode
-from tinyformer.model import Transformer
+from tinyformer.checkpoint import load_checkpoint, save_checkpoint
+from tinyformer.config import ModelConfig
+from tinyformer.data import Corpus, TokenStream
+from tinyformer.model import Transformer, eval_mode
+from tinyformer.paths import artifacts_dir
+from tinyformer.tokenizer import build_tokenizer
 
 
 @dataclass(frozen=True)
@@ -122,3 +127,30 @@ def train(
     result.seconds = time.perf_counter() - start
     model.eval()
     return result
+
+
+# ----- recipes: a preset trained with its settings, and what later lessons load --------------------
+
+
+def train_preset(preset: str, path: str | Path, *, seed: int = 0, steps: int | None = None, progress: bool = True):
+    """Train a preset on the shipped corpus with its recipe, save it to ``path``; return
+    (model, tokenizer, TrainResult). Seeded: the same call gives the same weights on one machine."""
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig.preset(preset, vocab_size=len(tokenizer)))
+    cfg = TrainConfig.for_preset(preset, seed=seed, **({"steps": steps} if steps else {}))
+    result = train(model, TokenStream(Corpus(seed=seed), tokenizer), cfg, progress=progress)
+    save_checkpoint(path, model, tokenizer, preset=preset, val_loss=result.final_val_loss, steps=cfg.steps)
+    return model, tokenizer, result
+
+
+def load_or_train(preset: str = "nano", *, path: str | Path | None = None, progress: bool = True):
+    """(model, tokenizer): the checkpoint notebook 04 saved, or the same seeded training run now.
+
+    Later lessons call this so each notebook also runs on its own in a fresh kernel."""
+    path = Path(path) if path is not None else artifacts_dir() / f"{preset}.pt"
+    if path.is_file():
+        model, tokenizer, _ = load_checkpoint(path)
+        return model, tokenizer
+    model, tokenizer, _ = train_preset(preset, path, progress=progress)
+    return model.eval(), tokenizer

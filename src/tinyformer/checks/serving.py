@@ -1,7 +1,7 @@
 """Lessons 07-09 exercises: talking to the server, vLLM's KV capacity, batching many requests.
 
 Expected answers: ``tinyformer.serving`` (the client's headers), ``tinyformer.generate`` (what fits in
-the position table, left padding) and ``tinyformer.memory`` (vLLM's block arithmetic). No server is
+the position table, left padding) and ``tinyformer.vllm_rules`` (vLLM's block arithmetic). No server is
 needed: these are the computations the lessons then check against a real one.
 """
 
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import torch
 
-from tinyformer import memory
+from tinyformer import vllm_rules
 from tinyformer.checks.core import Case, compare_numbers, compare_tensors, run_check, tensors_match
 from tinyformer.generate import left_pad, tokens_that_fit
 
@@ -109,7 +109,7 @@ def check_kv_blocks(fn, *, quiet: bool = False):
             Case(
                 f"{nbytes:,} bytes, {per_token:,} B per token, blocks of {block}",
                 (nbytes, per_token, block),
-                memory.kv_cache_blocks(nbytes, per_token, block),
+                vllm_rules.kv_cache_blocks(nbytes, per_token, block),
             )
             for nbytes, per_token, block in BLOCK_CASES
         ]
@@ -155,7 +155,7 @@ def check_kv_capacity(fn, *, quiet: bool = False):
     def make_cases():
         cases = []
         for nbytes, per_token, block, limit in CAPACITY_CASES:
-            capacity = memory.vllm_kv_capacity(nbytes, per_token, block, limit)
+            capacity = vllm_rules.vllm_kv_capacity(nbytes, per_token, block, limit)
             label = f"{nbytes:,} bytes, {per_token:,} B per token, blocks of {block}, max_model_len={limit}"
             cases.append(Case(label, (nbytes, per_token, block, limit), (capacity.tokens, capacity.max_concurrency)))
         return cases
@@ -212,7 +212,7 @@ def check_concurrency_to_fill_cache(fn, *, quiet: bool = False):
         cases = []
         for slots, per_request, block in FILL_CASES:
             # A cache of `slots` tokens, with 1-byte tokens so bytes and token slots are the same number.
-            capacity = memory.vllm_kv_capacity(slots, 1, block, max_model_len=per_request)
+            capacity = vllm_rules.vllm_kv_capacity(slots, 1, block, max_model_len=per_request)
             label = f"{slots:,} token slots, {per_request} tokens per request, blocks of {block}"
             cases.append(Case(label, (slots, per_request, block), math.ceil(capacity.max_concurrency)))
         return cases

@@ -2,7 +2,8 @@
 
 server.py    VLLMServer: start, wait for health, always stop the whole process group; shared-server mode
 watchdog.py  the process-group leader that stops vLLM if this Python process dies without cleaning up
-kv.py        a KV budget: the capacity vLLM will report, predicted from the model config; up-front refusals
+budget.py    KVBudget: the capacity vLLM will report, predicted from the model config; up-front refusals
+             (vLLM's rules themselves live in tinyformer.vllm_rules)
 vllm_log.py  what vLLM logged: KV capacity, engine steps, and why a start failed, in the lesson's terms
 client.py    completions (openai client), /tokenize, an asyncio load generator capped by a semaphore
 metrics.py   /metrics parsed with prometheus_client, sampled in the background during a load
@@ -27,7 +28,7 @@ _HOMES = {
         "send_load",
         "tokenize",
     ),
-    "kv": (
+    "budget": (
         "BLOCK_SIZE",
         "KVBudget",
         "ServingConfigError",

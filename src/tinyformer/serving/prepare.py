@@ -13,8 +13,8 @@ def lesson_export(preset: str = "nano", *, progress: bool = True):
 
     The folder is written again only when it is missing or older than the checkpoint, so a server that
     is reading it (another notebook's, a classroom's) never sees it replaced for nothing."""
-    from tinyformer.checkpoint import load_or_train
     from tinyformer.export import export_hf
+    from tinyformer.train import load_or_train
 
     model, tokenizer = load_or_train(preset, progress=progress)
     checkpoint = artifacts_dir() / f"{preset}.pt"

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from tinyformer.paths import artifacts_dir
 from tinyformer.serving import vllm_log
-from tinyformer.serving.kv import (
+from tinyformer.serving.budget import (
     BLOCK_SIZE,
     KVBudget,
     ServingConfigError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tinyformer.serving.kv import KVBudget
+from tinyformer.serving.budget import KVBudget
 
 # "CPU KV cache size: 1,280 tokens, Maximum concurrency for 256 tokens per request: 5.00x" (GPU: "GPU KV ...").
 KV_LINE = re.compile(

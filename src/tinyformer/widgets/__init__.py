@@ -14,7 +14,7 @@ from tinyformer.widgets.attention_weights import (
     attention_weights_viewer,
 )
 from tinyformer.widgets.budget import BudgetCalculator, budget_calculator
-from tinyformer.widgets.kv_cache import KVCacheStepper, KVTrace, kv_cache_stepper, trace_generation
+from tinyformer.widgets.kv_stepper import KVCacheStepper, KVTrace, kv_cache_stepper, trace_generation
 
 __all__ = [
     "AttentionExplorer",

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from matplotlib.ticker import FixedFormatter
 
-from tinyformer.generate import eval_mode
+from tinyformer.model import eval_mode
 from tinyformer.widgets.base import LiveFigureWidget, dropdown, number, slider
 
 

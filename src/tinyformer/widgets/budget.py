@@ -6,7 +6,7 @@ from functools import cache
 
 import ipywidgets as w
 
-from tinyformer import memory
+from tinyformer import memory, vllm_rules
 from tinyformer.widgets.base import LiveFigureWidget, dropdown, log2_x_axis, log_y_axis, number, slider
 
 CPU_BACKEND = "CPU (vLLM CPU backend)"
@@ -191,7 +191,7 @@ class BudgetCalculator(LiveFigureWidget):
             return
         lens = [n for n in MAX_MODEL_LENS if n <= plan.model.max_position_embeddings]
         conc = [
-            memory.vllm_kv_capacity(plan.kv_budget, plan.bytes_per_token, plan.block_size, n).max_concurrency
+            vllm_rules.vllm_kv_capacity(plan.kv_budget, plan.bytes_per_token, plan.block_size, n).max_concurrency
             for n in lens
         ]
         self.concurrency_line.set_data(lens, conc)

@@ -4,13 +4,13 @@ variables learners set, and a one-line live status read from /metrics.
 Sizing: every learner may have one request of ``tokens_per_request`` tokens (prompt + output) running at
 the same moment. A request holds whole KV blocks, ceil(tokens / block_size) of them, and vLLM keeps one
 block back for itself, so the cache gets ``learners x blocks per request + 1`` blocks. Bytes come from
-the model's formula (``tinyformer.serving.kv``: 2 x n_layer x n_embd x dtype bytes per token); weights,
+the model's formula (2 x n_layer x n_embd x dtype bytes per token); the block rules are
+:mod:`tinyformer.vllm_rules`'. Weights,
 KV cache and a reserve for vLLM itself must fit in the memory that is free now, or we refuse up front.
 """
 
 from __future__ import annotations
 
-import math
 import secrets
 import socket
 import sys
@@ -18,13 +18,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinyformer import vllm_rules
 from tinyformer.config import ModelConfig
-from tinyformer.memory import GiB, format_bytes
-from tinyformer.serving.kv import BLOCK_SIZE, KVBudget, ServingConfigError, kv_bytes_per_token, model_config_from_dir
+from tinyformer.memory.formulas import GiB, format_bytes
+from tinyformer.serving.budget import KVBudget, ServingConfigError, kv_bytes_per_token, model_config_from_dir
 from tinyformer.serving.metrics import WATCHED, read_metrics
 from tinyformer.serving.server import API_KEY_ENV, URL_ENV
 
-NULL_BLOCKS = 1  # vLLM's block pool holds one block back as a placeholder
+NULL_BLOCKS = vllm_rules.NULL_BLOCKS  # vLLM's block pool holds one block back as a placeholder
 # No per-request access log lines (they would record every learner's address) in the server's log;
 # VLLMServer itself switches vLLM's usage statistics off.
 PRIVATE_ARGS = ("--disable-uvicorn-access-log",)
@@ -47,11 +48,11 @@ class ClassPlan:
 
     @property
     def block_size(self) -> int:
-        return BLOCK_SIZE[self.device]
+        return vllm_rules.BLOCK_SIZE[self.device]
 
     @property
     def blocks_per_learner(self) -> int:
-        return math.ceil(self.tokens_per_request / self.block_size)
+        return vllm_rules.blocks_for_tokens(self.tokens_per_request, self.block_size)
 
     @property
     def kv_cache_tokens(self) -> int:

@@ -10,7 +10,7 @@ import pytest
 
 from tinyformer.config import ModelConfig
 from tinyformer.serving import KVBudget, ServingConfigError, VLLMServer, bytes_for_tokens, kv_bytes_per_token
-from tinyformer.serving.kv import check_serving_config, model_config_from_dir
+from tinyformer.serving.budget import check_serving_config, model_config_from_dir
 from tinyformer.serving.metrics import metric_labels, parse_metrics
 from tinyformer.serving.vllm_log import explain, parse_iterations, parse_kv_report, root_cause
 

@@ -1,7 +1,8 @@
 """A KV budget for one server: what vLLM will make of it, and what it would refuse.
 
-The byte formulas live in :mod:`tinyformer.memory` (bytes per token, blocks, vLLM's capacity line);
-this module applies them to a model folder and a server's settings:
+vLLM's rules live in :mod:`tinyformer.vllm_rules` (blocks, the null block, the capacity line, its refusals)
+and the bytes-per-token formula in :mod:`tinyformer.memory.formulas`; this module applies them to a
+model folder and a server's settings, and words the refusals in the lesson's terms:
 
 * ``kv_cache_tokens`` -> ``--kv-cache-memory-bytes``, rounded up to whole blocks;
 * :class:`KVBudget`: the capacity vLLM will report (``KV cache size: N tokens, Maximum concurrency
@@ -16,14 +17,13 @@ each worker 1/tp of the bytes; the budget is per worker, so the same bytes hold 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyformer import memory
-from tinyformer.config import VLLM_CPU_HEAD_SIZES, ModelConfig
-
-BLOCK_SIZE = {"cpu": memory.CPU_BLOCK_SIZE, "cuda": memory.GPU_BLOCK_SIZE}  # tokens per KV block
+from tinyformer import vllm_rules
+from tinyformer.config import ModelConfig
+from tinyformer.memory.formulas import kv_bytes_per_token as kv_formula
+from tinyformer.vllm_rules import BLOCK_SIZE
 
 
 class ServingConfigError(ValueError):
@@ -31,13 +31,16 @@ class ServingConfigError(ValueError):
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype: str = "float32", tensor_parallel_size: int = 1) -> int:
-    """Bytes of keys and values one token takes in ONE worker: 2 x n_layer x n_embd x dtype bytes / tp."""
+    """Bytes of keys and values one token takes in ONE worker: 2 x n_layer x n_embd x dtype bytes / tp.
+
+    The formula is :func:`tinyformer.memory.formulas.kv_bytes_per_token`; this reads the sizes off a
+    ModelConfig and refuses vLLM's ``dtype='auto'``, whose size depends on the machine."""
     if dtype == "auto":
         raise ServingConfigError(
             "dtype='auto' lets vLLM pick bfloat16 on CPU (2 bytes per value, slightly different outputs); "
             "pass dtype='float32' or 'bfloat16' explicitly so the KV budget can be computed."
         )
-    return memory.kv_bytes_per_token(config.n_layer, config.n_head, config.head_dim, dtype, tensor_parallel_size)
+    return kv_formula(config.n_layer, config.n_head, config.head_dim, dtype, tensor_parallel_size)
 
 
 def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
@@ -83,12 +86,14 @@ class KVBudget:
         return kv_bytes_per_token(self.config, self.dtype, self.tensor_parallel_size)
 
     @property
-    def capacity(self) -> memory.KVCapacity:
-        return memory.vllm_kv_capacity(self.kv_cache_bytes, self.bytes_per_token, self.block_size, self.max_model_len)
+    def capacity(self) -> vllm_rules.KVCapacity:
+        return vllm_rules.vllm_kv_capacity(
+            self.kv_cache_bytes, self.bytes_per_token, self.block_size, self.max_model_len
+        )
 
     @property
     def bytes_per_block(self) -> int:
-        return self.block_size * self.bytes_per_token
+        return self.capacity.bytes_per_block
 
     @property
     def num_blocks(self) -> int:
@@ -97,7 +102,7 @@ class KVBudget:
     @property
     def usable_blocks(self) -> int:
         """Blocks requests can get: vLLM's block pool holds one back as a placeholder (the "null block")."""
-        return max(self.num_blocks - 1, 0)
+        return self.capacity.usable_blocks
 
     @property
     def blocks_per_request(self) -> int:
@@ -120,7 +125,7 @@ class KVBudget:
 
     def log_line(self) -> str:
         """The line vLLM will log."""
-        return self.capacity.log_line("GPU" if self.device == "cuda" else "CPU")
+        return self.capacity.log_line(self.device)
 
     def summary(self) -> str:
         tp = f" per worker (tensor parallel {self.tensor_parallel_size})" if self.tensor_parallel_size > 1 else ""
@@ -142,42 +147,53 @@ def bytes_for_tokens(
     """Per-worker bytes that hold ``tokens`` token slots, rounded UP to whole blocks."""
     if not isinstance(tokens, int) or tokens <= 0:
         raise ServingConfigError(f"kv_cache_tokens must be a positive integer, got {tokens!r}.")
-    return math.ceil(tokens / block_size) * block_size * kv_bytes_per_token(config, dtype, tensor_parallel_size)
+    return vllm_rules.bytes_for_tokens(tokens, kv_bytes_per_token(config, dtype, tensor_parallel_size), block_size)
 
 
 def check_serving_config(budget: KVBudget) -> None:
-    """Raise ServingConfigError for what vLLM would reject at start-up or crash on at the first request."""
+    """Raise ServingConfigError for what vLLM would reject at start-up or crash on at the first request.
+
+    The rules are :mod:`tinyformer.vllm_rules`'; the messages restate them in tokens and bytes, and quote
+    what vLLM itself would say."""
     config, tp = budget.config, budget.tensor_parallel_size
-    if budget.device == "cpu" and config.head_dim not in VLLM_CPU_HEAD_SIZES:
+    if not vllm_rules.head_size_supported(config.head_dim, budget.device):
         raise ServingConfigError(config.vllm_head_size_message())
-    if budget.device == "cpu" and budget.block_size % 32 != 0:
-        raise ServingConfigError(f"block_size={budget.block_size}: vLLM's CPU backend needs a multiple of 32.")
-    if config.n_head % tp != 0:
+    if not vllm_rules.block_size_supported(budget.block_size, budget.device):
+        raise ServingConfigError(
+            f"block_size={budget.block_size}: vLLM's CPU backend needs a multiple of {vllm_rules.CPU_BLOCK_MULTIPLE}."
+        )
+    if vllm_rules.tensor_parallel_refusal(config.n_head, tp):
         raise ServingConfigError(
             f"tensor_parallel_size={tp} must divide n_head={config.n_head}: each worker holds whole heads."
         )
     if not isinstance(budget.max_model_len, int) or budget.max_model_len <= 0:
         raise ServingConfigError(f"max_model_len must be a positive integer, got {budget.max_model_len!r}.")
-    if budget.max_model_len > config.n_positions:
+    if vllm_rules.max_model_len_refusal(budget.max_model_len, config.n_positions):
         raise ServingConfigError(
             f"max_model_len={budget.max_model_len} is longer than the model's position table "
             f"(n_positions={config.n_positions} rows of wpe): a token at position {config.n_positions} or later "
             f"has no position vector. Use max_model_len <= {config.n_positions}, or train a model with more positions."
         )
-    if budget.num_blocks < 2:
+    refusal = vllm_rules.kv_budget_refusal(
+        budget.kv_cache_bytes, budget.bytes_per_token, budget.block_size, budget.max_model_len
+    )
+    if refusal is None:
+        return
+    need = budget.blocks_per_request + vllm_rules.NULL_BLOCKS
+    give = f"kv_cache_tokens={need * budget.block_size} (kv_cache_bytes={need * budget.bytes_per_block:,})"
+    if budget.usable_blocks == 0:
         raise ServingConfigError(
             f"a KV budget of {budget.kv_cache_bytes:,} bytes leaves no usable block: a block holds "
             f"{budget.block_size} tokens x {budget.bytes_per_token:,} B = {budget.bytes_per_block:,} bytes, and "
             f"vLLM keeps one block back as a placeholder, so it needs at least 2 blocks = "
-            f"{2 * budget.bytes_per_block:,} bytes (kv_cache_tokens={2 * budget.block_size})."
+            f"{2 * budget.bytes_per_block:,} bytes (kv_cache_tokens={2 * budget.block_size}); one request of "
+            f"max_model_len={budget.max_model_len} needs {give}. vLLM would say: {refusal.vllm_says}"
         )
-    if budget.usable_blocks < budget.blocks_per_request:
-        fits = budget.usable_blocks * budget.block_size
-        need = budget.blocks_per_request + 1
-        raise ServingConfigError(
-            f"a KV budget of {budget.kv_cache_bytes:,} bytes = {budget.num_blocks} blocks, of which "
-            f"{budget.usable_blocks} usable = {fits:,} tokens, cannot hold one request of "
-            f"max_model_len={budget.max_model_len} tokens, which needs {budget.blocks_per_request} blocks "
-            f"({budget.bytes_per_request:,} bytes). Give at least kv_cache_tokens={need * budget.block_size} "
-            f"(kv_cache_bytes={need * budget.bytes_per_block:,}), or lower max_model_len to {fits}."
-        )
+    fits = budget.usable_blocks * budget.block_size
+    raise ServingConfigError(
+        f"a KV budget of {budget.kv_cache_bytes:,} bytes = {budget.num_blocks} blocks, of which "
+        f"{budget.usable_blocks} usable = {fits:,} tokens, cannot hold one request of "
+        f"max_model_len={budget.max_model_len} tokens, which needs {budget.blocks_per_request} blocks "
+        f"({budget.bytes_per_request:,} bytes). Give at least {give}, or lower max_model_len to {fits}. "
+        f"vLLM would say: {refusal.vllm_says}"
+    )

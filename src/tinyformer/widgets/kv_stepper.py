@@ -11,8 +11,8 @@ import torch
 from matplotlib.ticker import FixedFormatter
 
 from tinyformer import memory
-from tinyformer.generate import eval_mode
 from tinyformer.kv_cache import KVCache
+from tinyformer.model import eval_mode
 from tinyformer.widgets.base import LiveFigureWidget, dropdown, number, slider
 
 

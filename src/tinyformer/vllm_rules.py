@@ -1,0 +1,281 @@
+"""vLLM's rules, written once: every fact about vLLM (0.32) that the suite predicts or refuses by.
+
+Everything that sizes a vLLM KV cache or refuses a configuration calls this module: the serving
+lessons' :class:`~tinyformer.serving.budget.KVBudget`, the classroom planner, the GPU planner
+:func:`~tinyformer.memory.plan_serving`, the widgets and the exercise checkers.
+``tests/test_vllm_rules.py`` checks the table of predictions against a real vLLM server.
+
+What vLLM does, in order:
+
+1. **Head sizes.** The CPU attention kernel runs head sizes :data:`CPU_HEAD_SIZES`; any other starts
+   and then kills the engine on the first request.
+2. **Blocks.** The KV cache is paged in blocks of ``block_size`` tokens for all layers at once: 16 on
+   NVIDIA GPUs, 128 on the CPU backend (``--block-size`` takes a multiple of 32 there).
+   ``num_blocks = floor(kv_bytes / (block_size x bytes_per_token))``; leftover bytes hold nothing.
+3. **The null block.** The block pool keeps :data:`NULL_BLOCKS` block back as a placeholder, so N blocks
+   serve N - 1 blocks' worth of requests.
+4. **Refusals at start-up.** ``max_model_len`` above the model's position table; a KV budget that,
+   less the null block, is empty ("No available memory for the cache blocks") or cannot hold one
+   request of ``max_model_len`` tokens in whole blocks ("To serve at least one request ...").
+5. **The capacity line.** A request of ``max_model_len`` tokens takes ``ceil(max_model_len /
+   block_size)`` blocks; vLLM logs ``<device> KV cache size: N tokens, Maximum concurrency for L tokens
+   per request: X.XXx`` with X = num_blocks / blocks per request (null block included) and
+   N = int(X x L).
+
+Bytes per token (``2 x n_layer x n_kv_heads x head_dim x dtype bytes`` on one tensor-parallel rank)
+is the byte formula :func:`tinyformer.memory.formulas.kv_bytes_per_token`, re-exported here.
+All byte counts are per tensor-parallel worker: ``--kv-cache-memory-bytes`` is per worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tinyformer.memory.formulas import GiB, kv_bytes_per_token, positive
+
+__all__ = [
+    "BLOCK_SIZE",
+    "CPU_BLOCK_MULTIPLE",
+    "CPU_BLOCK_SIZE",
+    "CPU_HEAD_SIZES",
+    "GPU_BLOCK_SIZE",
+    "NULL_BLOCKS",
+    "KVCapacity",
+    "Refusal",
+    "blocks_for_tokens",
+    "block_size_supported",
+    "bytes_for_tokens",
+    "estimated_max_model_len",
+    "format_gib",
+    "head_size_supported",
+    "kv_budget_refusal",
+    "kv_bytes_per_token",
+    "kv_cache_blocks",
+    "kv_cache_bytes_needed",
+    "kv_cache_tokens",
+    "log_device",
+    "max_model_len_refusal",
+    "tensor_parallel_refusal",
+    "usable_blocks",
+    "vllm_kv_capacity",
+]
+
+# Head sizes vLLM's CPU attention kernel can run (CPUAttentionBackend.get_supported_head_sizes).
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+# Tokens per KV block: vLLM's defaults by device ("cpu" backend, "cuda" GPUs).
+CPU_BLOCK_SIZE = 128
+GPU_BLOCK_SIZE = 16
+BLOCK_SIZE = {"cpu": CPU_BLOCK_SIZE, "cuda": GPU_BLOCK_SIZE}
+# The CPU backend takes other block sizes that are a multiple of this (others only warn and run slowly;
+# tinyformer refuses them).
+CPU_BLOCK_MULTIPLE = 32
+
+NULL_BLOCKS = 1  # the block pool's placeholder block: never given to a request
+
+
+def log_device(device: str) -> str:
+    """How vLLM's log names a device: "cuda" -> "GPU", "cpu" -> "CPU"."""
+    return "GPU" if device in ("cuda", "GPU") else device.upper()
+
+
+# ----- whole blocks ------------------------------------------------------------------------------
+
+
+def kv_cache_blocks(kv_bytes: int, bytes_per_token: int, block_size: int) -> int:
+    """How many whole KV blocks fit in ``kv_bytes``: floor(kv_bytes / (block_size x bytes_per_token)).
+
+    vLLM allocates the cache in blocks (pages) of ``block_size`` tokens for all layers at once;
+    leftover bytes smaller than a block are unused.
+    """
+    positive(bytes_per_token=bytes_per_token, block_size=block_size)
+    if kv_bytes < 0:
+        raise ValueError(f"kv_bytes must be >= 0, got {kv_bytes}.")
+    return int(kv_bytes) // (block_size * bytes_per_token)
+
+
+def usable_blocks(num_blocks: int) -> int:
+    """Blocks requests can get: all but the null block."""
+    return max(num_blocks - NULL_BLOCKS, 0)
+
+
+def blocks_for_tokens(tokens: int, block_size: int) -> int:
+    """Blocks that ``tokens`` token slots take: a partly filled block is still a whole block."""
+    positive(block_size=block_size)
+    return -(-tokens // block_size)
+
+
+def bytes_for_tokens(tokens: int, bytes_per_token: int, block_size: int, *, null_block: bool = False) -> int:
+    """Bytes that hold ``tokens`` token slots, rounded UP to whole blocks (+ the null block if asked)."""
+    positive(tokens=tokens, bytes_per_token=bytes_per_token, block_size=block_size)
+    blocks = blocks_for_tokens(tokens, block_size) + (NULL_BLOCKS if null_block else 0)
+    return blocks * block_size * bytes_per_token
+
+
+# ----- the capacity line ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KVCapacity:
+    """What vLLM logs after sizing its KV cache (per rank; every rank gets the same)."""
+
+    num_blocks: int
+    block_size: int
+    max_model_len: int
+    bytes_per_token: int
+
+    @property
+    def blocks_per_request(self) -> int:
+        """Blocks one max_model_len request needs: ceil(max_model_len / block_size)."""
+        return blocks_for_tokens(self.max_model_len, self.block_size)
+
+    @property
+    def usable_blocks(self) -> int:
+        """Blocks requests can actually get (vLLM keeps the null block back)."""
+        return usable_blocks(self.num_blocks)
+
+    @property
+    def max_concurrency(self) -> float:
+        """vLLM's reported concurrency: num_blocks / blocks_per_request (it counts the null block too)."""
+        return self.num_blocks / self.blocks_per_request
+
+    @property
+    def tokens(self) -> int:
+        """vLLM's "KV cache size": int(max_concurrency x max_model_len), as vLLM computes it."""
+        return int(self.max_concurrency * self.max_model_len)
+
+    @property
+    def bytes_per_block(self) -> int:
+        return self.block_size * self.bytes_per_token
+
+    @property
+    def kv_bytes_used(self) -> int:
+        return self.num_blocks * self.bytes_per_block
+
+    def log_line(self, device: str = "GPU") -> str:
+        """The line vLLM prints, e.g. ``CPU KV cache size: 1,280 tokens, Maximum concurrency for 256
+        tokens per request: 5.00x``. ``device``: "CPU"/"cpu" or "GPU"/"cuda"."""
+        return (
+            f"{log_device(device)} KV cache size: {self.tokens:,} tokens, Maximum concurrency for "
+            f"{self.max_model_len:,} tokens per request: {self.max_concurrency:.2f}x"
+        )
+
+
+def vllm_kv_capacity(kv_bytes: int, bytes_per_token: int, block_size: int, max_model_len: int) -> KVCapacity:
+    """vLLM's KV-cache sizing for a full-attention model: whole blocks, then concurrency and tokens.
+
+    num_blocks = floor(kv_bytes / (block_size x bytes_per_token)); a max_model_len request needs
+    ceil(max_model_len / block_size) blocks; max concurrency = num_blocks / that; the reported token
+    count is int(max concurrency x max_model_len). ``kv_bytes`` and ``bytes_per_token`` are per
+    tensor-parallel rank (``--kv-cache-memory-bytes`` is per worker).
+    """
+    positive(max_model_len=max_model_len)
+    blocks = kv_cache_blocks(kv_bytes, bytes_per_token, block_size)
+    return KVCapacity(blocks, block_size, max_model_len, bytes_per_token)
+
+
+def kv_cache_tokens(kv_bytes: int, bytes_per_token: int, block_size: int, max_model_len: int | None = None) -> int:
+    """The "KV cache size: N tokens" vLLM reports for a KV budget of ``kv_bytes`` (per rank).
+
+    ``blocks x block_size`` when ``max_model_len`` is a multiple of the block size (or not given).
+    vLLM actually reports ``int(max_concurrency x max_model_len)`` (see :func:`vllm_kv_capacity`),
+    which is smaller when a request's last block is only partly used.
+    """
+    if max_model_len is None:
+        return kv_cache_blocks(kv_bytes, bytes_per_token, block_size) * block_size
+    return vllm_kv_capacity(kv_bytes, bytes_per_token, block_size, max_model_len).tokens
+
+
+# ----- what vLLM refuses, in its own words --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A start-up vLLM refuses: ``kind`` names the rule, ``vllm_says`` is the start of vLLM's own message."""
+
+    kind: str  # "max_model_len_above_model", "bad_tensor_parallel_size", "no_kv_memory", "max_model_len_too_long"
+    vllm_says: str
+
+
+def format_gib(n: int) -> str:
+    """vLLM's rounding in its messages: round(n / GiB, 2), printed as Python prints a float ("0.0")."""
+    return f"{round(n / GiB, 2)}"
+
+
+def max_model_len_refusal(max_model_len: int, max_position_embeddings: int) -> Refusal | None:
+    """vLLM refuses a max_model_len above the model's position table (config validation, before loading).
+
+    ``derived`` is printed as vLLM derives it from config.json: a float (``256.0``) for GPT-2 exports.
+    """
+    if max_model_len <= max_position_embeddings:
+        return None
+    return Refusal(
+        "max_model_len_above_model",
+        f"User-specified max_model_len ({max_model_len}) is greater than the derived max_model_len "
+        f"(max_position_embeddings={float(max_position_embeddings)} or model_max_length=None in model's "
+        "config.json).",
+    )
+
+
+def estimated_max_model_len(kv_bytes: int, bytes_per_token: int, block_size: int, max_model_len: int) -> int:
+    """The longest max_model_len whose one request fits in ``kv_bytes`` after the null block (0 if none):
+    what vLLM suggests in its "To serve at least one request" message."""
+    blocks = usable_blocks(kv_cache_blocks(kv_bytes, bytes_per_token, block_size))
+    return min(blocks * block_size, max_model_len)
+
+
+def kv_budget_refusal(kv_bytes: int, bytes_per_token: int, block_size: int, max_model_len: int) -> Refusal | None:
+    """vLLM's check of the KV budget (per worker) at start-up, null block first.
+
+    vLLM subtracts one block's bytes (the null block), then refuses when nothing is left ("No available
+    memory for the cache blocks") or when what is left is less than one max_model_len request in whole
+    blocks ("To serve at least one request ..."). GiB figures are rounded as vLLM rounds them (tiny
+    models read "0.0 GiB"), so callers restate them in bytes and tokens.
+    """
+    positive(bytes_per_token=bytes_per_token, block_size=block_size, max_model_len=max_model_len)
+    bytes_per_block = block_size * bytes_per_token
+    available = int(kv_bytes) - NULL_BLOCKS * bytes_per_block
+    if available <= 0:
+        return Refusal(
+            "no_kv_memory",
+            "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when initializing "
+            "the engine (this flag also controls CPU memory reservation on the CPU backend, despite its name).",
+        )
+    needed = blocks_for_tokens(max_model_len, block_size) * bytes_per_block
+    if needed <= available:
+        return None
+    estimate = estimated_max_model_len(kv_bytes, bytes_per_token, block_size, max_model_len)
+    estimated = f"Based on the available memory, the estimated maximum model length is {estimate}. " if estimate else ""
+    return Refusal(
+        "max_model_len_too_long",
+        f"To serve at least one request with the model's max seq len ({max_model_len}), ({format_gib(needed)} GiB "
+        f"KV cache is needed, which is larger than the available KV cache memory ({format_gib(available)} GiB). "
+        f"{estimated}Try increasing `gpu_memory_utilization` (which also controls CPU memory on the CPU backend) "
+        "or decreasing `max_model_len` when initializing the engine.",
+    )
+
+
+def kv_cache_bytes_needed(max_model_len: int, bytes_per_token: int, block_size: int) -> int:
+    """The smallest KV budget vLLM accepts for ``max_model_len``: one request's blocks + the null block."""
+    return bytes_for_tokens(max_model_len, bytes_per_token, block_size, null_block=True)
+
+
+def tensor_parallel_refusal(n_head: int, tensor_parallel_size: int) -> Refusal | None:
+    """Each worker holds whole attention heads: vLLM refuses a tensor-parallel size that does not divide them."""
+    if n_head % tensor_parallel_size == 0:
+        return None
+    return Refusal(
+        "bad_tensor_parallel_size",
+        f"Total number of attention heads ({n_head}) must be divisible by tensor parallel size "
+        f"({tensor_parallel_size}).",
+    )
+
+
+def head_size_supported(head_dim: int, device: str = "cpu") -> bool:
+    """False when vLLM's attention kernel for ``device`` has no code path for this head size (CPU only)."""
+    return device != "cpu" or head_dim in CPU_HEAD_SIZES
+
+
+def block_size_supported(block_size: int, device: str = "cpu") -> bool:
+    """Block sizes tinyformer lets vLLM use: on CPU a multiple of 32 (vLLM only warns about others)."""
+    return block_size > 0 and (device != "cpu" or block_size % CPU_BLOCK_MULTIPLE == 0)
