@@ -49,7 +49,7 @@ from tinyformer.export import (
     _no_transformers_progress_bars,
     special_token_ids,
 )
-from tinyformer.generate import eval_mode
+from tinyformer.model import eval_mode
 from tinyformer.vision import (
     IMAGE_MEAN,
     IMAGE_STD,

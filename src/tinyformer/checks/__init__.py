@@ -1,4 +1,4 @@
-"""Checkers for the exercises in lessons 01-09: ``assert check_causal_mask(my_mask)``.
+"""Checkers for the exercises in lessons 01-10: ``assert check_causal_mask(my_mask)``.
 
 Each checker calls the learner's function on several seeded cases, compares with the answer the
 package's own code gives, and prints ✅ or the first failing case (expected vs got, summarised) with a
@@ -16,6 +16,7 @@ solution. It returns a :class:`CheckResult`, truthy when every case passed.
 | 07 serving with vLLM | check_auth_header |
 | 08 max_model_len and KV capacity | check_max_tokens_allowed, check_kv_blocks, check_kv_capacity |
 | 09 batching and concurrency | check_left_pad, check_concurrency_to_fill_cache |
+| 10 images are tokens | check_image_token_count, check_expand_placeholders, check_image_kv_bytes |
 """
 
 from tinyformer.checks.attention import (
@@ -38,6 +39,7 @@ from tinyformer.checks.serving import (
     check_max_tokens_allowed,
 )
 from tinyformer.checks.training import check_lm_loss, check_sgd_step
+from tinyformer.checks.vision import check_expand_placeholders, check_image_kv_bytes, check_image_token_count
 
 __all__ = [
     "CheckResult",
@@ -51,7 +53,10 @@ __all__ = [
     "check_causal_mask",
     "check_concurrency_to_fill_cache",
     "check_embedding_lookup",
+    "check_expand_placeholders",
     "check_greedy_next_token",
+    "check_image_kv_bytes",
+    "check_image_token_count",
     "check_input_embedding",
     "check_kv_blocks",
     "check_kv_bytes_per_token",

@@ -44,7 +44,10 @@ def kv_bytes_per_token(config: ModelConfig, dtype: str = "float32", tensor_paral
 
 
 def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
-    """The tinyformer ModelConfig of an exported Hugging Face GPT-2 folder (reads its config.json)."""
+    """The tinyformer ModelConfig of an exported Hugging Face folder (reads its config.json).
+
+    A GPT-2 export (lessons 07-09), or a LLaVA export (lesson 10): then the config of its OPT language model,
+    the part that holds the KV cache and sets the positions."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -52,8 +55,20 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
             "tokenizer, out_dir) or `tinyformer export`."
         )
     hf = json.loads(path.read_text())
+    if hf.get("model_type") == "llava" and hf.get("text_config", {}).get("model_type") == "opt":
+        text = hf["text_config"]
+        return ModelConfig(
+            vocab_size=text["vocab_size"],
+            n_positions=text["max_position_embeddings"],
+            n_embd=text["hidden_size"],
+            n_layer=text["num_hidden_layers"],
+            n_head=text["num_attention_heads"],
+        )
     if hf.get("model_type") != "gpt2":
-        raise ServingConfigError(f"{path} describes a {hf.get('model_type')!r} model; tinyformer serves GPT-2 exports.")
+        raise ServingConfigError(
+            f"{path} describes a {hf.get('model_type')!r} model; tinyformer serves GPT-2 exports and LLaVA "
+            "exports with an OPT language model (tinyformer.vision_export.export_llava)."
+        )
     return ModelConfig(
         vocab_size=hf["vocab_size"],
         n_positions=hf["n_positions"],
