@@ -158,7 +158,9 @@ class Transformer(nn.Module):
 
         tok = self.transformer.wte(ids) if embeds is None else embeds  # [B, T, d], one row of the token table per id
         if tok.shape != (B, T, self.config.n_embd):
-            raise ValueError(f"embeds must have shape [{B}, {T}, {self.config.n_embd}] (one vector per id), got {list(tok.shape)}.")
+            raise ValueError(
+                f"embeds must have shape [{B}, {T}, {self.config.n_embd}] (one vector per id), got {list(tok.shape)}."
+            )
         pos = self.transformer.wpe(position_ids)  # [B, T, d], one row of the position table per position
         x = self.transformer.drop(tok + pos)  # [B, T, d]
 

@@ -344,7 +344,8 @@ def make_dataset(n: int, seed: int, tokenizer, vision: VisionConfig, with_images
     items = scenes(n, seed)
     n_tokens = vision.image_tokens if with_images else 0
     head = prompt_ids(tokenizer, 1, n_tokens) if with_images else tokenizer.convert_tokens_to_ids(PROMPT)
-    rows = [head + tokenizer.convert_tokens_to_ids(s.caption()[len(PROMPT) :]) + [tokenizer.eos_token_id] for s in items]
+    eos = [tokenizer.eos_token_id]
+    rows = [head + tokenizer.convert_tokens_to_ids(s.caption()[len(PROMPT) :]) + eos for s in items]
     ids = torch.tensor(rows)  # [n, T]
     targets = torch.full_like(ids, -100)
     targets[:, len(head) - 1 : -1] = ids[:, len(head) :]  # predict each caption word from what comes before it
@@ -442,7 +443,8 @@ def train_and_score(cfg: VLMTrainConfig = VLMTrainConfig(), *, progress: bool = 
     test_set = make_dataset(cfg.n_test, cfg.seed + 1, tokenizer, vision)  # other scenes, other pictures
     train_vlm(model, train_set, cfg, progress=progress)
     baseline = build_vlm(tokenizer, vision, seed=cfg.seed).lm  # the same LM, never shown a picture
-    train_vlm(baseline, make_dataset(cfg.n_train, cfg.seed, tokenizer, vision, with_images=False), cfg, progress=progress)
+    text_train = make_dataset(cfg.n_train, cfg.seed, tokenizer, vision, with_images=False)
+    train_vlm(baseline, text_train, cfg, progress=progress)
     text_test = make_dataset(cfg.n_test, cfg.seed + 1, tokenizer, vision, with_images=False)
     return TrainedVLM(
         model,
@@ -455,4 +457,5 @@ def train_and_score(cfg: VLMTrainConfig = VLMTrainConfig(), *, progress: bool = 
 
 
 def config_dict(model: VisionLanguageModel) -> dict:
-    return {"vision": asdict(model.vision.config), "text": model.lm.config.to_dict(), "image_token_id": model.image_token_id}
+    vision, text = asdict(model.vision.config), model.lm.config.to_dict()
+    return {"vision": vision, "text": text, "image_token_id": model.image_token_id}

@@ -263,7 +263,7 @@ def verify_llava_export(model: VisionLanguageModel, tokenizer, folder: Path, ato
     pixels = to_pixels(images)  # [n, 3, H, W]
     pixel_gap = (batch["pixel_values"] - pixels).abs().max().item()
     if not pixel_gap <= 1e-6:
-        raise ExportVerificationError(f"the exported image processor's pixels differ from to_pixels by {pixel_gap:.1e}.")
+        raise ExportVerificationError(f"the exported image processor's pixels differ from ours by {pixel_gap:.1e}.")
     with eval_mode(model):
         expected = model(ids, pixels).float()  # [n, T, V]
     got = hf_model.eval()(input_ids=ids, pixel_values=pixels).logits.float()  # [n, T, V]

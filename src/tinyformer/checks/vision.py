@@ -124,7 +124,9 @@ def check_image_kv_bytes(fn, *, quiet: bool = False):
 
     def one_image(got, case):
         n = case.args[0]
-        return "one image's worth: count every image of the request." if n > 1 and ratio_is(got, case.expected, 1 / n) else None
+        if n > 1 and ratio_is(got, case.expected, 1 / n):
+            return "one image's worth: count every image of the request."
+        return None
 
     return run_check(
         "check_image_kv_bytes",
