@@ -125,3 +125,40 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def foreign_http_server(tmp_path_factory):
+    """(process, port): a real HTTP server that is not vLLM, in a process of its own, answering GET /health
+    with 200 (it serves a folder holding a file called ``health``)."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tinyformer.serving.server import free_port
+
+    site = tmp_path_factory.mktemp("foreign")
+    (site / "health").write_text("I am not vLLM\n")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "the foreign HTTP server did not start"
+            time.sleep(0.05)
+        yield process, port
+    finally:
+        process.kill()
+        process.wait()

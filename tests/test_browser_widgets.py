@@ -3,8 +3,8 @@
 For notebooks 02 (attention weights viewer), 05 (KV cache stepper) and 06 (all three memory widgets) the test
 runs every cell, moves sliders with the keyboard, and checks that the numbers on screen become what the pure
 functions compute. It prints the
-time from the key press to the new numbers (and to the new figure) for each widget; the target is 200 ms,
-reported, not asserted (the machine is shared). On failure a screenshot is saved under test-results/.
+time from the key press to the new numbers (and to the new figure) for each widget, then asserts the target:
+a median of at most 200 ms from key press to new figure. On failure a screenshot is saved under test-results/.
 """
 
 from __future__ import annotations
@@ -246,6 +246,14 @@ def test_widgets_respond_to_the_keyboard_with_the_pure_functions_numbers(browser
         timings = CHECKS[name[:2]](page)
         with capsys.disabled():  # the latencies are part of the report, also without -s
             report(name, timings)
+        slow = {
+            widget: round(t["figure_ms_median"]) for widget, t in timings.items() if t["figure_ms_median"] > TARGET_MS
+        }
+        assert not slow, (
+            f"median key-press-to-figure time over the {TARGET_MS} ms target (ms): {slow}. Each update recomputes "
+            "the numbers, moves the figure's artists and sends a PNG; a busy machine (other jobs on its cores) "
+            "slows all three, so rerun on a quiet one before looking for a slow widget."
+        )
     except BaseException:
         RESULTS.mkdir(exist_ok=True)
         page.screenshot(path=str(RESULTS / f"browser_{name}.png"), full_page=True)

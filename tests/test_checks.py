@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyformer import checks, vision
+from tinyformer.engine import block_hash
 
 # -- correct solutions (what a learner would write) ---------------------------------------------------------
 
@@ -283,6 +284,58 @@ CASES = {
     ),
 }
 
+
+def preemption_choice(running, free_blocks, requester, wanted, *, newest=True, largest=False):
+    running, preempted = list(running), []
+    while free_blocks < wanted:
+        victim = max(running, key=lambda r: r[1]) if largest else running[-1] if newest else running[0]
+        running.remove(victim)
+        preempted.append(victim[0])
+        free_blocks += victim[1]
+        if victim[0] == requester:
+            break
+    return preempted
+
+
+def block_hashes(tokens, block_size, *, chained=True, partial=False):
+    parent, hashes = None, []
+    for i in range(-(-len(tokens) // block_size) if partial else len(tokens) // block_size):
+        parent = block_hash(parent if chained else None, tokens[i * block_size : (i + 1) * block_size])
+        hashes.append(parent)
+    return hashes
+
+
+CASES |= {
+    checks.check_blocks_needed: (
+        lambda n, block_size: -(-n // block_size),
+        [
+            (lambda n, block_size: n // block_size, "rounded down"),
+            (lambda n, block_size: n // block_size + 1, "no extra block"),
+        ],
+    ),
+    checks.check_block_table_lookup: (
+        lambda table, p, block_size: table[p // block_size] * block_size + p % block_size,
+        [
+            (lambda table, p, block_size: table[p // block_size], "block id"),
+            (lambda table, p, block_size: table[0] * block_size + p, "next to each other"),
+        ],
+    ),
+    checks.check_preemption_choice: (
+        preemption_choice,
+        [
+            (lambda *args: preemption_choice(*args, newest=False), "NEWEST"),
+            (lambda *args: preemption_choice(*args, largest=True), "not the largest"),
+        ],
+    ),
+    checks.check_block_hashes: (
+        block_hashes,
+        [
+            (lambda *args: block_hashes(*args, chained=False), "previous block's hash"),
+            (lambda *args: block_hashes(*args, partial=True), "full blocks only"),
+        ],
+    ),
+}
+
 CHECKERS = list(CASES)
 
 
@@ -396,3 +449,27 @@ def test_works_with_gradients_switched_off_globally():
     with torch.no_grad():  # notebook 03 runs with torch.set_grad_enabled(False)
         assert checks.check_sgd_step(sgd_step, quiet=True)
         assert checks.check_mlp(CASES[checks.check_mlp][0], quiet=True)
+
+
+def test_checkers_reject_floats_that_only_truncate_to_the_right_integers():
+    """9.7 for 9: converting a float answer to the expected integer type would truncate it into a pass."""
+    from tinyformer.checks import check_greedy_next_token, check_kv_bytes_per_token, check_max_tokens_allowed
+    from tinyformer.checks.core import compare_numbers, compare_tensors, tensors_match
+
+    expected = torch.tensor([9, 3])
+    assert compare_tensors(atol=0, rtol=0)(torch.tensor([9.7, 3.2]), expected).startswith("expected whole numbers")
+    assert compare_tensors(atol=0, rtol=0)(torch.tensor([9.0, 3.0]), expected) is None  # whole floats are fine
+    assert not tensors_match(torch.tensor([9.7, 3.2]), expected)
+    assert compare_numbers()(9.7, 9).startswith("expected a whole number (9), got 9.7")
+    assert compare_numbers()(9 + 1e-12, 9) is not None  # within rel 1e-9, but a count has no fraction
+    assert compare_numbers()(9.0, 9) is None
+
+    def argmax_plus_fraction(logits):
+        return logits[:, -1, :].argmax(-1).float() + 0.7  # truncates to the right ids
+
+    assert not check_greedy_next_token(argmax_plus_fraction, quiet=True)
+    assert check_greedy_next_token(lambda logits: logits[:, -1, :].argmax(-1), quiet=True)
+    assert not check_max_tokens_allowed(lambda prompt, limit: limit - prompt + 0.7, quiet=True)
+    assert not check_kv_bytes_per_token(
+        lambda layers, heads, dim, nbytes: 2 * layers * heads * dim * nbytes + 0.5, quiet=True
+    )

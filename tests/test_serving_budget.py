@@ -1,6 +1,7 @@
 """KV-capacity prediction, up-front refusals and vLLM-log reading (no server: these are pure functions).
 
-The integration tests in test_serving_server.py check the same predictions against a real vLLM."""
+The capacity lines and refusals themselves are one table in test_vllm_rules.py (checked against a real vLLM
+there); these tests cover KVBudget's own arithmetic and wording."""
 
 from __future__ import annotations
 
@@ -26,18 +27,6 @@ def test_bytes_per_token_is_k_and_v_for_every_layer_and_width():
     assert kv_bytes_per_token(MICRO, "float32") == 2 * 2 * 128 * 4 == 2048
     assert kv_bytes_per_token(MICRO, "bfloat16") == 1024
     assert kv_bytes_per_token(MICRO, "float32", tensor_parallel_size=2) == 1024  # each worker: half the heads
-
-
-def test_ten_blocks_give_the_line_vllm_logs():
-    # Measured with vLLM 0.32 CPU: --kv-cache-memory-bytes 2621440 --max-model-len 256
-    b = budget(2_621_440)
-    assert (b.num_blocks, b.tokens, b.max_concurrency) == (10, 1280, 5.0)
-    assert b.log_line() == "CPU KV cache size: 1,280 tokens, Maximum concurrency for 256 tokens per request: 5.00x"
-
-
-def test_tensor_parallel_doubles_the_tokens_for_the_same_bytes_per_worker():
-    b = budget(2_621_440, tensor_parallel_size=2)
-    assert (b.num_blocks, b.tokens, b.max_concurrency) == (20, 2560, 10.0)
 
 
 def test_tokens_follow_max_model_len_when_it_is_not_a_whole_number_of_blocks():

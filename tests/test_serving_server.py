@@ -1,7 +1,7 @@
 """A real vLLM server (CPU wheel in CI) serving an exported tinyformer model.
 
 Cost control (a vLLM start takes 25-60 s on 2 cores): one module-scoped server answers every
-request-level test, and the 20 start/stop cycles are mostly failures that happen early for real
+request-level test, and the 21 start/stop cycles are mostly failures that happen early for real
 (refusals, vLLM's own start-up errors, interrupts and timeouts at different start-up stages) plus
 one full start interrupted mid-request. Every cycle scans the process table for survivors.
 """
@@ -147,15 +147,19 @@ def test_binds_to_loopback_unless_told_otherwise(server):
     assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
 
 
-def test_api_key_guards_v1_but_not_health(server):
+def test_api_key_guards_v1_but_not_the_rest_on_loopback(server):
+    """On loopback, vLLM's own rule: the key guards /v1 only (a network server guards every route:
+    test_serving_safety.py). Keyless clients can still tokenize, read metrics and the version."""
     models = f"{server.api_url}/models"
+    assert not server.guards_every_route
     assert httpx.get(models).status_code == 401
     assert httpx.get(models, headers={"Authorization": "Bearer wrong-key"}).status_code == 401
     assert httpx.post(f"{server.api_url}/completions", json={"model": server.model, "prompt": "the"}).status_code == 401
     assert httpx.get(models, headers=server.headers).status_code == 200
-    assert httpx.get(f"{server.url}/health").status_code == 200
-    assert httpx.get(f"{server.url}/metrics").status_code == 200
-    assert server.api_key not in " ".join(server.command())  # passed in the environment, invisible to `ps`
+    for path in ("/health", "/metrics", "/version", "/openapi.json"):
+        assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 200, path
+    keyless = httpx.post(f"{server.url}/tokenize", json={"model": server.model, "prompt": "the cat"}, timeout=30)
+    assert keyless.status_code == 200 and keyless.json()["count"] == 2
 
 
 def test_served_model_tokenizes_and_generates_like_tinyformer(server, exported):
@@ -296,18 +300,48 @@ def vllm_rejects(folder, tmp_path, match: str, **kwargs) -> list[int]:
 
 
 def port_in_use(folder, tmp_path) -> list[int]:
-    with socket_listening() as port:
-        return vllm_rejects(folder, tmp_path, match="(?i)address already in use", port=port)
+    """Somebody else's HTTP server on the port, one that answers /health with 200: refused before spawning."""
+    with http_server_answering_200() as port:
+        server = small_server(folder, port=port)
+        with pytest.raises(ServingConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+            server.start()
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    assert server.pid is None
+    return []
 
 
 @contextmanager
-def socket_listening():
-    import socket
+def http_server_answering_200():
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
+    class Healthy(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Healthy) as http:
+        thread = threading.Thread(target=http.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield http.server_address[1]
+        finally:
+            http.shutdown()
+
+
+def api_process_killed(folder, tmp_path) -> list[int]:
+    """vLLM's API process dies (SIGKILL) while serving: its engine must not run on as an orphan."""
+    already_running = vllm_children()
+    server = small_server(folder)
+    with server:
+        (api,) = psutil.Process(server.pid).children()  # the watchdog's one child
+        assert any(p.name().startswith("VLLM::Engine") for p in api.children(recursive=True))
+        assert complete(server, "the cat", max_tokens=4).token_ids  # serving
+        api.kill()
+        assert wait_for_no_leftovers([server.pid], 30, already_running) == []
+    return [server.pid]
 
 
 def interrupted_start(folder, tmp_path, when) -> list[int]:
@@ -425,11 +459,12 @@ CYCLES = {
     "interrupt mid-request": interrupted_mid_request,
     "interpreter exit while starting": parent_exits,
     "parent SIGKILLed once the engine runs": parent_killed,
+    "API process SIGKILLed while serving": api_process_killed,
 }
 
 
-def test_there_are_twenty_cycles():
-    assert len(CYCLES) == 20
+def test_there_are_twenty_one_cycles():
+    assert len(CYCLES) == 21
 
 
 @pytest.mark.slow

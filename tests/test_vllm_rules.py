@@ -88,6 +88,8 @@ REFUSALS = [
         "model length is 128. Try increasing",
     ),
 ]
+# A guard against a hung start, not a speed target: on a shared 2-core box a start can take minutes.
+STARTUP_TIMEOUT = 900
 REAL_CAPACITY = ("7 blocks + spare, partial last block", "blocks of 32, max_model_len 100")
 REAL_REFUSALS = ("two blocks: 1 usable < 2 needed (issue 11)", "one block: only the null block")
 
@@ -99,6 +101,7 @@ def test_capacity_line_is_predicted(name, kv_bytes, max_model_len, block_size, t
     assert vllm_rules.kv_budget_refusal(kv_bytes, per_token, block_size, max_model_len) is None
     budget = KVBudget(MICRO, max_model_len, kv_bytes, tensor_parallel_size=tp, block_size=block_size)
     assert budget.log_line() == line  # the serving lessons' KVBudget says the same
+    assert budget.num_blocks == kv_bytes // (block_size * PER_TOKEN // tp)  # each worker holds 1/tp of the heads
 
 
 @pytest.mark.parametrize(
@@ -181,6 +184,7 @@ def test_real_server_logs_the_predicted_capacity_line(row, micro_export):
         dtype="float32",
         progress=False,
         shared=False,
+        startup_timeout=STARTUP_TIMEOUT,
     ) as server:
         reported = server.reported
     assert reported is not None, f"vLLM did not log its KV cache size; see {server.log_path}"
@@ -201,11 +205,15 @@ def test_real_server_refuses_in_the_predicted_words(row, micro_export):
         dtype="float32",
         progress=False,
         shared=False,
+        startup_timeout=STARTUP_TIMEOUT,
         check=False,  # let vLLM itself decide
     )
     with pytest.raises(VLLMStartupError) as error:
         server.start()
-    assert error.value.root_cause is not None and says in error.value.root_cause, error.value.root_cause
+    cause = error.value.root_cause
+    predicted = vllm_rules.kv_budget_refusal(kv_bytes, PER_TOKEN, block_size, max_model_len)
+    assert cause is not None and cause.startswith("ValueError: " + says), cause
+    assert predicted.vllm_says in cause  # the whole predicted message, word for word
 
 
 def test_budget_calculator_shows_the_row_checked_against_the_real_server():

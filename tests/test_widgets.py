@@ -36,7 +36,7 @@ def test_explorer_numbers_are_the_memory_formulas():
     x = explorer_numbers(4096, 32, 32, 2, "bf16", 128, 80 * memory.GiB)
     assert x.scores_per_layer == memory.attention_scores_bytes(4096, 32, 2, "bf16") == 2 * 32 * 4096**2 * 2
     assert x.scores_all_layers == 32 * x.scores_per_layer
-    assert x.kv_cache == memory.kv_cache_bytes(4096, 32, 32, 128, "bf16", batch=2)
+    assert x.kv_cache == 2 * 32 * 32 * 128 * 2 * 4096 * 2  # K and V x layers x heads x head_dim x bf16 x n x batch
     # the longest n whose one-layer score matrix fits: 2 x 32 x n^2 x 2 bytes <= 80 GiB
     assert 128 * x.longest_fitting_n**2 <= 80 * memory.GiB < 128 * (x.longest_fitting_n + 1) ** 2
 
@@ -46,7 +46,7 @@ def test_explorer_updates_its_numbers_when_a_slider_moves():
     assert int(shown(widget, "tf-scores")) == memory.attention_scores_bytes(1024, 4, 1, "fp32")
     widget.seq_len.value = 2048  # no event loop here, so the debounced update runs at once
     assert int(shown(widget, "tf-scores")) == memory.attention_scores_bytes(2048, 4, 1, "fp32")
-    assert int(shown(widget, "tf-kv")) == memory.kv_cache_bytes(2048, 2, 4, 32, "fp32")
+    assert int(shown(widget, "tf-kv")) == 2 * 2 * 4 * 32 * 4 * 2048  # K and V x layers x heads x head_dim x fp32 x n
     assert bytes(widget.image.value).startswith(PNG_MAGIC)
 
 
@@ -78,7 +78,13 @@ def test_budget_calculator_shows_vllms_line_for_the_tiny_model_on_cpu():
 
 def test_budget_calculator_follows_its_controls_and_names_the_cheapest_fix():
     widget = BudgetCalculator(model="Llama-3.1-8B", gpu="L4 24 GB", max_model_len=8192)
-    assert widget.plan() == memory.plan_serving("Llama-3.1-8B", "L4 24 GB", max_model_len=8192)
+    # By hand: bf16 weights = 2 bytes x 8,030,261,248 published parameters; KV per token = K and V x 32 layers x
+    # 8 KV heads x 128 x 2 bytes; the budget holds whole 16-token blocks, a request 8192 / 16 = 512 of them.
+    assert int(shown(widget, "tf-weights")) == 2 * 8_030_261_248
+    assert int(shown(widget, "tf-kv-per-token")) == 2 * 32 * 8 * 128 * 2 == 131_072
+    blocks = int(shown(widget, "tf-kv-budget")) // (131_072 * 16)
+    assert f'data-tokens="{blocks * 16}"' in widget.numbers.value
+    assert f"Maximum concurrency for 8,192 tokens per request: {blocks / 512:.2f}x" in widget.numbers.value
     assert 'class="tf-fix"' not in widget.numbers.value
     widget.max_model_len.value = 131072
     plan = memory.plan_serving("Llama-3.1-8B", "L4 24 GB", max_model_len=131072)
@@ -177,3 +183,27 @@ def test_debouncer_runs_at_once_without_an_event_loop_and_once_per_burst_with_on
 
     asyncio.run(burst())
     assert calls == [1, 1]
+
+
+def test_budget_calculator_shows_image_tokens_and_how_many_images_fit():
+    phi = "microsoft/Phi-3.5-vision-instruct"
+    widget = BudgetCalculator(model=phi, gpu="A100 40 GB", max_model_len=16384)
+    plan = memory.plan_serving(phi, "A100 40 GB", max_model_len=16384)
+    assert widget.plan() == plan and plan.ok
+    # 4 crops of 336 px + the global view: 5 x 144 tokens + separators (Phi-3.5-vision's largest image)
+    assert int(shown(widget, "tf-image-tokens")) == 781
+    assert int(shown(widget, "tf-images-per-request")) == 16384 // 781
+    kv_tokens = (plan.capacity.num_blocks - 1) * 16  # less vLLM's null block
+    assert int(shown(widget, "tf-images-in-kv")) == kv_tokens // 781 > 0
+    assert int(shown(widget, "tf-profile-images")) == plan.images_profiled == 2048 // 781
+    widget.model.value = "Llama-3.1-8B"  # a text model: no image rows
+    assert "tf-image-tokens" not in widget.numbers.value
+
+
+def test_budget_calculator_says_llama_vision_images_are_cross_attention_and_names_a_fix_that_helps():
+    widget = BudgetCalculator(model="meta-llama/Llama-3.2-11B-Vision-Instruct", gpu="A100 80 GB", max_model_len=8192)
+    assert int(shown(widget, "tf-image-tokens")) == 6404
+    assert shown(widget, "tf-images-per-request") == ""  # one text position per image: not max_model_len's
+    assert "profiling run" in widget.numbers.value and "256 maximal dummy images" in widget.numbers.value
+    fix = memory.cheapest_fix(widget.plan())
+    assert fix.change.startswith("--max-num-seqs") and fix.change in widget.numbers.value

@@ -28,7 +28,7 @@ from tinyformer.memory import GiB
 from tinyformer.serving import ServingConfigError, VLLMServer, read_metrics
 from tinyformer.serving.prepare import lesson_export
 from tinyformer.serving.server import API_KEY_ENV, URL_ENV, free_port
-from tinyformer.workshop.classload import batching_cell, simulate_class
+from tinyformer.workshop.classload import ClassLoadReport, batching_cell, simulate_class
 from tinyformer.workshop.classroom import (
     NULL_BLOCKS,
     format_status,
@@ -215,17 +215,45 @@ def test_fifty_learners_run_the_batching_cell_at_once(class_server, model_dir, m
     assert report.all_match_solo, f"{LEARNERS - report.learners_matching_solo} learners got other tokens"
     assert report.running_peak > 1  # the server batched learners' requests together
     assert 0 < report.kv_usage_peak <= 1
-    assert report.latency(50) <= report.latency(95)
+    assert len(report.latencies) == report.requests and min(report.latencies) > 0
+    assert max(report.latencies) <= max(report.learner_seconds) <= report.seconds  # a request lies within its cell
+
+
+def test_latency_percentiles_interpolate_between_sorted_latencies():
+    """Against a hand computation: 100 latencies 0.01..1.00 s, shuffled; p50 lies halfway between the 50th and
+    51st (0.505 s), p95 at 5 % of the way from the 95th to the 96th (0.9505 s)."""
+    latencies = [i / 100 for i in range(1, 101)]
+    random.Random(0).shuffle(latencies)
+    report = ClassLoadReport(
+        learners=1,
+        requests=100,
+        failures=0,
+        learners_matching_solo=1,
+        latencies=latencies,
+        learner_seconds=[1.0],
+        seconds=1.0,
+        kv_usage_peak=0.5,
+        running_peak=1,
+        waiting_peak=0,
+        preemptions=0,
+    )
+    assert report.latency(50) == pytest.approx(0.505, abs=1e-12)
+    assert report.latency(95) == pytest.approx(0.9505, abs=1e-12)
 
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_status_line_follows_the_load(class_server):
-    command, url, _ = class_server
-    cell = batching_cell()
-    generated = (LEARNERS + 1) * len(cell.prompts) * cell.max_tokens  # the class + the requests sent alone
-    command.wait_for(rf"running 0 \| waiting 0 \| KV cache [\d.]+% .* out {generated:,} \| peak KV", seconds=60)
-    assert read_metrics(url)["vllm:num_requests_running"] == 0  # the class has finished
+def test_status_line_follows_the_load(class_server, model_dir):
+    """Its own load (not what earlier tests sent): 4 requests of 8 tokens raise the status line's count by 32."""
+    command, url, key = class_server
+    before = read_metrics(url)["vllm:generation_tokens_total"]
+    body = {"model": model_dir.name, "prompt": "the cat", "max_tokens": 8, "ignore_eos": True, "temperature": 0}
+    for _ in range(4):
+        reply = httpx.post(f"{url}/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        assert reply.status_code == 200, reply.text
+    expected = before + 4 * 8
+    command.wait_for(rf"running 0 \| waiting 0 \| KV cache [\d.]+% .* out {expected:,.0f} \| peak KV", seconds=60)
+    assert read_metrics(url)["vllm:num_requests_running"] == 0
 
 
 def run_lesson(number: str) -> str:

@@ -205,3 +205,19 @@ def test_filled_student_copies_equal_the_instructor_notebooks(real_copies):
             assert after.cell_type == before.cell_type
             assert after.source == before.source or is_solution(before)
         assert student_notebook(instructor).cells == student.cells
+
+
+def test_leak_check_judges_by_the_solution_not_by_the_stubber(lesson_dir, tmp_path, monkeypatch):
+    """A stubber that keeps a solution line must be caught: the check decides what is an answer on its own."""
+    import tinyformer.workshop.student as student_module
+
+    (copy,) = build_student_notebooks(lesson_dir, tmp_path / "good")
+    assert find_leaks(nbformat.read(copy.source, as_version=4), nbformat.read(copy.target, as_version=4)) == []
+
+    real_stub = student_module.stub_source
+    monkeypatch.setattr(
+        student_module, "stub_source", lambda source: real_stub(source) + "\n    return torch.tril(allowed)"
+    )
+    (broken,) = build_student_notebooks(lesson_dir, tmp_path / "broken")
+    leaks = find_leaks(nbformat.read(broken.source, as_version=4), nbformat.read(broken.target, as_version=4))
+    assert leaks == ["return torch.tril(allowed)"]

@@ -61,10 +61,13 @@ def load_checkpoint(path: str | Path) -> tuple[Transformer, PreTrainedTokenizerF
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a tinyformer checkpoint (expected format {FORMAT!r}).")
-    missing = [k for k in ("config", "state_dict", "tokenizer", "special_tokens") if k not in payload]
+    missing = [k for k in ("config", "state_dict", "tokenizer", "special_tokens", "meta") if k not in payload]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {missing}; it was not written by save_checkpoint. Train it again.")
-    config = ModelConfig.from_dict(payload["config"])
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+    except ValueError as e:
+        raise ValueError(f"checkpoint {path} holds a bad config: {e} Train it again.") from e
     model = Transformer(config)
     try:
         model.load_state_dict(payload["state_dict"])

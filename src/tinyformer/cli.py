@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +80,7 @@ def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
             description=command.description,
             epilog=command.epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,  # `--api-key SECRET` must not pass for `--api-key-file`: keys stay off command lines
         )
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)
@@ -91,6 +94,38 @@ def positive_int(text: str) -> int:
         value = 0
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port, a whole number from 1 to 65535, got {text!r}")
+    return value
+
+
+def _finite_float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if value is None or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0 (e.g. 2 or 0.5), got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _finite_float(text)
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of 0 or more (e.g. 0 or 1.5), got {text!r}")
     return value
 
 
@@ -156,7 +191,10 @@ TRAIN = Command(
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "checkpoint", type=Path, metavar="CHECKPOINT", help="a checkpoint written by `tinyformer train` (a .pt file)"
+        "checkpoint",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="a checkpoint written by `tinyformer train` (a .pt file, or the folder holding just one)",
     )
     parser.add_argument(
         "--out",
@@ -170,19 +208,37 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def checkpoint_in(path: Path) -> Path:
+    """``path`` itself, or the one checkpoint in the folder ``tinyformer train --out DIR`` filled."""
+    if not path.is_dir():
+        return path
+    found = sorted(path.glob("*.pt"))
+    if len(found) == 1:
+        print(f"using the checkpoint in {path}: {found[0]}")
+        return found[0]
+    if not found:
+        raise FileNotFoundError(
+            f"{path} is a folder with no checkpoint (*.pt) in it; train one with "
+            f"`tinyformer train --out {path}`, or pass the checkpoint file itself."
+        )
+    names = ", ".join(str(p) for p in found)
+    raise ValueError(f"{path} holds {len(found)} checkpoints ({names}); pass the one to export, e.g. {found[0]}.")
+
+
 def _run_export(args: argparse.Namespace) -> int:
     from tinyformer.checkpoint import load_checkpoint
     from tinyformer.export import export_hf
 
-    model, tokenizer, _ = load_checkpoint(args.checkpoint)
+    checkpoint = checkpoint_in(args.checkpoint)
+    model, tokenizer, _ = load_checkpoint(checkpoint)
     if args.out is None:
         from tinyformer.paths import artifacts_dir
 
-        args.out = artifacts_dir() / f"{args.checkpoint.stem}-hf"
+        args.out = artifacts_dir() / f"{checkpoint.stem}-hf"
     out = export_hf(model, tokenizer, args.out, overwrite=args.overwrite, verify=not args.no_verify)
     checked = "" if args.no_verify else ", checked against the checkpoint with transformers"
     print(f"wrote {out} (Hugging Face GPT-2 format{checked})")
-    print(f"serve it: python -m vllm.entrypoints.openai.api_server --model {out} --dtype float32")
+    print(f"serve it: tinyformer serve {shlex.quote(str(out))}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -47,8 +48,12 @@ class ModelConfig:
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: each head gets "
                 f"n_embd / n_head dimensions. Pick n_head from the divisors of {self.n_embd}."
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}: a number, 0 = off.")
+        if not _is_number(self.layer_norm_epsilon) or not 0.0 < self.layer_norm_epsilon < 1.0:
+            raise ValueError(
+                f"layer_norm_epsilon must be a small number above 0 (GPT-2: 1e-5), got {self.layer_norm_epsilon!r}."
+            )
         if self.head_dim not in VLLM_CPU_HEAD_SIZES:
             warnings.warn(self.vllm_head_size_message(), HeadSizeWarning, stacklevel=3)
 
@@ -82,7 +87,17 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"a ModelConfig is read from a dict of its fields, got {type(d).__name__}.")
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}; is this a tinyformer config?")
+        required = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+        missing = [name for name in required if name not in d]
+        if missing:
+            raise ValueError(f"the config lacks {missing}; it needs {list(required)} (see ModelConfig.preset).")
         return cls(**d)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

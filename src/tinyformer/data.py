@@ -149,6 +149,13 @@ class TokenStream:
     window and the Bayes floor of the windows is exactly computable."""
 
     def __init__(self, corpus: Corpus, tokenizer, n_sentences: int = 20_000, val_fraction: float = 0.1):
+        if not isinstance(val_fraction, int | float) or not 0 < val_fraction < 1:
+            raise ValueError(
+                f"val_fraction must be a number between 0 and 1 (exclusive), got {val_fraction!r}: training and "
+                "validation each need some sentences (the lessons use 0.1)."
+            )
+        if not isinstance(n_sentences, int) or isinstance(n_sentences, bool) or n_sentences < 2:
+            raise ValueError(f"n_sentences must be a whole number of at least 2, got {n_sentences!r}.")
         words = [w for s in corpus.sentences(n_sentences) for w in s]
         self.tokenizer = tokenizer
         self.words = words
@@ -156,7 +163,7 @@ class TokenStream:
         self.ids = torch.tensor(ids, dtype=torch.long)  # [N]
         self.log_probs = self._true_log_probs(words, tokenizer)  # [N], log p_best(word_i | prefix)
         starts = [i for i, w in enumerate(words) if w == "the" and (i == 0 or words[i - 1] == ".")]
-        split = starts[int(len(starts) * (1 - val_fraction))]
+        split = starts[min(max(int(len(starts) * (1 - val_fraction)), 1), len(starts) - 1)]  # >= 1 sentence each
         self.train_starts = torch.tensor([s for s in starts if s < split])
         self.val_starts = torch.tensor([s for s in starts if s >= split])
         self.split = split
@@ -179,7 +186,14 @@ class TokenStream:
             raise ValueError(f"split must be 'train' or 'val', got {split!r}.")
         starts = self.train_starts if split == "train" else self.val_starts
         end = self.split if split == "train" else len(self.ids)
-        return starts[starts + block_size + 1 <= end]
+        fitting = starts[starts + block_size + 1 <= end]
+        if len(fitting) == 0:
+            raise ValueError(
+                f"no {split} window of block_size + 1 = {block_size + 1} tokens fits in the {split} part of the "
+                f"corpus ({end if split == 'train' else end - self.split} tokens). Use more sentences (n_sentences) "
+                f"or a smaller block_size."
+            )
+        return fitting
 
     def val_windows(self, block_size: int, max_windows: int = 256) -> torch.Tensor:
         """A fixed set of validation windows [N, T + 1] (the same every call)."""

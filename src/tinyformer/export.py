@@ -21,7 +21,14 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.utils import logging as hf_logging
 
 from tinyformer.config import ModelConfig
@@ -116,6 +123,7 @@ def export_hf(
     place at the end, so a failed export leaves nothing behind. An existing ``out_dir`` is replaced
     only with ``overwrite=True`` (and only if it looks like a model folder).
     """
+    _check_inputs(model, tokenizer)
     model.config.check_vllm_head_size()  # refuse now rather than crash vLLM on its first request
     out_dir = Path(out_dir)
     _check_destination(out_dir, overwrite)
@@ -130,6 +138,21 @@ def export_hf(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _check_inputs(model, tokenizer) -> None:
+    if not isinstance(model, Transformer):
+        raise ValueError(f"export_hf needs a tinyformer Transformer, got {type(model).__name__}.")
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise ValueError(
+            f"export_hf needs the model's tokenizer (a transformers tokenizer, e.g. build_tokenizer() or the one "
+            f"load_checkpoint returns), got {type(tokenizer).__name__}: vLLM cannot serve a folder without one."
+        )
+    if len(tokenizer) != model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}: "
+            "export the tokenizer the model was built with."
+        )
 
 
 def write_hf_folder(model: Transformer, tokenizer, folder: Path) -> None:

@@ -12,6 +12,7 @@ with ``on_limit="truncate"``, generation stops when the sequence reaches ``n_pos
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -141,7 +142,13 @@ def next_token(
     """Pick one token id per row from logits [B, V]: argmax when temperature is 0, else a sample."""
     if temperature == 0:
         return logits.argmax(dim=-1)  # [B]
-    logits = logits / temperature  # <1 sharpens the distribution, >1 flattens it
+    scaled = logits / temperature  # <1 sharpens the distribution, >1 flattens it
+    if not torch.isfinite(scaled).all() and torch.isfinite(logits).all():
+        raise ValueError(
+            f"temperature={temperature!r} is so small that logits / temperature overflows to infinity; "
+            "use temperature=0 for greedy decoding, or a temperature of at least 1e-3."
+        )
+    logits = scaled
     if top_k is not None and top_k < logits.shape[-1]:
         kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [B, 1]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))  # only the k best can be drawn
@@ -192,6 +199,8 @@ def _as_prompts(prompt_ids) -> list[list[int]]:
                 f"prompt_ids must be integer token ids of shape [T] or [B, T], got {prompt_ids.dtype} "
                 f"{list(prompt_ids.shape)}. For prompts of different lengths use generate_batch."
             )
+        if prompt_ids.shape[0] == 0:
+            raise ValueError(f"the batch is empty (prompt_ids has shape {list(prompt_ids.shape)}): give one prompt.")
         return [_as_id_list(row) for row in prompt_ids.tolist()]
     if _is_sequence(prompt_ids) and prompt_ids and all(_is_sequence(p) for p in prompt_ids):
         return [_as_id_list(p) for p in prompt_ids]  # several prompts, possibly of different lengths
@@ -220,8 +229,8 @@ def _is_int(value) -> bool:
 
 
 def _check_sampling(temperature: float, top_k: int | None) -> None:
-    if not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}.")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}.")
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
 

@@ -151,6 +151,7 @@ class Transformer(nn.Module):
         """
         past = len(cache) if cache is not None else 0
         self._check_ids(ids)
+        self._check_cache(cache)
         B, T = ids.shape
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=ids.device).expand(B, T)  # [B, T]
@@ -167,6 +168,7 @@ class Transformer(nn.Module):
         allowed = self.causal[past : past + T, : past + T]  # [T, S], query i sees keys <= past+i
         allowed = allowed.view(1, 1, T, past + T)  # [1, 1, T, S], same for every row and head
         if padding_mask is not None:
+            _check_padding_mask(padding_mask, B, past, T)
             allowed = allowed & padding_mask.view(B, 1, 1, past + T).bool()  # [B, 1, T, S]
 
         attentions = []
@@ -197,6 +199,13 @@ class Transformer(nn.Module):
                 "encode text with the same tokenizer the model was built for."
             )
 
+    def _check_cache(self, cache: KVCache | None) -> None:
+        if cache is not None and len(cache.keys) != self.config.n_layer:
+            raise ValueError(
+                f"the KVCache has room for {len(cache.keys)} layers but the model has n_layer="
+                f"{self.config.n_layer}; build it for this model: KVCache(model.config.n_layer)."
+            )
+
     def _check_positions(self, position_ids: torch.Tensor, ids: torch.Tensor) -> None:
         if position_ids.shape != ids.shape:
             raise ValueError(
@@ -225,3 +234,13 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def _check_padding_mask(padding_mask: torch.Tensor, batch: int, past: int, new: int) -> None:
+    """The mask covers every key attended to: [B, S] with S = cached + new tokens."""
+    if not isinstance(padding_mask, torch.Tensor) or tuple(padding_mask.shape) != (batch, past + new):
+        shape = list(padding_mask.shape) if isinstance(padding_mask, torch.Tensor) else type(padding_mask).__name__
+        raise ValueError(
+            f"padding_mask must have shape [batch, cached + new tokens] = [{batch}, {past} + {new}], got {shape}: "
+            "one True/False per key position, True on real tokens, covering the cached ones too."
+        )

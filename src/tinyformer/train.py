@@ -3,6 +3,7 @@ recipes later lessons use (train a preset and save it; load what lesson 04 saved
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,16 @@ class TrainConfig:
     eval_every: int = 250
     eval_windows: int = 128
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "block_size", "eval_every", "eval_windows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"TrainConfig.{name} must be a whole number above 0, got {value!r}.")
+        if not isinstance(self.lr, int | float) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be a number above 0 (the lessons use 0.3), got {self.lr!r}.")
+        if self.grad_clip is not None and (not isinstance(self.grad_clip, int | float) or not self.grad_clip > 0):
+            raise ValueError(f"TrainConfig.grad_clip must be a number above 0 or None, got {self.grad_clip!r}.")
 
     @classmethod
     def for_preset(cls, preset: str, **overrides) -> TrainConfig:

@@ -8,15 +8,16 @@ lessons' :class:`~tinyformer.serving.budget.KVBudget`, the classroom planner, th
 What vLLM does, in order:
 
 1. **Head sizes.** The CPU attention kernel runs head sizes :data:`CPU_HEAD_SIZES`; any other starts
-   and then kills the engine on the first request.
+   and then kills the engine on the first request ("Unsupported CPU attention configuration: head_dim=16").
 2. **Blocks.** The KV cache is paged in blocks of ``block_size`` tokens for all layers at once: 16 on
    NVIDIA GPUs, 128 on the CPU backend (``--block-size`` takes a multiple of 32 there).
    ``num_blocks = floor(kv_bytes / (block_size x bytes_per_token))``; leftover bytes hold nothing.
 3. **The null block.** The block pool keeps :data:`NULL_BLOCKS` block back as a placeholder, so N blocks
    serve N - 1 blocks' worth of requests.
-4. **Refusals at start-up.** ``max_model_len`` above the model's position table; a KV budget that,
-   less the null block, is empty ("No available memory for the cache blocks") or cannot hold one
-   request of ``max_model_len`` tokens in whole blocks ("To serve at least one request ...").
+4. **Refusals at start-up.** ``max_model_len`` above the model's position table; a tensor-parallel size
+   that does not divide the attention heads; a KV budget that, less the null block, is empty ("No
+   available memory for the cache blocks") or cannot hold one request of ``max_model_len`` tokens in
+   whole blocks ("To serve at least one request ..."). 1 block is empty; 2 blocks hold 1 usable block.
 5. **The capacity line.** A request of ``max_model_len`` tokens takes ``ceil(max_model_len /
    block_size)`` blocks; vLLM logs ``<device> KV cache size: N tokens, Maximum concurrency for L tokens
    per request: X.XXx`` with X = num_blocks / blocks per request (null block included) and

@@ -17,6 +17,7 @@ solution. It returns a :class:`CheckResult`, truthy when every case passed.
 | 08 max_model_len and KV capacity | check_max_tokens_allowed, check_kv_blocks, check_kv_capacity |
 | 09 batching and concurrency | check_left_pad, check_concurrency_to_fill_cache |
 | 10 images are tokens | check_image_token_count, check_expand_placeholders, check_image_kv_bytes |
+| 13 build the engine | check_blocks_needed, check_block_table_lookup, check_preemption_choice, check_block_hashes |
 """
 
 from tinyformer.checks.attention import (
@@ -28,6 +29,12 @@ from tinyformer.checks.attention import (
 from tinyformer.checks.block import check_block, check_lm_head, check_mlp
 from tinyformer.checks.core import CheckResult
 from tinyformer.checks.embeddings import check_embedding_lookup, check_input_embedding, check_position_lookup
+from tinyformer.checks.engine import (
+    check_block_hashes,
+    check_block_table_lookup,
+    check_blocks_needed,
+    check_preemption_choice,
+)
 from tinyformer.checks.generation import check_cache_append, check_greedy_next_token
 from tinyformer.checks.memory import check_attention_scores_bytes, check_kv_bytes_per_token, check_weight_bytes
 from tinyformer.checks.serving import (
@@ -48,6 +55,9 @@ __all__ = [
     "check_attention_scores_bytes",
     "check_auth_header",
     "check_block",
+    "check_block_hashes",
+    "check_block_table_lookup",
+    "check_blocks_needed",
     "check_cache_append",
     "check_causal_attention",
     "check_causal_mask",
@@ -67,6 +77,7 @@ __all__ = [
     "check_max_tokens_allowed",
     "check_mlp",
     "check_position_lookup",
+    "check_preemption_choice",
     "check_sgd_step",
     "check_weight_bytes",
 ]

@@ -214,7 +214,17 @@ def tensors_match(got, expected: torch.Tensor, atol: float = 1e-5, rtol: float =
         return False
     if expected.dtype == torch.bool:
         return torch.equal(got.bool(), expected) if got.dtype == torch.bool or _is_zero_one(got) else False
+    if _fractional(got, expected) is not None:
+        return False
     return torch.allclose(got.to(expected.dtype), expected, atol=atol, rtol=rtol, equal_nan=False)
+
+
+def _fractional(got: torch.Tensor, expected: torch.Tensor) -> tuple[int, ...] | None:
+    """Where ``got`` has a fraction although whole numbers are expected (converting would truncate 9.7 to 9)."""
+    if expected.is_floating_point() or not got.is_floating_point():
+        return None
+    fraction = ~torch.isfinite(got) | (got != got.round())
+    return _first_index(fraction) if fraction.any() else None
 
 
 def compare_tensors(atol: float = 1e-5, rtol: float = 1e-4) -> Compare:
@@ -233,6 +243,8 @@ def compare_tensors(atol: float = 1e-5, rtol: float = 1e-4) -> Compare:
             return _compare_bool(got, expected)
         if expected.is_floating_point() and not got.is_floating_point():
             return f"expected floating-point numbers, got {describe(got)}."
+        if (where := _fractional(got, expected)) is not None:
+            return f"expected whole numbers, got {got[where].item():g} at index {where}: {describe(got, where)}."
         got = got.to(expected.dtype)
         if torch.isnan(got).any() and not torch.isnan(expected).any():
             where = _first_index(torch.isnan(got))
@@ -289,6 +301,8 @@ def compare_numbers(rel: float = 1e-9) -> Compare:
             got = got.item()
         if isinstance(got, bool) or not isinstance(got, (int, float)):
             return f"expected a number like {expected!r}, got {got!r} ({type(got).__name__})."
+        if isinstance(expected, int) and not (math.isfinite(got) and float(got).is_integer()):
+            return f"expected a whole number ({_number(expected)}), got {got!r}; a count has no fraction."
         if math.isclose(got, expected, rel_tol=rel, abs_tol=rel):
             return None
         return f"expected {_number(expected)}, got {_number(got)}."

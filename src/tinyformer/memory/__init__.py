@@ -3,6 +3,7 @@
 formulas.py    bytes of weights, attention scores, KV per token, activations; dtype sizes; format_bytes
 catalogue.py   real models and GPUs (ModelSpec, GPU, the shipped tables), weights by dtype incl. quantised
 planner.py     plan_serving: what vLLM would do with a model on a GPU (or the CPU backend), and fixes
+vision.py      vision-language models: image tokens per image, vLLM's profiling with maximal dummy images
 measure.py     peak_bytes (profiler / CUDA counters), naive vs fused attention, storage_bytes
 
 vLLM's own rules (block sizes, the null block, whole-block rounding, the capacity line, its refusals) live
@@ -34,22 +35,37 @@ _HOMES = {
         "GPU",
         "QUANTISED",
         "ModelSpec",
+        "find_model",
         "gpus",
         "lookup",
         "model_weight_bytes",
         "real_models",
+        "vision_models",
     ),
     "tinyformer.memory.planner": (
+        "ENGINES",
+        "Engine",
         "FRAMEWORK_OVERHEAD_BYTES",
         "FRAMEWORK_OVERHEAD_TP_BYTES",
         "MAX_GPU_MEMORY_UTILIZATION",
         "Fix",
         "ServingPlan",
+        "V0_ACTIVATION_FACTOR",
+        "batch_limits",
         "cheapest_fix",
         "default_batch_limits",
         "fixes",
         "plan_serving",
         "serving_activation_bytes",
+    ),
+    "tinyformer.memory.vision": (
+        "VisionSpec",
+        "image_tokens",
+        "images_in_kv_cache",
+        "images_per_request",
+        "profile_images",
+        "text_positions_per_image",
+        "vision_activation_bytes",
     ),
     "tinyformer.memory.measure": (
         "ATTENTION_IMPLEMENTATIONS",

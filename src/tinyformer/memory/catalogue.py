@@ -14,6 +14,7 @@ from functools import cache
 from importlib import resources
 
 from tinyformer.memory.formulas import MiB, dtype_name, kv_bytes_per_token, weight_bytes
+from tinyformer.memory.vision import VisionSpec
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class ModelSpec:
     n_params_published: int | None = None
     hf_id: str = ""
     notes: str = ""
+    vision: VisionSpec | None = None  # a vision-language model's encoder (tinyformer.memory.vision)
 
     @property
     def kv_layer_count(self) -> int:
@@ -76,9 +78,14 @@ class ModelSpec:
         return 2 * self.hidden_size if self.norm == "layernorm" else self.hidden_size
 
     @property
-    def n_params(self) -> int:
-        """All parameters, the tied LM head counted once."""
+    def text_params(self) -> int:
+        """The language model's parameters, the tied LM head counted once."""
         return self.embedding_params + self.n_layer * self.layer_params + self.norm_params + self.extra_params
+
+    @property
+    def n_params(self) -> int:
+        """All parameters: the language model and, for a vision-language model, its vision encoder."""
+        return self.text_params + (self.vision.n_params if self.vision else 0)
 
     def kv_bytes_per_token(self, dtype="bf16", tensor_parallel_size: int = 1) -> int:
         """KV bytes one token adds on one rank (the one formula, :func:`.formulas.kv_bytes_per_token`)."""
@@ -154,6 +161,38 @@ def gpus() -> dict[str, GPU]:
     }
 
 
+@cache
+def vision_models() -> dict[str, ModelSpec]:
+    """The shipped vision-language models (reference/vlm_models.json), by Hugging Face id."""
+    specs = {}
+    for row in _reference("vlm_models.json")["models"]:
+        vision = dict(row["vision"])
+        vision["profile_image"] = tuple(vision["profile_image"])
+        spec = ModelSpec(
+            name=row["name"],
+            hf_id=row["hf_id"],
+            notes=row["notes"],
+            n_params_published=row["n_params"],
+            vision=VisionSpec(**vision),
+            **row["text"],
+        )
+        specs[spec.hf_id] = spec
+    return specs
+
+
+def find_model(name: str) -> ModelSpec:
+    """A shipped model by Hugging Face id (vision-language models first) or by its table name."""
+    by_id = {spec.hf_id: spec for spec in real_models().values()} | vision_models()
+    if name in by_id:
+        return by_id[name]
+    if name in real_models():
+        return real_models()[name]
+    raise ValueError(
+        f"unknown model {name!r}; choose one of the Hugging Face ids {sorted(by_id)} or the names "
+        f"{sorted(real_models())}."
+    )
+
+
 def lookup(table: dict, name: str, what: str):
     if name not in table:
         raise ValueError(f"unknown {what} {name!r}; choose one of {sorted(table)}.")
@@ -167,11 +206,12 @@ def model_weight_bytes(spec: ModelSpec, dtype="bf16") -> int:
     """Bytes of the model's weights in ``dtype``.
 
     Quantised checkpoints (fp8, int8, int4) quantise the transformer blocks' matrices; the embedding
-    tables, LM head and norms stay in 16 bits, as AWQ/GPTQ/FP8 checkpoints ship them. (Their per-group
-    scales, about 3% more for int4, are left out.)
+    tables, LM head, norms (and a vision encoder) stay in 16 bits, as AWQ/GPTQ/FP8 checkpoints ship them.
+    (Their per-group scales, about 3% more for int4, are left out.)
     """
     name = dtype_name(dtype)
     if name not in QUANTISED:
         return weight_bytes(spec.n_params, name)
     kept_16bit = spec.embedding_params + (2 * spec.n_layer + 1) * spec.norm_params + spec.extra_params
+    kept_16bit += spec.vision.n_params if spec.vision else 0  # vision encoders ship unquantised
     return weight_bytes(spec.n_params - kept_16bit, name) + weight_bytes(kept_16bit, "bf16")

@@ -12,8 +12,9 @@ import math
 from dataclasses import dataclass, field
 
 from tinyformer import vllm_rules
-from tinyformer.memory.catalogue import GPU, QUANTISED, ModelSpec, gpus, lookup, model_weight_bytes, real_models
+from tinyformer.memory.catalogue import GPU, QUANTISED, ModelSpec, find_model, gpus, lookup, model_weight_bytes
 from tinyformer.memory.formulas import DTYPE_BYTES, GiB, dtype_bytes, dtype_name, format_bytes, positive
+from tinyformer.memory.vision import profile_images, vision_activation_bytes
 from tinyformer.vllm_rules import KVCapacity
 
 # What vLLM measures at start-up and we can only estimate (documented assumptions, from public vLLM
@@ -22,6 +23,45 @@ from tinyformer.vllm_rules import KVCapacity
 FRAMEWORK_OVERHEAD_BYTES = 2 * GiB
 FRAMEWORK_OVERHEAD_TP_BYTES = 3 * GiB  # with tensor parallelism: NCCL buffers on every GPU
 MAX_GPU_MEMORY_UTILIZATION = 0.95  # above this vLLM tends to run out of memory during CUDA graph capture
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How a vLLM generation measures the start-up peak it subtracts from the usable memory."""
+
+    activation_factor: float  # measured activation peak / serving_activation_bytes
+    overhead: int
+    overhead_tp: int
+    overhead_means: str
+
+
+# vLLM <= 0.6 (the V0 engine) ran the profiling pass in eager PyTorch and read the peak from the GPU's free
+# memory, so allocator slack and unfused temporaries (rotary-embedding copies, ...) count; CUDA graphs were
+# captured only after the KV cache was sized ("CUDA graphs can take additional 1~3 GiB"). The factor is fitted
+# to the Phi-3.5-vision log (case phi35v-a10g-30000 in reference/vlm_models.json); the other cases check it.
+# V0 overhead: none on one GPU (the CUDA context exists before vLLM takes its baseline); 0.5 GiB of NCCL
+# buffers per GPU with tensor parallelism is a guess that no cited log checks.
+V0_ACTIVATION_FACTOR = 1.45
+V0_MAX_NUM_SEQS = 256
+ENGINES = {
+    "v1": Engine(1.0, FRAMEWORK_OVERHEAD_BYTES, FRAMEWORK_OVERHEAD_TP_BYTES, "CUDA context, workspaces, CUDA graphs"),
+    "v0": Engine(V0_ACTIVATION_FACTOR, 0, GiB // 2, "non-torch allocations; CUDA graphs come after KV sizing"),
+}
+
+
+def batch_limits(
+    gpu: GPU, engine: str, max_model_len: int, max_num_batched_tokens: int | None, max_num_seqs: int | None
+) -> tuple[int, int]:
+    """The (tokens, sequences) of vLLM's profiling batch: as asked, else the engine's defaults.
+
+    V1: :func:`default_batch_limits` (chunked prefill). V0 without chunked prefill: one whole prompt must
+    fit a batch, so max(max_model_len, 2048) tokens, and 256 sequences.
+    """
+    if engine == "v0":
+        tokens, seqs = max(max_model_len, 2048), V0_MAX_NUM_SEQS
+    else:
+        tokens, seqs = default_batch_limits(gpu)
+    return max_num_batched_tokens or tokens, max_num_seqs or seqs
 
 
 def default_batch_limits(gpu: GPU) -> tuple[int, int]:
@@ -75,6 +115,11 @@ class ServingPlan:
     status: str  # "ok" or what stops vLLM
     message: str  # vLLM's line: the KV cache size, or the error it raises
     assumptions: tuple[str, ...] = field(default=())
+    engine: str = "v1"  # how vLLM profiles (ENGINES)
+    max_num_batched_tokens: int | None = None  # as asked (None: vLLM's default)
+    max_num_seqs: int | None = None
+    limit_mm_per_prompt: int = 1
+    images_profiled: int = 0  # maximal dummy images in the profiling run
 
     @property
     def ok(self) -> bool:
@@ -119,6 +164,8 @@ def plan_serving(
     kv_cache_memory_bytes: int | None = None,
     max_num_batched_tokens: int | None = None,
     max_num_seqs: int | None = None,
+    limit_mm_per_prompt: int = 1,
+    engine: str = "v1",
 ) -> ServingPlan:
     """Predict what vLLM logs (or the error it raises) for ``model`` served on ``gpu``.
 
@@ -127,8 +174,18 @@ def plan_serving(
     (estimated); tokens from whole blocks of 16. With ``gpu=None`` (vLLM's CPU backend) the KV budget is
     ``kv_cache_memory_bytes`` exactly, blocks hold 128 tokens, and the prediction is exact.
     ``kv_cache_memory_bytes`` on a GPU likewise replaces the estimate (vLLM then skips profiling).
+
+    A model is a spec, a Hugging Face id or a table name (:func:`~tinyformer.memory.catalogue.find_model`).
+    A vision-language model (e.g. ``"microsoft/Phi-3.5-vision-instruct"``) adds its vision encoder's weights
+    and, to the profiling peak, the maximal dummy images vLLM runs through it
+    (:func:`~tinyformer.memory.vision.profile_images`). When weights plus that peak exceed the card, vLLM
+    dies with an out-of-memory error during profiling (status ``profile_oom``). ``engine="v0"`` models how
+    vLLM <= 0.6 profiled (the public logs of ``reference/vlm_models.json``): see :data:`ENGINES`.
     """
-    spec = lookup(real_models(), model, "model") if isinstance(model, str) else model
+    spec = find_model(model) if isinstance(model, str) else model
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {sorted(ENGINES)}.")
+    positive(limit_mm_per_prompt=limit_mm_per_prompt)
     card = lookup(gpus(), gpu, "GPU") if isinstance(gpu, str) else gpu
     dtype = dtype_name(dtype)
     tp = tensor_parallel_size
@@ -150,6 +207,7 @@ def plan_serving(
     weights_on_gpu = per_gpu - offloaded
     bytes_per_token = spec.kv_bytes_per_token(kv_dtype, tp)
     assumptions: list[str] = []
+    images = 0
 
     if card is None:
         if kv_cache_memory_bytes is None:
@@ -164,16 +222,23 @@ def plan_serving(
             activations = overhead = 0
             kv_budget = int(kv_cache_memory_bytes)
         else:
-            default_tokens, default_seqs = default_batch_limits(card)
-            activations = serving_activation_bytes(
-                spec, max_num_batched_tokens or default_tokens, max_num_seqs or default_seqs, act_dtype, tp
+            tokens, seqs = batch_limits(card, engine, max_model_len, max_num_batched_tokens, max_num_seqs)
+            activations = math.ceil(
+                serving_activation_bytes(spec, tokens, seqs, act_dtype, tp) * ENGINES[engine].activation_factor
             )
-            overhead = FRAMEWORK_OVERHEAD_TP_BYTES if tp > 1 else FRAMEWORK_OVERHEAD_BYTES
+            if spec.vision is not None:
+                images = profile_images(spec.vision, tokens, seqs, limit_mm_per_prompt)
+                per_image = vision_activation_bytes(
+                    spec.vision, spec.hidden_size, spec.n_kv_heads * spec.head_dim, dtype_bytes(act_dtype)
+                )
+                activations += images * per_image
+            overhead = ENGINES[engine].overhead_tp if tp > 1 else ENGINES[engine].overhead
             kv_budget = usable - weights_on_gpu - activations - overhead
             assumptions = [
-                f"activation peak estimated for {max_num_batched_tokens or default_tokens:,} batched tokens "
-                f"and {max_num_seqs or default_seqs:,} sequences (vLLM measures it at start-up)",
-                f"framework overhead (CUDA context, workspaces, CUDA graphs) assumed {format_bytes(overhead)}",
+                f"activation peak estimated for {tokens:,} batched tokens and {seqs:,} sequences"
+                + (f" with {images:,} maximal dummy images" if spec.vision is not None else "")
+                + " (vLLM measures it at start-up)",
+                f"framework overhead ({ENGINES[engine].overhead_means}) assumed {format_bytes(overhead)}",
             ]
 
     common = dict(
@@ -196,10 +261,19 @@ def plan_serving(
         kv_budget=kv_budget,
         bytes_per_token=bytes_per_token,
         assumptions=tuple(assumptions),
+        engine=engine,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs,
+        limit_mm_per_prompt=limit_mm_per_prompt,
+        images_profiled=images,
     )
     status, message = _vllm_check(
         spec, card, dtype, tp, max_model_len, weights_on_gpu, kv_budget, bytes_per_token, block_size
     )
+    # Checked for vision-language models and the V0 logs (text models on V1 keep the KV-budget refusal they
+    # had: lesson 06's tables label those statuses; a text model at the card's edge would also crash here).
+    if status in ("no_kv_memory", "max_model_len_too_long", "ok") and (spec.vision is not None or engine == "v0"):
+        status, message = _profile_check(card, weights_on_gpu, activations, images) or (status, message)
     if status != "ok":
         return ServingPlan(capacity=None, status=status, message=message, **common)
     capacity = vllm_rules.vllm_kv_capacity(kv_budget, bytes_per_token, block_size, max_model_len)
@@ -251,6 +325,23 @@ def _vllm_check(spec, card, dtype, tp, max_model_len, weights_on_gpu, kv_budget,
     )
 
 
+def _profile_check(card, weights_on_gpu, activations, images):
+    """vLLM's profiling forward pass needs more than the card's whole memory (not just the utilisation share).
+
+    Only the weights and the activation peak count here: the framework overhead's CUDA graphs are captured
+    after profiling, so they shrink the KV budget rather than crash the profiling run.
+    """
+    peak = weights_on_gpu + activations
+    if card is None or peak <= card.memory_bytes:
+        return None
+    dummies = f", {images:,} maximal dummy images included" if images else ""
+    return "profile_oom", (
+        "torch.OutOfMemoryError: CUDA out of memory during vLLM's start-up profiling run: weights "
+        f"{format_bytes(weights_on_gpu)} + activation peak {format_bytes(activations)}{dummies} = "
+        f"{format_bytes(peak)}, the {card.name} has {format_bytes(card.memory_bytes)}."
+    )
+
+
 @dataclass(frozen=True)
 class Fix:
     change: str  # what to change, as a flag
@@ -259,24 +350,50 @@ class Fix:
 
 
 def _plan_with(plan: ServingPlan, **changes) -> ServingPlan:
-    args = dict(
+    return plan_serving(plan.model, plan.gpu, **(_plan_args(plan) | changes))
+
+
+def _plan_args(plan: ServingPlan) -> dict:
+    """The keyword arguments of plan_serving that made ``plan``."""
+    return dict(
         dtype=plan.dtype,
         gpu_memory_utilization=plan.gpu_memory_utilization,
         max_model_len=plan.max_model_len,
         tensor_parallel_size=plan.tensor_parallel_size,
         cpu_offload_gb=plan.cpu_offload_gb,
         kv_cache_dtype="auto" if plan.kv_dtype in ("bf16", "fp16", "fp32") else plan.kv_dtype,
+        max_num_batched_tokens=plan.max_num_batched_tokens,
+        max_num_seqs=plan.max_num_seqs,
+        limit_mm_per_prompt=plan.limit_mm_per_prompt,
+        engine=plan.engine,
     )
-    args.update(changes)
-    return plan_serving(plan.model, plan.gpu, **args)
+
+
+def _largest_working(plan: ServingPlan, setting: str, below: int, floor: int = 1) -> ServingPlan | None:
+    """The plan with the largest value of ``setting`` in [floor, below) that starts, or None.
+
+    A smaller max_model_len or max_num_seqs never needs more memory, so a binary search finds it; and
+    when even ``floor`` fails, the setting cannot help and is not suggested.
+    """
+    best, low, high = None, floor, below - 1
+    while low <= high:
+        mid = (low + high) // 2
+        candidate = _plan_with(plan, **{setting: mid})
+        if candidate.ok:
+            best, low = candidate, mid + 1
+        else:
+            high = mid - 1
+    return best
 
 
 def fixes(plan: ServingPlan) -> list[Fix]:
     """Changes that make a failing GPU configuration start, cheapest first.
 
-    Tried in order: a smaller max_model_len (free, when only the KV cache is short; it never helps when
-    the weights don't fit), a higher gpu_memory_utilization, an fp8 KV cache, quantised weights
-    (fp8, int8, int4), more GPUs (tensor parallelism), and CPU offload (slow).
+    Tried in order: a smaller max_model_len (free, when only the KV cache is short, or when the profiling
+    batch is max_model_len tokens; it never helps when the weights don't fit), fewer sequences at once
+    (a vision-language model's profiling run gives each a maximal image), a higher gpu_memory_utilization,
+    an fp8 KV cache, quantised weights (fp8, int8, int4), more GPUs (tensor parallelism), a larger card, and
+    CPU offload (slow). Each is kept only if the plan after it starts.
     """
     if plan.ok or plan.gpu is None:
         return []
@@ -306,6 +423,17 @@ def fixes(plan: ServingPlan) -> list[Fix]:
             attempt(
                 f"--max-model-len {fits}", f"longer requests (over {fits:,} tokens) are refused", max_model_len=fits
             )
+    if plan.status == "profile_oom" and plan.max_num_batched_tokens is None:
+        shorter = _largest_working(plan, "max_model_len", plan.max_model_len, plan.block_size)
+        if shorter is not None:
+            n = shorter.max_model_len
+            found.append(Fix(f"--max-model-len {n}", f"longer requests (over {n:,} tokens) are refused", shorter))
+    if plan.status == "profile_oom" and plan.model.vision is not None:
+        seqs = plan.max_num_seqs or batch_limits(plan.gpu, plan.engine, plan.max_model_len, None, None)[1]
+        fewer = _largest_working(plan, "max_num_seqs", seqs)
+        if fewer is not None:
+            n = fewer.max_num_seqs
+            found.append(Fix(f"--max-num-seqs {n}", f"at most {n} requests at once (profiling: {n} images)", fewer))
     if plan.gpu_memory_utilization < MAX_GPU_MEMORY_UTILIZATION:
         attempt(
             f"--gpu-memory-utilization {MAX_GPU_MEMORY_UTILIZATION}",
@@ -326,6 +454,12 @@ def fixes(plan: ServingPlan) -> list[Fix]:
                 tensor_parallel_size=tp,
             )
             if len(found) > before:
+                break
+    for card in sorted(gpus().values(), key=lambda g: g.memory_bytes):  # the smallest larger card that works
+        if card.memory_bytes > plan.gpu.memory_bytes and (card.supports_bf16 or plan.dtype != "bf16"):
+            candidate = plan_serving(plan.model, card, **_plan_args(plan))
+            if candidate.ok:
+                found.append(Fix(f"a larger card: {card.name}", "a bigger (dearer) GPU", candidate))
                 break
     # CPU offload: the fewest whole GiB that leave room for the weights' rest, one full request and the null block.
     kv_needed = vllm_rules.kv_cache_bytes_needed(plan.max_model_len, plan.bytes_per_token, plan.block_size)

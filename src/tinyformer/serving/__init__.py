@@ -1,14 +1,17 @@
 """Serving the learner's exported model with a real vLLM server (lessons 07-09).
 
-server.py    VLLMServer: start, wait for health, always stop the whole process group; shared-server mode
-watchdog.py  the process-group leader that stops vLLM if this Python process dies without cleaning up
+server.py    VLLMServer: start, wait for health, always stop the whole process group; shared-server mode;
+             an API key off loopback, a free port that stays ours
+watchdog.py  the process-group leader that stops vLLM if this Python process dies without cleaning up,
+             and stops the engine if vLLM's API process dies
+guard.py     the API key on every route but GET /health (vLLM's own --api-key guards /v1 only)
 budget.py    KVBudget: the capacity vLLM will report, predicted from the model config; up-front refusals
              (vLLM's rules themselves live in tinyformer.vllm_rules)
 vllm_log.py  what vLLM logged: KV capacity, engine steps, and why a start failed, in the lesson's terms
 client.py    completions (openai client), /tokenize, an asyncio load generator capped by a semaphore
 metrics.py   /metrics parsed with prometheus_client, sampled in the background during a load
 prepare.py   the lessons' model, trained if needed and exported for vLLM
-cli.py       `tinyformer serve`
+cli.py       `tinyformer serve` (keys from --api-key-file, never the command line)
 
 Names are imported on first use, so `tinyformer --help` (which imports cli.py) stays instant.
 """

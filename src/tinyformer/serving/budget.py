@@ -54,9 +54,12 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
             f"no config.json in {model_dir}: export the model first with tinyformer.export.export_hf(model, "
             "tokenizer, out_dir) or `tinyformer export`."
         )
-    hf = json.loads(path.read_text())
-    if hf.get("model_type") == "llava" and hf.get("text_config", {}).get("model_type") == "opt":
-        text = hf["text_config"]
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ServingConfigError(f"{path} is not valid JSON ({error}); export the model again.") from None
+    text = hf.get("text_config", {}) if isinstance(hf, dict) and hf.get("model_type") == "llava" else {}
+    if text.get("model_type") == "opt":  # a LLaVA export (lesson 10): its language model holds the KV cache
         return ModelConfig(
             vocab_size=text["vocab_size"],
             n_positions=text["max_position_embeddings"],
@@ -64,10 +67,17 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
             n_layer=text["num_hidden_layers"],
             n_head=text["num_attention_heads"],
         )
-    if hf.get("model_type") != "gpt2":
+    if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
+        kind = hf.get("model_type") if isinstance(hf, dict) else type(hf).__name__
         raise ServingConfigError(
-            f"{path} describes a {hf.get('model_type')!r} model; tinyformer serves GPT-2 exports and LLaVA "
-            "exports with an OPT language model (tinyformer.vision_export.export_llava)."
+            f"{path} describes a {kind!r} model; tinyformer serves GPT-2 exports and LLaVA exports with an OPT "
+            "language model (tinyformer.vision_export.export_llava)."
+        )
+    missing = [f for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if f not in hf]
+    if missing:
+        raise ServingConfigError(
+            f"{path} lacks {missing}: it was not written by export_hf, or was edited. Export the model again "
+            "(`tinyformer export CHECKPOINT --out DIR --overwrite`)."
         )
     return ModelConfig(
         vocab_size=hf["vocab_size"],

@@ -7,12 +7,45 @@ vLLM is imported only when the command runs, so ``tinyformer --help`` stays inst
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import signal
 import sys
 import time
 from pathlib import Path
 
-from tinyformer.cli import Command, positive_int
+from tinyformer.cli import Command, port_number, positive_float, positive_int
+
+KEY_FILE_MODE = 0o600  # a generated key file: readable and writable by its owner only
+
+
+def read_or_create_key(path: Path) -> tuple[str, bool]:
+    """(the API key in ``path``, whether it was just created). A missing file gets a new random key, written
+    with mode 0600 (created exclusively, so an existing file is never overwritten). Keys travel in files and
+    environment variables, never on a command line, where `ps` shows them to every user of the machine."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
+    except FileExistsError:
+        key = path.read_text().strip()
+        if not key or any(c.isspace() for c in key):
+            raise ValueError(
+                f"--api-key-file {path} must hold one key (no spaces or blank lines); delete it to get a new one."
+            ) from None
+        return key, False
+    key = secrets.token_urlsafe(24)
+    with os.fdopen(descriptor, "w") as f:
+        f.write(key + "\n")
+    return key, True
+
+
+def add_key_file_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--api-key-file",
+        type=Path,
+        metavar="FILE",
+        help=f"read {what} from FILE; a FILE that does not exist gets a new random key (mode 0600). "
+        "Needed with a --host other than 127.0.0.1, ::1 or localhost, where the key guards every route but /health",
+    )
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,9 +58,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--kv-cache-tokens", type=positive_int, metavar="T", help="KV-cache size in tokens, rounded up to whole blocks"
     )
     budget.add_argument("--kv-cache-bytes", type=positive_int, metavar="B", help="KV-cache size in bytes per worker")
-    parser.add_argument("--api-key", metavar="KEY", help="require this key on /v1/* (/health and /metrics stay open)")
+    add_key_file_argument(parser, "the API key clients must send")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=positive_int, help="port (default: a free one)")
+    parser.add_argument("--port", type=port_number, help="port (default: a free one)")
     parser.add_argument("--tensor-parallel-size", type=positive_int, default=1, metavar="TP", help="workers")
     parser.add_argument("--block-size", type=positive_int, metavar="N", help="tokens per KV block (CPU: 128)")
     parser.add_argument("--max-num-seqs", type=positive_int, metavar="S", help="most requests in one batch")
@@ -35,18 +68,24 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-check", action="store_true", help="don't refuse bad settings up front; let vLLM report its own error"
     )
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server (default 300)")
+    parser.add_argument(
+        "--timeout", type=positive_float, default=300.0, help="seconds to wait for the server (default 300)"
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from tinyformer.serving.server import VLLMServer
 
+    api_key = None
+    if args.api_key_file is not None:
+        api_key, created = read_or_create_key(args.api_key_file)
+        print(f"API key {'written to' if created else 'read from'} {args.api_key_file}")
     server = VLLMServer(
         args.model_dir,
         max_model_len=args.max_model_len,
         kv_cache_tokens=args.kv_cache_tokens,
         kv_cache_bytes=args.kv_cache_bytes,
-        api_key=args.api_key,
+        api_key=api_key,
         host=args.host,
         port=args.port,
         tensor_parallel_size=args.tensor_parallel_size,
@@ -113,7 +152,7 @@ COMMAND = Command(
     epilog=(
         "examples:\n"
         "  tinyformer serve artifacts/micro-hf --max-model-len 256 --kv-cache-tokens 1280\n"
-        "  tinyformer serve exports/micro --api-key secret --host 0.0.0.0 --port 8000   # a classroom server\n"
+        "  tinyformer serve exports/micro --api-key-file ~/.tinyformer-key --host 0.0.0.0 --port 8000\n"
         "  tinyformer serve exports/micro --tensor-parallel-size 2"
     ),
     add_arguments=add_serve_arguments,

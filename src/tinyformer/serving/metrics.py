@@ -30,9 +30,10 @@ def _base_url(server) -> str:
 
 
 def scrape(server, client: httpx.Client | None = None) -> str:
-    """The raw /metrics text (open even when the server has an API key)."""
+    """The raw /metrics text. vLLM leaves /metrics open on a loopback server with an API key; a server on the
+    network wants the key there too, so a VLLMServer's headers go along."""
     get = client.get if client is not None else httpx.get
-    response = get(f"{_base_url(server)}/metrics", timeout=10.0)
+    response = get(f"{_base_url(server)}/metrics", headers=getattr(server, "headers", {}), timeout=10.0)
     response.raise_for_status()
     return response.text
 
@@ -84,7 +85,7 @@ class MetricsSampler:
     """
 
     def __init__(self, server, interval: float = 0.1, names: tuple[str, ...] = WATCHED):
-        self.url, self.interval, self.names = _base_url(server), interval, names
+        self.server, self.url, self.interval, self.names = server, _base_url(server), interval, names
         self.samples: list[dict[str, float]] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -109,7 +110,7 @@ class MetricsSampler:
 
     def _sample_once(self, client: httpx.Client) -> None:
         try:
-            values = parse_metrics(scrape(self.url, client), self.names)
+            values = parse_metrics(scrape(self.server, client), self.names)
         except httpx.HTTPError as e:  # keep sampling; the lesson shows what it got
             self.errors.append(f"{type(e).__name__}: {e}")
             return

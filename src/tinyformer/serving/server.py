@@ -16,6 +16,7 @@ server instead of starting one, and never stops it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ import time
 import weakref
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import psutil
@@ -52,6 +54,14 @@ WATCHDOG = Path(__file__).with_name("watchdog.py")  # run as a script: the leade
 STARTED_PROCESS_GROUPS: list[int] = []
 
 
+# vLLM's --api-key guards /v1 only; a server on the network gets this ASGI class around its whole app (guard.py).
+GUARD_MIDDLEWARE = "tinyformer.serving.guard.KeyOnEveryRoute"
+KEY_ADVICE = (
+    "pass api_key=... (a long random string, e.g. secrets.token_urlsafe(16)); on the command line, "
+    "--api-key-file FILE reads it from FILE, and a FILE that does not exist yet gets a new random key, "
+    "readable by you only"
+)
+
 # Nothing leaves the learner's machine: switch off vLLM's usage statistics.
 NO_TELEMETRY_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 
@@ -76,6 +86,9 @@ class VLLMServer:
     enforce_eager: skip torch.compile (about 35 s on 2 cores, no faster for a model this small).
     log_iterations: log every engine step (requests and tokens in it); read them with ``iterations()``.
     shared: None uses $TINYFORMER_VLLM_URL when set; False always starts a server; True requires the URL.
+    api_key: required when ``host`` is not loopback (127.0.0.1, ::1, localhost); passed to vLLM in its environment.
+    guard_every_route: the key on every route but GET /health (guard.py), not only on vLLM's /v1. Default: on
+        when the server listens beyond loopback; True also guards a loopback server (a multi-user machine).
     """
 
     def __init__(
@@ -90,6 +103,7 @@ class VLLMServer:
         tensor_parallel_size: int = 1,
         block_size: int | None = None,
         api_key: str | None = None,
+        guard_every_route: bool | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
         dtype: str = "float32",
@@ -131,6 +145,9 @@ class VLLMServer:
         if self.shared and _shared_url() is None:
             raise ServingConfigError(f"shared=True needs ${URL_ENV} (e.g. http://10.0.0.5:8000) naming the server.")
         self.api_key = os.environ.get(API_KEY_ENV) if self.shared else api_key
+        self._guard_every_route = guard_every_route
+        if not self.shared:
+            _check_key_policy(host, self.api_key, guard_every_route)
         self.model = self.model_dir.name  # the name clients pass as model=...
         self.log_path = Path(log_path) if log_path is not None else None
         self.reported: vllm_log.ReportedKV | None = None
@@ -155,6 +172,14 @@ class VLLMServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    @property
+    def guards_every_route(self) -> bool:
+        """A server on the network wants the key on every route but GET /health; on loopback, vLLM's own
+        --api-key rule applies (/v1 only), as lesson 07 shows."""
+        if not self.api_key or self.shared:
+            return False
+        return self._guard_every_route if self._guard_every_route is not None else not is_loopback(self.host)
+
     def command(self) -> list[str]:
         """The command line that starts this server (the API key travels in the environment, not here)."""
         args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir)]
@@ -171,6 +196,8 @@ class VLLMServer:
             args.append("--enforce-eager")
         if self.log_iterations:
             args.append("--enable-logging-iteration-details")
+        if self.guards_every_route:
+            args += ["--middleware", GUARD_MIDDLEWARE]
         return args + list(self.extra_args)
 
     def start(self) -> VLLMServer:
@@ -178,6 +205,8 @@ class VLLMServer:
             return self._connect_shared()
         if self.is_running():
             raise RuntimeError("this server is already running; stop() it first or use a new VLLMServer.")
+        if self.port:
+            check_port_free(self.host, self.port)  # else /health would answer from somebody else's server
         self.port = self.port or free_port(self.host)
         self.url = f"http://{_client_host(self.host)}:{self.port}"
         self.log_path = self.log_path or _new_log_path(self.port)
@@ -254,6 +283,9 @@ class VLLMServer:
         env.update(NO_TELEMETRY_ENV)  # vLLM reports usage statistics unless told not to
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key  # not on the command line, where `ps` would show it
+        if self.guards_every_route:  # vLLM imports the guard middleware from this package
+            package_root = str(Path(__file__).resolve().parents[2])
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         if self.device == "cpu" and self.tensor_parallel_size > 1:
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_binding(self.tensor_parallel_size))
         return env
@@ -283,6 +315,7 @@ class VLLMServer:
                 if self._process.poll() is not None:
                     raise self._startup_error(f"vLLM exited during start-up (exit code {self._process.returncode})")
                 if self._healthy():
+                    self._check_answered_by_us()
                     bar.set_postfix_str("ready")
                     return
                 if time.perf_counter() > deadline:
@@ -295,9 +328,18 @@ class VLLMServer:
 
     def _healthy(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
+            return httpx.get(f"{self.url}/health", headers=self.headers, timeout=2.0).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def _check_answered_by_us(self) -> None:
+        """/health said 200: make sure the socket that answered belongs to the process group we started."""
+        if self.port not in listening_ports(self._process.pid):
+            owners = ", ".join(port_owners(self.port)) or "a process we cannot see"
+            raise VLLMStartupError(
+                f"port {self.port} answers /health, but the server listening there is not the one we started "
+                f"({owners}). Pass another port, or stop that server."
+            )
 
     def _startup_error(self, what: str) -> VLLMStartupError:
         log = self.log_text()
@@ -327,7 +369,12 @@ class VLLMServer:
         models = httpx.get(f"{self.api_url}/models", headers=self.headers, timeout=10.0)
         if models.status_code == 401:
             raise VLLMStartupError(f"the shared server {self.url} refused the API key: set ${API_KEY_ENV}.")
-        served = models.json()["data"][0]
+        served = _served_model(models)
+        if served is None:
+            raise ServingConfigError(
+                f"${URL_ENV}={self.url} answers /health, but it is not a vLLM server: GET /v1/models gave HTTP "
+                f"{models.status_code} without a model list. Check the address and port the instructor gave you."
+            )
         self.model = served["id"]
         info = cache_config(self)
         self.reported = vllm_log.ReportedKV(
@@ -380,10 +427,80 @@ def own_server_allowed(what: str) -> bool:
     return False
 
 
+def _check_key_policy(host: str, api_key: str | None, guard_every_route: bool | None) -> None:
+    """A server that listens beyond loopback has a key, and the key guards every route."""
+    if guard_every_route and not api_key:
+        raise ServingConfigError(f"guard_every_route=True needs an API key to check: {KEY_ADVICE}.")
+    if is_loopback(host):
+        return
+    if not api_key:
+        raise ServingConfigError(
+            f"host={host!r} listens beyond this machine, and with no API key anyone who reaches the port could "
+            f"use the server. Keep host='127.0.0.1', or {KEY_ADVICE}."
+        )
+    if guard_every_route is False:
+        raise ServingConfigError(
+            f"guard_every_route=False with host={host!r}: vLLM's own key check covers /v1 only, and a server on "
+            "the network must not leave /tokenize, /metrics, /invocations and the rest open. Leave it on."
+        )
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    with socket.socket(_family(host)) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to a network address
+        return False
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ServingConfigError, naming the program that holds it, when ``host:port`` cannot be bound."""
+    with socket.socket(_family(host)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
+        try:
+            s.bind((host, port))
+        except OSError as error:
+            owners = ", ".join(port_owners(port)) or "another program"
+            raise ServingConfigError(
+                f"cannot listen on {host}:{port} ({error.strerror}): {owners} uses the port. "
+                "Pass another port (or none: a free one is chosen), or stop the other server."
+            ) from None
+
+
+def listening_ports(pgid: int) -> set[int]:
+    """TCP ports that processes of the group led by ``pgid`` (and their descendants) listen on."""
+    try:
+        leader = psutil.Process(pgid)
+        group = [leader, *leader.children(recursive=True)]
+    except psutil.Error:
+        return set()
+    ports = set()
+    for proc in group:
+        try:
+            ports |= {c.laddr.port for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:
+            continue
+    return ports
+
+
+def port_owners(port: int) -> list[str]:
+    """'pid 1234 (python3)' for each process seen listening on ``port`` (only the user's own are visible)."""
+    owners = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            if any(c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in proc.net_connections(kind="tcp")):
+                owners.append(f"pid {proc.pid} ({proc.info['name']})")
+        except psutil.Error:
+            continue
+    return owners
 
 
 def cpu_binding(workers: int) -> str:
@@ -480,6 +597,10 @@ def _with_blocks(reported: vllm_log.ReportedKV, info: dict[str, str]) -> vllm_lo
     )
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def _device() -> str:
     import torch
 
@@ -487,8 +608,25 @@ def _device() -> str:
 
 
 def _shared_url() -> str | None:
-    url = os.environ.get(URL_ENV, "").strip().rstrip("/")
-    return url.removesuffix("/v1") or None
+    url = os.environ.get(URL_ENV, "").strip().rstrip("/").removesuffix("/v1")
+    if not url:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ServingConfigError(
+            f"${URL_ENV}={url!r} is not a server address: give the scheme, host and port, e.g. "
+            f"export {URL_ENV}=http://{url if '://' not in url else '10.0.0.5:8000'}"
+        )
+    return url
+
+
+def _served_model(response: httpx.Response) -> dict | None:
+    """The first entry of vLLM's /v1/models answer, or None when the answer is not one."""
+    try:
+        served = response.json()["data"][0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return served if isinstance(served, dict) and {"id", "max_model_len"} <= set(served) else None
 
 
 def _client_host(host: str) -> str:

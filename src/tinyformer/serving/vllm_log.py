@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tinyformer import vllm_rules
 from tinyformer.serving.budget import KVBudget
 
 # "CPU KV cache size: 1,280 tokens, Maximum concurrency for 256 tokens per request: 5.00x" (GPU: "GPU KV ...").
@@ -156,8 +157,9 @@ def explain(cause: str | None, budget: KVBudget | None) -> str:
 def _explain_kv_budget(budget: KVBudget | None) -> str:
     if budget is None:
         return "the KV-cache budget is too small for one request of max_model_len tokens."
-    left = max(budget.kv_cache_bytes - budget.bytes_per_block, 0)  # vLLM sets one block aside first
-    need = (budget.blocks_per_request + 1) * budget.bytes_per_block
+    held_back = vllm_rules.NULL_BLOCKS * budget.bytes_per_block  # vLLM sets the null block aside first
+    left = max(budget.kv_cache_bytes - held_back, 0)
+    need = vllm_rules.kv_cache_bytes_needed(budget.max_model_len, budget.bytes_per_token, budget.block_size)
     return (
         f"the KV budget is {budget.kv_cache_bytes:,} bytes ({budget.kv_cache_bytes // budget.bytes_per_token:,} "
         f"tokens x {budget.bytes_per_token:,} B). vLLM first sets one block of {budget.block_size} tokens = "

@@ -8,8 +8,9 @@ It is the leader of the server's process group and starts vLLM as its child. Its
 from the Python process that started it: when that process goes away for any reason (a normal
 exit, an exception, or SIGKILL from a crashed or force-restarted Jupyter kernel, when no Python
 cleanup runs at all), the pipe reaches end-of-file and the watchdog stops the whole group:
-SIGTERM, a grace period, then SIGKILL. When vLLM exits on its own, the watchdog exits with its
-exit code, so the parent sees a start-up failure at once.
+SIGTERM, a grace period, then SIGKILL. When vLLM's API process exits on its own (a start-up error, or
+killed), the watchdog stops what it leaves behind in the group (its engine and worker processes, which
+would otherwise run on as orphans) and exits with its exit code, so the parent sees the failure at once.
 """
 
 import os
@@ -31,6 +32,35 @@ def stop_group(server: subprocess.Popen) -> None:
     os.killpg(0, signal.SIGKILL)  # whatever is left, this watchdog included
 
 
+def others_in_group() -> list[int]:
+    """Live (non-zombie) processes of our group other than this watchdog, read from /proc."""
+    me, group, found = os.getpid(), os.getpgrp(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                state, _ppid, pgrp = f.read().rsplit(")", 1)[1].split()[:3]  # after "pid (comm)"
+        except OSError:  # it exited while we looked
+            continue
+        if int(pgrp) == group and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def stop_orphans() -> None:
+    """vLLM's API process is gone: SIGTERM the rest of the group, wait, SIGKILL the survivors (not us)."""
+    os.killpg(0, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_SECONDS
+    while others_in_group() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in others_in_group():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def main() -> int:
     # A handler, not SIG_IGN: handlers are reset on exec, so vLLM still gets the default SIGTERM behaviour.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
@@ -42,7 +72,9 @@ def main() -> int:
         stop_group(server)
 
     threading.Thread(target=watch_parent, daemon=True).start()
-    return server.wait()
+    code = server.wait()
+    stop_orphans()
+    return code
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from html import escape
 
 import ipywidgets as w
 import matplotlib
@@ -11,7 +12,7 @@ import torch
 from matplotlib.ticker import FixedFormatter
 
 from tinyformer.model import eval_mode
-from tinyformer.widgets.base import LiveFigureWidget, dropdown, number, slider
+from tinyformer.widgets.base import LiveFigureWidget, dropdown, number, on_cpu, slider
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ def attention_weights(model, ids: list[int]) -> np.ndarray:
     """Every layer's attention weights for one sentence: [n_layer, n_head, T, T] (row = query, column = key)."""
     if not ids:
         raise ValueError("the sentence has no tokens; type at least one word.")
-    with eval_mode(model):  # the model checks the length itself: at most n_positions tokens
+    with eval_mode(on_cpu(model)):  # the model checks the length itself: at most n_positions tokens
         _, attentions = model(torch.tensor([ids]), return_attention=True)  # per layer [1, nh, T, T]
     return torch.stack([a[0] for a in attentions]).float().numpy()  # [L, nh, T, T]
 
@@ -84,7 +85,7 @@ class AttentionWeightsViewer(LiveFigureWidget):
         row, words = self.current(), self.words
         seen = ", ".join(f"{words[j]} {row.weights[j]:.2f}" for j in range(row.visible))
         future = float(row.weights[row.visible :].sum())
-        return (f"<b class='tf-error'>{self.error}</b>" if self.error else "") + "".join(
+        return (f"<b class='tf-error'>{escape(self.error)}</b>" if self.error else "") + "".join(
             [
                 number("token that looks", f"{row.query}: {words[row.query]}", "tf-query-token", row.query),
                 number("tokens it may see (itself and earlier)", str(row.visible), "tf-visible", row.visible),

@@ -7,6 +7,7 @@ import base64
 import io
 import time
 from collections.abc import Callable
+from html import escape
 
 import ipywidgets as w
 from matplotlib.figure import Figure
@@ -122,8 +123,20 @@ def dropdown(description: str, css: str, **kwargs) -> w.Dropdown:
 
 
 def number(label: str, value: str, css: str, data: int | float | str) -> str:
-    """One labelled number in the numbers panel; ``data-value`` carries the exact value for tests."""
+    """One labelled number in the numbers panel; ``data-value`` carries the exact value for tests. Text is
+    escaped: tokens such as ``<unk>`` or ``<|endoftext|>`` must show, not vanish as unknown HTML tags."""
+    label, value, data = escape(str(label)), escape(str(value)), escape(str(data))
     return f'<div>{label}: <b class="{css}" data-value="{data}">{value}</b></div>'
+
+
+def on_cpu(model):
+    """The widgets draw from a model on the CPU (their inputs and numpy views live there); say so clearly."""
+    if model.device.type != "cpu":
+        raise ValueError(
+            f"the widgets run the model on the CPU, and this one is on {model.device}. Pass a CPU copy: "
+            "copy.deepcopy(model).cpu() (the tiny lesson models draw instantly on the CPU)."
+        )
+    return model
 
 
 def short_count(x: float) -> str:

@@ -1,4 +1,7 @@
-"""GPU budget calculator: will vLLM start this model on this GPU, with how much KV cache, and if not, why."""
+"""GPU budget calculator: will vLLM start this model on this GPU, with how much KV cache, and if not, why.
+
+Vision-language models (by Hugging Face id) also show their image tokens per image, how many maximal images
+one request and the whole KV cache hold, and how many dummy images vLLM's start-up profiling runs."""
 
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ def tiny_model_spec() -> memory.ModelSpec:
 
 
 def model_choices() -> dict[str, memory.ModelSpec]:
-    return {TINY_MODEL: tiny_model_spec(), **memory.real_models()}
+    """The course's model, the real text models by name, the vision-language models by Hugging Face id."""
+    return {TINY_MODEL: tiny_model_spec(), **memory.real_models(), **memory.vision_models()}
 
 
 class BudgetCalculator(LiveFigureWidget):
@@ -111,6 +115,8 @@ class BudgetCalculator(LiveFigureWidget):
             number("KV per token", f"{plan.bytes_per_token:,} B", "tf-kv-per-token", plan.bytes_per_token),
             f'<pre class="tf-message" data-tokens="{tokens}" style="white-space: pre-wrap">{plan.message}</pre>',
         ]
+        if plan.model.vision is not None:
+            rows.extend(image_rows(plan))
         if fix is not None:
             rows.append(
                 f'<div>cheapest fix: <b class="tf-fix">{fix.change}</b> (cost: {fix.cost}) &rarr; '
@@ -198,6 +204,32 @@ class BudgetCalculator(LiveFigureWidget):
         positive = [c for c in conc if c > 0] or [1.0]
         ax.set_ylim(min(min(positive), 1.0) / 2, max(max(positive), 1.0) * 2)  # keep "one request" in view
         ax.legend(fontsize=7)
+
+
+def image_rows(plan: memory.ServingPlan) -> list[str]:
+    """A vision-language model's images in tokens: per image, per request, in the KV cache, in profiling."""
+    vision = plan.model.vision
+    per_image = memory.image_tokens(vision)
+    kv_tokens = vllm_rules.usable_blocks(plan.capacity.num_blocks) * plan.block_size if plan.ok else 0
+    per_request = memory.images_per_request(vision, plan.max_model_len)
+    in_kv = memory.images_in_kv_cache(vision, kv_tokens)
+    where = "cross-attention tokens" if vision.cross_attention else "tokens"
+    return [
+        number(f"image {where} per image (largest)", f"{per_image:,}", "tf-image-tokens", per_image),
+        number(
+            "images per request (max_model_len)",
+            "not limited by it (one text position each)" if per_request is None else f"{per_request:,}",
+            "tf-images-per-request",
+            "" if per_request is None else per_request,
+        ),
+        number("images in the KV cache at once", f"{in_kv:,}", "tf-images-in-kv", in_kv),
+        number(
+            "dummy images in vLLM's profiling run",
+            f"{plan.images_profiled:,}",
+            "tf-profile-images",
+            plan.images_profiled,
+        ),
+    ]
 
 
 def budget_calculator(**kwargs) -> BudgetCalculator:

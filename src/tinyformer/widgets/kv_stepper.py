@@ -13,7 +13,7 @@ from matplotlib.ticker import FixedFormatter
 from tinyformer import memory
 from tinyformer.kv_cache import KVCache
 from tinyformer.model import eval_mode
-from tinyformer.widgets.base import LiveFigureWidget, dropdown, number, slider
+from tinyformer.widgets.base import LiveFigureWidget, dropdown, number, on_cpu, slider
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def trace_generation(model, prompt_ids: list[int], max_new_tokens: int = 12) -> 
     Step 0 is the prefill (the whole prompt enters the cache); every later step feeds one token, which
     adds one row per layer to the keys and to the values. The same tokens as ``generate(..., use_cache=True)``.
     """
-    config = model.config
+    config = on_cpu(model).config
     if not prompt_ids or len(prompt_ids) + max_new_tokens > config.n_positions + 1:
         raise ValueError(
             f"need a non-empty prompt and prompt + max_new_tokens - 1 <= n_positions={config.n_positions}; "

@@ -12,6 +12,7 @@ KV cache and a reserve for vLLM itself must fit in the memory that is free now, 
 from __future__ import annotations
 
 import secrets
+import shlex
 import socket
 import sys
 import time
@@ -23,7 +24,7 @@ from tinyformer.config import ModelConfig
 from tinyformer.memory.formulas import GiB, format_bytes
 from tinyformer.serving.budget import KVBudget, ServingConfigError, kv_bytes_per_token, model_config_from_dir
 from tinyformer.serving.metrics import WATCHED, read_metrics
-from tinyformer.serving.server import API_KEY_ENV, URL_ENV
+from tinyformer.serving.server import API_KEY_ENV, URL_ENV, check_port_free
 
 NULL_BLOCKS = vllm_rules.NULL_BLOCKS  # vLLM's block pool holds one block back as a placeholder
 # No per-request access log lines (they would record every learner's address) in the server's log;
@@ -57,7 +58,7 @@ class ClassPlan:
     @property
     def kv_cache_tokens(self) -> int:
         """Token slots to ask vLLM for: every learner's request at once, plus vLLM's placeholder block."""
-        return (self.learners * self.blocks_per_learner + NULL_BLOCKS) * self.block_size
+        return (self.learners * self.blocks_per_learner + NULL_BLOCKS) * self.block_size  # whole blocks
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -150,9 +151,9 @@ def format_status(metrics: dict[str, float]) -> str:
 
 def learner_env(url: str, api_key: str | None) -> str:
     """The shell lines learners paste before starting JupyterLab."""
-    lines = [f"export {URL_ENV}={url}"]
+    lines = [f"export {URL_ENV}={shlex.quote(url)}"]
     if api_key:
-        lines.append(f"export {API_KEY_ENV}={api_key}")
+        lines.append(f"export {API_KEY_ENV}={shlex.quote(api_key)}")  # a key from a file may hold $, ; or quotes
     return "\n".join(lines)
 
 
@@ -174,12 +175,13 @@ def run_class_server(args) -> int:
         reserve_bytes=int(args.reserve_gib * GiB),
     )
     plan.check()
+    from tinyformer.serving.cli import read_or_create_key, serve_until_interrupted
+
     host = "0.0.0.0" if args.public else args.host
-    _check_port_free(host, args.port)
-    api_key = args.api_key or secrets.token_urlsafe(16)
+    check_port_free(host, args.port)
+    api_key = read_or_create_key(args.api_key_file)[0] if args.api_key_file else secrets.token_urlsafe(16)
     server = class_server(plan, host=host, port=args.port, api_key=api_key, timeout=args.timeout)
     print(f"class plan: {plan.summary()}")
-    from tinyformer.serving.cli import serve_until_interrupted
 
     def announce(server):
         _announce(server, plan, learner_url(host, args.port), api_key)
@@ -245,8 +247,11 @@ def _announce(server, plan: ClassPlan, url: str, api_key: str) -> None:
     print(f"log: {server.log_path}")
     print("\nLearners: run these two lines in the terminal they start JupyterLab from:\n")
     print(learner_env(url, api_key))
-    where = "this machine only" if server.host.startswith("127.") or server.host == "localhost" else "the network"
-    print(f"\n(listening for {where}; /v1 needs the key, /health and /metrics stay open.) Ctrl-C stops it.\n")
+    if server.guards_every_route:
+        where = "the network; every route but /health needs the key"
+    else:
+        where = "this machine only; /v1 needs the key, /health, /metrics and /tokenize stay open"
+    print(f"\n(listening for {where}.) Ctrl-C stops it.\n")
 
 
 def _weight_bytes(model_dir: Path) -> int:
@@ -268,17 +273,6 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _check_port_free(host: str, port: int) -> None:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError as error:
-            raise ServingConfigError(
-                f"cannot listen on {host}:{port} ({error.strerror}): another server may be using the port. "
-                "Pass another --port, or stop the other server."
-            ) from None
 
 
 def _network_address() -> str:

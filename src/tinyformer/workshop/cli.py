@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tinyformer.cli import Command, positive_int
+from tinyformer.cli import Command, non_negative_float, port_number, positive_float, positive_int
+from tinyformer.serving.cli import add_key_file_argument
 
 
 def add_workshop_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +38,7 @@ def add_workshop_arguments(parser: argparse.ArgumentParser) -> None:
         "  tinyformer workshop serve artifacts/nano-hf --learners 30 --tokens-per-request 64\n"
         "  tinyformer workshop serve artifacts/nano-hf --public --port 8000   # reachable from the room's network",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # no `--api-key KEY` passing for --api-key-file
     )
     serve.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a folder written by `tinyformer export`")
     serve.add_argument("--learners", type=positive_int, default=30, help="learners sending at once (default 30)")
@@ -53,17 +55,21 @@ def add_workshop_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--public", action="store_true", help="listen on every network interface (0.0.0.0) so learners can connect"
     )
-    serve.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
-    serve.add_argument("--api-key", metavar="KEY", help="the key learners must send (default: a new random one)")
+    serve.add_argument("--port", type=port_number, default=8000, help="port (default 8000)")
+    add_key_file_argument(serve, "the key learners must send (default: a new random one)")
     serve.add_argument(
         "--reserve-gib",
-        type=float,
+        type=non_negative_float,
         default=2.0,
         metavar="G",
         help="memory kept free for vLLM itself beyond weights and KV cache (default 2)",
     )
-    serve.add_argument("--status-every", type=float, default=2.0, metavar="S", help="seconds between status updates")
-    serve.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server (default 300)")
+    serve.add_argument(
+        "--status-every", type=positive_float, default=2.0, metavar="S", help="seconds between status updates"
+    )
+    serve.add_argument(
+        "--timeout", type=positive_float, default=300.0, help="seconds to wait for the server (default 300)"
+    )
 
 
 def run_workshop(args: argparse.Namespace) -> int:

@@ -95,19 +95,47 @@ def build_student_notebooks(source_dir: str | Path, out_dir: str | Path) -> list
 
 
 def find_leaks(instructor: nbformat.NotebookNode, student: nbformat.NotebookNode) -> list[str]:
-    """Lines of solution code that the student copy shows (and the instructor's other cells don't)."""
+    """Lines of solution code that the student copy shows (and the instructor's other cells don't).
+
+    What counts as solution is decided here from the instructor's cell alone (``answer_lines``), not from what
+    the stubber chose to keep, so a stubber that keeps too much is caught."""
     shown_anyway = "\n".join(cell.source for cell in instructor.cells if not is_solution(cell))
     student_text = "\n".join(cell.source for cell in student.cells)
-    leaks = []
-    for cell in instructor.cells:
-        if not is_solution(cell):
-            continue
-        kept = set(_student_lines(cell))
-        for line in cell.source.splitlines():
-            code = line.strip()
-            if code and code not in kept and code in student_text and code not in shown_anyway:
-                leaks.append(code)
-    return leaks
+    return [
+        line
+        for cell in instructor.cells
+        if is_solution(cell)
+        for line in answer_lines(cell)
+        if line in student_text and line not in shown_anyway
+    ]
+
+
+def answer_lines(cell) -> list[str]:
+    """The lines of a solution cell that give the answer away (stripped): in code, everything but the prompt
+    comments at the top, the ``def`` lines and their docstrings; in markdown, everything after the question."""
+    lines = cell.source.splitlines()
+    if cell.cell_type == "markdown":
+        answer = lines[len(_leading_prompt_lines(cell.source)) :]
+    else:
+        allowed = set(range(len(_leading_comments(lines))))  # 0-based line numbers the stub may show
+        for node in ast.parse(cell.source).body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.body[0].lineno > node.lineno:
+                allowed |= _signature_and_docstring_lines(node, lines)
+        answer = [line for number, line in enumerate(lines) if number not in allowed]
+    return [line.strip() for line in answer if line.strip()]
+
+
+def _signature_and_docstring_lines(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> set[int]:
+    """0-based numbers of the decorator, ``def`` and docstring lines of ``node`` (not comments before its body)."""
+    first = node.body[0]
+    start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+    end = first.lineno - 1  # 1-based last line before the first statement
+    while end > node.lineno and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
+        end -= 1
+    shown = set(range(start - 1, end))
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        shown |= set(range(first.lineno - 1, first.end_lineno))
+    return shown
 
 
 def checker_calls(notebook: nbformat.NotebookNode) -> list[str]:
