@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinyformer import checks
+from tinyformer import checks, vision
 from tinyformer.engine import block_hash
 
 # -- correct solutions (what a learner would write) ---------------------------------------------------------
@@ -268,6 +268,27 @@ CASES = {
             (lambda slots, per_request, block_size: slots // per_request, "count blocks, not tokens"),
             (lambda *args: concurrency_to_fill(*args, null_block=False), "null block"),
             (lambda slots, per_request, block_size: concurrency_to_fill(slots, per_request, block_size) - 1, "down"),
+        ],
+    ),
+    checks.check_image_token_count: (
+        lambda size, patch, drop: vision.image_tokens(size, patch, drop_cls=drop),
+        [
+            (lambda size, patch, drop: (size // patch) ** 2 + 1, "the CLS vector is removed"),
+            (lambda size, patch, drop: size // patch, "one row of patches"),
+        ],
+    ),
+    checks.check_expand_placeholders: (
+        vision.expand_placeholders,
+        [
+            (lambda ids, image, n: [t for t in ids if t != image] + [image] * n * ids.count(image), "wrong order"),
+            (lambda ids, image, n: [x for t in ids for x in ([t] * (n + 1) if t == image else [t])], "not n more"),
+        ],
+    ),
+    checks.check_image_kv_bytes: (
+        vision.image_kv_bytes,
+        [
+            (lambda n, t, layers, heads, hd, b: n * t * layers * heads * hd * b, "a key AND a value"),
+            (lambda n, t, layers, heads, hd, b: 2 * t * layers * heads * hd * b, "count every image"),
         ],
     ),
     checks.check_left_pad: (

@@ -24,7 +24,7 @@ from tinyformer.workshop.student import (
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-LESSONS = [f"{n:02d}" for n in range(1, 10)] + ["11", "12", "13"]  # lessons with exercises; 00 is the setup check
+LESSONS = [f"{n:02d}" for n in range(1, 14)]  # lessons with exercises; 00 is the setup check
 
 SOLUTION = '''# Exercise: the causal mask.
 # Return a bool tensor [T, T], True where token i may look at token j.

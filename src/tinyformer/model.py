@@ -136,6 +136,7 @@ class Transformer(nn.Module):
         position_ids: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
         return_attention: bool = False,
+        embeds: torch.Tensor | None = None,
     ):
         """Logits [B, T, V] for token ids [B, T].
 
@@ -145,6 +146,8 @@ class Transformer(nn.Module):
         padding_mask: [B, S] True for real tokens over everything attended to (cached + new);
             padded keys are never attended to, so rows of a batch cannot mix.
         return_attention: also return each layer's attention weights [B, nh, T, S].
+        embeds: [B, T, d] token vectors to use instead of the rows of wte for ``ids`` (a vision-language
+            model puts image vectors at its placeholders' positions; lesson 10).
         """
         past = len(cache) if cache is not None else 0
         self._check_ids(ids)
@@ -154,7 +157,11 @@ class Transformer(nn.Module):
             position_ids = torch.arange(past, past + T, device=ids.device).expand(B, T)  # [B, T]
         self._check_positions(position_ids, ids)
 
-        tok = self.transformer.wte(ids)  # [B, T, d], one row of the token table per id
+        tok = self.transformer.wte(ids) if embeds is None else embeds  # [B, T, d], one row of the token table per id
+        if tok.shape != (B, T, self.config.n_embd):
+            raise ValueError(
+                f"embeds must have shape [{B}, {T}, {self.config.n_embd}] (one vector per id), got {list(tok.shape)}."
+            )
         pos = self.transformer.wpe(position_ids)  # [B, T, d], one row of the position table per position
         x = self.transformer.drop(tok + pos)  # [B, T, d]
 

@@ -16,6 +16,7 @@ solution. It returns a :class:`CheckResult`, truthy when every case passed.
 | 07 serving with vLLM | check_auth_header |
 | 08 max_model_len and KV capacity | check_max_tokens_allowed, check_kv_blocks, check_kv_capacity |
 | 09 batching and concurrency | check_left_pad, check_concurrency_to_fill_cache |
+| 10 images are tokens | check_image_token_count, check_expand_placeholders, check_image_kv_bytes |
 | 11 fewer bits | check_int8_round_trip, check_int4_pack, check_kv_bytes_fp8 |
 | 12 embeddings and context budget | check_mean_pool, check_hamilton, check_parents_that_fit |
 | 13 build the engine | check_blocks_needed, check_block_table_lookup, check_preemption_choice, check_block_hashes |
@@ -49,6 +50,7 @@ from tinyformer.checks.serving import (
     check_max_tokens_allowed,
 )
 from tinyformer.checks.training import check_lm_loss, check_sgd_step
+from tinyformer.checks.vision import check_expand_placeholders, check_image_kv_bytes, check_image_token_count
 
 __all__ = [
     "CheckResult",
@@ -65,8 +67,11 @@ __all__ = [
     "check_causal_mask",
     "check_concurrency_to_fill_cache",
     "check_embedding_lookup",
+    "check_expand_placeholders",
     "check_greedy_next_token",
     "check_hamilton",
+    "check_image_kv_bytes",
+    "check_image_token_count",
     "check_input_embedding",
     "check_int4_pack",
     "check_int8_round_trip",

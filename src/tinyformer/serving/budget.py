@@ -44,7 +44,10 @@ def kv_bytes_per_token(config: ModelConfig, dtype: str = "float32", tensor_paral
 
 
 def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
-    """The tinyformer ModelConfig of an exported Hugging Face GPT-2 folder (reads its config.json)."""
+    """The tinyformer ModelConfig of an exported Hugging Face folder (reads its config.json).
+
+    A GPT-2 export (lessons 07-09), or a LLaVA export (lesson 10): then the config of its OPT language model,
+    the part that holds the KV cache and sets the positions."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -55,9 +58,21 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
         hf = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ServingConfigError(f"{path} is not valid JSON ({error}); export the model again.") from None
+    text = hf.get("text_config", {}) if isinstance(hf, dict) and hf.get("model_type") == "llava" else {}
+    if text.get("model_type") == "opt":  # a LLaVA export (lesson 10): its language model holds the KV cache
+        return ModelConfig(
+            vocab_size=text["vocab_size"],
+            n_positions=text["max_position_embeddings"],
+            n_embd=text["hidden_size"],
+            n_layer=text["num_hidden_layers"],
+            n_head=text["num_attention_heads"],
+        )
     if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
         kind = hf.get("model_type") if isinstance(hf, dict) else type(hf).__name__
-        raise ServingConfigError(f"{path} describes a {kind!r} model; tinyformer serves GPT-2 exports.")
+        raise ServingConfigError(
+            f"{path} describes a {kind!r} model; tinyformer serves GPT-2 exports and LLaVA exports with an OPT "
+            "language model (tinyformer.vision_export.export_llava)."
+        )
     missing = [f for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if f not in hf]
     if missing:
         raise ServingConfigError(

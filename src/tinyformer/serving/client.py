@@ -208,3 +208,27 @@ def run_coroutine(make_coroutine):
     if "error" in state:
         raise state["error"]
     return state["result"]
+
+
+def png_data_url(image) -> str:
+    """A picture (uint8 [H, W, 3]) as the base64 PNG data URL the OpenAI vision chat API takes."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def chat_with_images(server, images, text: str, *, max_tokens: int = 8, temperature: float = 0.0):
+    """One user message of ``images`` (uint8 pictures) then ``text`` to /v1/chat/completions; the raw response."""
+    content = [{"type": "image_url", "image_url": {"url": png_data_url(image)}} for image in images]
+    content.append({"type": "text", "text": text})
+    return server.client().chat.completions.create(
+        model=server.model,
+        messages=[{"role": "user", "content": content}],
+        max_tokens=max_tokens,
+        temperature=temperature,
+    )

@@ -1,0 +1,98 @@
+"""Lesson 10's pure parts: token counts, placeholder expansion, the hand-written ViT, the LLaVA export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tinyformer import checks, vision
+from tinyformer.vision_export import export_llava, verify_llava_export
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return vision.vlm_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def vlm(tokenizer):
+    model = vision.build_vlm(tokenizer, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # move every weight off its init (zero biases, unit norms) so the export is tested fully
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    return model.eval()
+
+
+def test_image_token_counts():
+    assert vision.image_tokens(32, 8) == 16
+    assert vision.image_tokens(32, 8, drop_cls=False) == 17
+    assert vision.image_tokens(336, 14) == 576  # LLaVA-1.5
+    assert vision.image_tokens(336, 14, pixel_shuffle=2, crops=5) == 5 * 144
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        vision.image_tokens(30, 8)
+    with pytest.raises(ValueError, match="pixel_shuffle"):
+        vision.image_tokens(32, 8, pixel_shuffle=3)
+
+
+def test_expand_placeholders():
+    assert vision.expand_placeholders([9, 3, 9], 9, 2) == [9, 9, 3, 9, 9]
+    assert vision.expand_placeholders([1, 2], 9, 16) == [1, 2]
+    with pytest.raises(ValueError):
+        vision.expand_placeholders([9], 9, 0)
+
+
+def test_image_kv_bytes_is_the_token_formula():
+    assert vision.image_kv_bytes(2, 16, 2, 2, 32, 4) == 32 * 2 * 2 * 2 * 32 * 4
+
+
+def test_patchify_matches_a_strided_convolution(vlm):
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    weight = vlm.vision.patch_embedding.weight  # [d, 3·p·p]
+    conv = torch.nn.functional.conv2d(pixels, weight.view(-1, 3, 8, 8), stride=8)  # [2, d, 4, 4]
+    ours = vision.patchify(pixels, 8) @ weight.T  # [2, 16, d]
+    torch.testing.assert_close(ours, conv.flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_vision_tower_is_bidirectional_and_the_lm_causal(vlm):
+    pixels = vision.to_pixels(vision.pictures(vision.scenes(1, 0), 0))
+    changed = pixels.clone()
+    changed[..., 24:, 24:] = 1.0  # only the last patch changes
+    before, after = vlm.vision(pixels), vlm.vision(changed)
+    assert (after[0, 1] - before[0, 1]).abs().max() > 1e-4  # the FIRST patch's output moved
+    ids = torch.tensor([[3, 5, 7, 9]])
+    later = torch.tensor([[3, 5, 7, 11]])
+    torch.testing.assert_close(vlm.lm(ids)[:, :3], vlm.lm(later)[:, :3], atol=0, rtol=0)
+
+
+def test_placeholders_must_match_images(vlm, tokenizer):
+    ids = torch.tensor([vision.prompt_ids(tokenizer, 1, 16)])
+    with pytest.raises(ValueError, match="placeholders"):
+        vlm(ids, None)
+    pixels = vision.to_pixels(vision.pictures(vision.scenes(1, 0), 0))
+    assert vlm(ids, pixels).shape == (1, 17, len(tokenizer))
+
+
+def test_dataset_scores_only_the_caption(tokenizer):
+    data = vision.make_dataset(4, 0, tokenizer, vision.VisionConfig())
+    assert data.ids.shape == (4, 16 + 1 + 4 + 1)  # image, "the", colour shape place ".", EOS
+    scored = (data.targets[0] != -100).nonzero().flatten().tolist()
+    assert scored == [16, 17, 18, 19, 20]
+    assert vision.chance()["colour"] == pytest.approx(1 / 3)
+
+
+def test_export_reproduces_the_model_in_transformers(vlm, tokenizer, tmp_path):
+    folder = export_llava(vlm, tokenizer, tmp_path / "vlm")
+    assert verify_llava_export(vlm, tokenizer, folder) < 1e-4
+    from tinyformer.serving import model_config_from_dir
+
+    assert model_config_from_dir(folder) == vlm.lm.config
+
+
+def test_checkers_accept_the_package_and_reject_mistakes():
+    assert checks.check_image_token_count(lambda s, p, drop: vision.image_tokens(s, p, drop_cls=drop), quiet=True)
+    assert not checks.check_image_token_count(lambda s, p, drop: (s // p) ** 2 + 1, quiet=True)
+    assert checks.check_expand_placeholders(vision.expand_placeholders, quiet=True)
+    assert not checks.check_expand_placeholders(lambda ids, i, n: ids + [i] * (n - 1), quiet=True)
+    assert checks.check_image_kv_bytes(vision.image_kv_bytes, quiet=True)
+    assert not checks.check_image_kv_bytes(lambda n, t, layers, h, hd, b: t * layers * h * hd * b, quiet=True)
