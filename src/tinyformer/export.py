@@ -125,19 +125,27 @@ def export_hf(
     """
     _check_inputs(model, tokenizer)
     model.config.check_vllm_head_size()  # refuse now rather than crash vLLM on its first request
+    with atomic_folder(out_dir, overwrite) as tmp:
+        write_hf_folder(model, tokenizer, tmp)
+        if verify:
+            verify_export(model, tokenizer, tmp)
+    return Path(out_dir)
+
+
+@contextmanager
+def atomic_folder(out_dir: str | Path, overwrite: bool):
+    """Yield a temp folder beside ``out_dir`` to write a model folder into; on success it is renamed into place,
+    on any error removed. Every export (GPT-2, LLaVA, AWQ) writes through this, so none leaves half a folder."""
     out_dir = Path(out_dir)
     _check_destination(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        write_hf_folder(model, tokenizer, tmp)
-        if verify:
-            verify_export(model, tokenizer, tmp)
+        yield tmp
         _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir
 
 
 def _check_inputs(model, tokenizer) -> None:

@@ -17,15 +17,13 @@ output widths that are multiples of 32 and activations in bf16 or fp16 (see :dat
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from tinyformer import quantize
-from tinyformer.export import _check_destination, _move_into_place, hf_state_dict, write_hf_folder
+from tinyformer.export import atomic_folder, hf_state_dict, write_hf_folder
 from tinyformer.model import Transformer
 
 SERVED_SCHEMES = ("int4",)  # what vLLM 0.32 runs on CPU from a checkpoint (its CPU kernel is 4-bit only)
@@ -100,19 +98,11 @@ def export_quantised(
     group_size = quantize.default_group_size(model) if group_size is None else group_size
     check_servable(model, scheme, group_size)
     layers = quantize.quantise_model(model, scheme, group_size)
-    out_dir = Path(out_dir)
-    _check_destination(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir, overwrite) as tmp:
         write_hf_folder(model, tokenizer, tmp)
         save_file(awq_state_dict(model, layers), tmp / "model.safetensors", metadata={"format": "pt"})
         config = json.loads((tmp / "config.json").read_text())
         config["quantization_config"] = awq_quantization_config(group_size)
         config["dtype"] = SERVE_DTYPE  # the AWQ kernels take bf16 or fp16 activations, not fp32
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        _move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)

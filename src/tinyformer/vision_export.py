@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +42,8 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from tinyformer.export import (
     VERIFY_ATOL,
     ExportVerificationError,
-    _check_destination,
-    _move_into_place,
     _no_transformers_progress_bars,
+    atomic_folder,
     special_token_ids,
 )
 from tinyformer.model import eval_mode
@@ -211,19 +208,11 @@ def export_llava(
 ) -> Path:
     """Write ``model`` as a Hugging Face LLaVA folder at ``out_dir`` (atomically, verified); return its path."""
     model.lm.config.check_vllm_head_size()  # refuse now rather than crash vLLM on its first request
-    out_dir = Path(out_dir)
-    _check_destination(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir, overwrite) as tmp:
         write_llava_folder(model, tokenizer, tmp)
         if verify:
             verify_llava_export(model, tokenizer, tmp)
-        _move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 def write_llava_folder(model: VisionLanguageModel, tokenizer, folder: Path) -> None:
