@@ -171,13 +171,10 @@ def micro_export(tmp_path_factory):
     return export_hf(Transformer(config).eval(), tokenizer, tmp_path_factory.mktemp("rules") / "micro")
 
 
-@pytest.mark.vllm
-@pytest.mark.slow
-@pytest.mark.parametrize("row", REAL_CAPACITY)
-def test_real_server_logs_the_predicted_capacity_line(row, micro_export):
-    _, kv_bytes, max_model_len, block_size, _, line = next(r for r in CAPACITY if r[0] == row)
-    with VLLMServer(
-        micro_export,
+def micro_server(export, kv_bytes, max_model_len, block_size, **extra) -> VLLMServer:
+    """A real server (not yet started) for one row of the table: micro in fp32 with the row's budget."""
+    return VLLMServer(
+        export,
         max_model_len=max_model_len,
         kv_cache_bytes=kv_bytes,
         block_size=block_size,
@@ -185,7 +182,16 @@ def test_real_server_logs_the_predicted_capacity_line(row, micro_export):
         progress=False,
         shared=False,
         startup_timeout=STARTUP_TIMEOUT,
-    ) as server:
+        **extra,
+    )
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.parametrize("row", REAL_CAPACITY)
+def test_real_server_logs_the_predicted_capacity_line(row, micro_export):
+    _, kv_bytes, max_model_len, block_size, _, line = next(r for r in CAPACITY if r[0] == row)
+    with micro_server(micro_export, kv_bytes, max_model_len, block_size) as server:
         reported = server.reported
     assert reported is not None, f"vLLM did not log its KV cache size; see {server.log_path}"
     assert reported.log_line() == line
@@ -197,17 +203,7 @@ def test_real_server_logs_the_predicted_capacity_line(row, micro_export):
 @pytest.mark.parametrize("row", REAL_REFUSALS)
 def test_real_server_refuses_in_the_predicted_words(row, micro_export):
     _, kv_bytes, max_model_len, block_size, _, says = next(r for r in REFUSALS if r[0] == row)
-    server = VLLMServer(
-        micro_export,
-        max_model_len=max_model_len,
-        kv_cache_bytes=kv_bytes,
-        block_size=block_size,
-        dtype="float32",
-        progress=False,
-        shared=False,
-        startup_timeout=STARTUP_TIMEOUT,
-        check=False,  # let vLLM itself decide
-    )
+    server = micro_server(micro_export, kv_bytes, max_model_len, block_size, check=False)  # vLLM itself decides
     with pytest.raises(VLLMStartupError) as error:
         server.start()
     cause = error.value.root_cause

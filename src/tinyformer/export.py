@@ -198,10 +198,16 @@ def verify_export(model: Transformer, tokenizer, folder: Path, atol: float = VER
     with eval_mode(model):
         expected = model(ids.to(model.device)).float().cpu()  # [2, n_positions, V]
     got = hf_model(ids).logits.float()  # [2, n_positions, V]
+    return check_logits_match(expected, got, atol, "GPT2LMHeadModel")
+
+
+def check_logits_match(expected: torch.Tensor, got: torch.Tensor, atol: float, hf_class: str) -> float:
+    """The largest logit gap between our model and transformers' ``hf_class`` loaded from an export; raise if it
+    exceeds ``atol``. Every export (GPT-2, LLaVA) verifies itself through this."""
     gap = (expected - got).abs().max().item()
     if not gap <= atol:
         raise ExportVerificationError(
-            f"transformers' GPT2LMHeadModel loaded from the export gives logits up to {gap:.2e} away from the "
+            f"transformers' {hf_class} loaded from the export gives logits up to {gap:.2e} away from the "
             f"tinyformer model (tolerance {atol:.0e}); the export does not reproduce the model."
         )
     return gap

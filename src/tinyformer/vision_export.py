@@ -44,6 +44,7 @@ from tinyformer.export import (
     ExportVerificationError,
     _no_transformers_progress_bars,
     atomic_folder,
+    check_logits_match,
     special_token_ids,
 )
 from tinyformer.model import eval_mode
@@ -256,10 +257,4 @@ def verify_llava_export(model: VisionLanguageModel, tokenizer, folder: Path, ato
     with eval_mode(model):
         expected = model(ids, pixels).float()  # [n, T, V]
     got = hf_model.eval()(input_ids=ids, pixel_values=pixels).logits.float()  # [n, T, V]
-    gap = (expected - got).abs().max().item()
-    if not gap <= atol:
-        raise ExportVerificationError(
-            f"transformers' LlavaForConditionalGeneration loaded from the export gives logits up to {gap:.2e} away "
-            f"from the tinyformer model (tolerance {atol:.0e}); the export does not reproduce the model."
-        )
-    return gap
+    return check_logits_match(expected, got, atol, "LlavaForConditionalGeneration")
