@@ -21,7 +21,7 @@ from pathlib import Path
 import nbformat
 
 from tinyformer.paths import artifacts_dir
-from tinyformer.workshop.nbgrader_meta import mark_notebook
+from tinyformer.workshop.nbgrader_meta import BEGIN, END, mark_notebook
 from tinyformer.workshop.student import STUB_BODY, write_notebook_atomically, write_text_atomically
 
 CONFIG_NAME = "nbgrader_config.py"
@@ -116,3 +116,26 @@ def scores(course_dir: str | Path, assignment: str, course_id: str = "tinyformer
             grades = [grade for notebook in submission.notebooks for grade in notebook.grades]
             found[submission.student_id] = {grade.name: grade.score for grade in grades}
     return found
+
+
+def learner_copy(
+    release: nbformat.NotebookNode, instructor: nbformat.NotebookNode, answers: dict[str, list[str] | None]
+) -> nbformat.NotebookNode:
+    """What a learner hands in, for dry runs and tests: the released notebook with the exercise of each
+    function named in ``answers`` filled in by those lines (indented as in the body), or by the instructor's
+    own answer where the value is None. Exercises not named stay the stub nbgrader released."""
+    copy = nbformat.from_dict(release)
+    for cell, source in zip(copy.cells, instructor.cells, strict=True):
+        if not source.metadata.get("nbgrader", {}).get("solution"):
+            continue
+        name = next((n for n in answers if f"def {n}(" in source.source), None)
+        if name is None:
+            continue
+        lines, source_lines = cell.source.splitlines(), source.source.splitlines()
+        answer = answers[name]
+        if answer is None:  # the lines between the instructor's markers
+            begin = next(i for i, line in enumerate(source_lines) if line.strip() == BEGIN)
+            answer = source_lines[begin + 1 : source_lines.index(source_lines[begin].replace(BEGIN, END))]
+        at = next(i for i, line in enumerate(lines) if line.strip() == STUB_BODY)
+        cell.source = "\n".join([*lines[:at], *answer, *lines[at + 1 :]])
+    return copy
