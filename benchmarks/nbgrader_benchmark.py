@@ -8,17 +8,22 @@ instructor runs it (a fresh process each time, its start-up included):
     beside `make student`'s in-process build of the same copies;
   * `nbgrader autograde LESSON --student=NAME` for one submission at a time, for each fast lesson: the
     instructor's notebook (full marks expected) and a copy with one typical wrong answer (partial marks),
-    target <= 60 s each; then `nbgrader generate_feedback` for the lesson.
+    target <= 60 s each; then `nbgrader generate_feedback` for the lesson;
+  * beside them, the same lesson run top to bottom by nbclient without nbgrader (kernel start included):
+    autograde's own overhead is the difference. The load average is printed too: on a shared box the
+    absolute times move with it, the differences much less.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import nbformat
+from nbclient import NotebookClient
 
 from tinyformer.workshop.nbgrader_course import learner_copy, run_nbgrader, scores, write_course
 from tinyformer.workshop.student import timed_build
@@ -52,6 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lessons", nargs="+", default=list(WRONG), choices=list(WRONG))
     args = parser.parse_args()
+    print("load average (1, 5, 15 min) at the start: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         course = Path(tmp) / "course"
@@ -68,6 +74,9 @@ def main() -> None:
             everything = {name: None for c in exercises for name in _functions(c.source)}
             submit(course, lesson, "instructor", instructor)
             submit(course, lesson, "wrong", learner_copy(release, instructor, {**everything, **WRONG[lesson]}))
+            start = time.perf_counter()
+            NotebookClient(instructor, timeout=600, resources={"metadata": {"path": tmp}}).execute()
+            rows.append((f"{lesson} run by nbclient alone (no nbgrader)", "", time.perf_counter() - start, None))
             for student in ("instructor", "wrong"):
                 seconds = timed(course, "autograde", lesson, f"--student={student}")
                 got = scores(course, lesson)[student]
@@ -76,6 +85,7 @@ def main() -> None:
             seconds = timed(course, "generate_feedback", lesson)
             rows.append((f"generate_feedback {lesson}, 2 submissions", "", seconds, None))
     print(_table(rows))
+    print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
 
 
 def _functions(source: str) -> list[str]:

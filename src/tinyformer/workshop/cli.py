@@ -1,4 +1,4 @@
-"""``tinyformer workshop ...``: student copies of the notebooks, and one vLLM server for the room.
+"""``tinyformer workshop ...``: student copies of the notebooks, nbgrader courses, one vLLM server for the room.
 
 Plugged into the ``tinyformer`` command through ``COMMAND`` (add ``"tinyformer.workshop.cli"`` to
 tinyformer.cli.COMMAND_MODULES); ``python -m tinyformer.workshop ...`` runs the same command on its own.
