@@ -162,6 +162,11 @@ def process_kind(command: str) -> str:
         ("watchdog.py", "vLLM watchdog"),
         ("vllm.entrypoints.openai.api_server", "vLLM API server"),
         ("VLLM::EngineCore", "vLLM engine"),
+        ("VLLM::Worker", "vLLM worker"),
+        ("multiprocessing.resource_tracker", "vLLM's resource tracker"),
+        ("jupyter_builder/yarn", "jupyter-lsp's language-server search"),  # node and npm, at a server's start
+        ("npm ", "jupyter-lsp's language-server search"),
+        ("git rev-parse", "vLLM's version probe"),
         ("jupyterhub -f", "hub"),
     ]
     return next((kind for marker, kind in rules if marker in command), f"other: {command[:80]}")
@@ -316,8 +321,11 @@ def learner_runs_lesson_07(hub: Hub, user: str, cells: list[str]) -> dict:
     return {"printed": printed, **json.loads(result.strip().splitlines()[-1])}
 
 
-def rss(process: psutil.Process) -> int:
-    return process.memory_info().rss + sum(child.memory_info().rss for child in process.children(recursive=True))
+def memory(process: psutil.Process) -> tuple[int, int]:
+    """(RSS, USS) in bytes: resident memory, and the part of it no other process shares (what one more learner
+    adds; RSS counts shared libraries again in every process)."""
+    info = process.memory_full_info()
+    return info.rss, info.uss
 
 
 @pytest.fixture(scope="module")
@@ -374,7 +382,10 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
             if process_kind(hub.tree.seen[p][-1]) == "learner's server"
         }
         assert set(servers) == set(LEARNERS)
-        learner_rss = {user: rss(servers[user]) for user in LEARNERS}
+        kernels = {
+            user: next(c for c in servers[user].children() if "ipykernel" in " ".join(c.cmdline())) for user in servers
+        }
+        learner_memory = {user: (memory(servers[user]), memory(kernels[user])) for user in LEARNERS}
 
         # No secret on any command line: the class's key, the admin token, the password.
         for command in (command for commands in hub.tree.seen.values() for command in commands):
@@ -395,8 +406,12 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
     assert kinds.get("vLLM engine", 0) >= 1 and kinds.get("vLLM watchdog") == 1, f"{kinds}"
     assert kinds.get("learner's server") == kinds.get("kernel") == len(LEARNERS), f"{kinds}"
     with capsys.disabled():
-        mib = {user: f"{value / 2**20:.0f} MiB" for user, value in learner_rss.items()}
-        print(f"\nprocesses started under the hub: {kinds}\nRSS of each learner's server + kernel: {mib}")
+        print(f"\nprocesses started under the hub: {kinds}")
+        for user, ((server_rss, server_uss), (kernel_rss, kernel_uss)) in learner_memory.items():
+            print(
+                f"{user}: Jupyter server RSS {server_rss / 2**20:.0f} MiB (USS {server_uss / 2**20:.0f}), kernel after "
+                f"lesson 07 RSS {kernel_rss / 2**20:.0f} MiB (USS {kernel_uss / 2**20:.0f})"
+            )
 
 
 @pytest.mark.hub
