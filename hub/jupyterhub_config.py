@@ -6,7 +6,8 @@
 - The class's vLLM server is a service of the hub: started with it, restarted if it dies, stopped with it.
   It listens on 127.0.0.1 only and asks for the key on every route but GET /health.
 - Every learner's server starts with TINYFORMER_VLLM_URL and TINYFORMER_VLLM_API_KEY set, so lessons 07-13
-  use the class's server with nobody typing a key, and TINYFORMER_ARTIFACTS naming the class's trained model.
+  use the class's server with nobody typing a key, and TINYFORMER_ARTIFACTS naming ~/artifacts, a folder of their
+  own that starts with a copy of the class's trained model (the one the server serves).
 
 Edit the settings below, or set the environment variables they read. Authentication and spawning are left
 to JupyterHub's defaults (PAM: each learner is a user of this machine; LocalProcessSpawner: each learner's
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 from tinyformer.serving.cli import read_or_create_key
-from tinyformer.workshop.hub import class_server_service, learner_environment, proxy_command
+from tinyformer.workshop.hub import class_server_service, learner_environment, proxy_command, seed_before_spawn
 
 c = get_config()  # noqa: F821 (JupyterHub defines it when it loads this file)
 
@@ -49,9 +50,9 @@ c.JupyterHub.services = [
 # jupyterhub-singleuser from the hub's own environment: the suite, JupyterLab and the same package versions.
 c.Spawner.cmd = [str(Path(sys.executable).with_name("jupyterhub-singleuser"))]
 c.Spawner.default_url = "/lab"
-c.Spawner.environment = learner_environment(
-    vllm_port=VLLM_PORT, api_key=read_or_create_key(KEY_FILE)[0], artifacts=ARTIFACTS
-)
+c.Spawner.environment = learner_environment(vllm_port=VLLM_PORT, api_key=read_or_create_key(KEY_FILE)[0])
+# ~/artifacts of their own (lesson 04 saves there), starting from the class's trained model: the one vLLM serves.
+c.Spawner.pre_spawn_hook = seed_before_spawn(ARTIFACTS)
 
 # ----- who may log in (see docs/workshop.md for NativeAuthenticator, OAuth and TLJH) ----------------
 # c.Authenticator.admin_users = {"instructor"}

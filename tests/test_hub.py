@@ -40,13 +40,19 @@ from tinyformer.paths import artifacts_dir
 from tinyformer.serving.metrics import parse_metrics, scrape
 from tinyformer.serving.prepare import lesson_export
 from tinyformer.serving.server import API_KEY_ENV, URL_ENV, free_port
-from tinyformer.workshop.hub import class_server_service, learner_environment, proxy_command
+from tinyformer.workshop.hub import (
+    class_server_service,
+    learner_environment,
+    proxy_command,
+    seed_before_spawn,
+    seed_learner_artifacts,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 HUB_DIR = REPO / "hub"
 LEARNERS = ("ada", "alan", "grace")
 COUNTERS = ("vllm:request_success_total", "vllm:prompt_tokens_total", "vllm:generation_tokens_total")
-WAIT_SECONDS = 240  # a guard against hangs on a busy box, not a speed target
+WAIT_SECONDS = 420  # a guard against hangs (vLLM took 215 s to start on a 2-core box at load 6), not a target
 
 # Loaded on top of the shipped config: what a test needs, nothing a class would use.
 TEST_CONFIG = """
@@ -60,6 +66,7 @@ if os.geteuid() == 0:  # CI containers run as root, which Jupyter Server refuses
     c.Spawner.args = ["--allow-root"]
 c.SimpleLocalProcessSpawner.home_dir_template = {homes!r} + "/{{username}}"
 c.Spawner.http_timeout = c.Spawner.start_timeout = {wait}  # three servers and vLLM start at once on 2 cores
+c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}  # a spawn request answers at once: all spawn together
 c.JupyterHub.hub_port = {hub_port}
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
 c.JupyterHub.services.append({{"name": "test-admin", "api_token": os.environ["HUB_TEST_TOKEN"]}})
@@ -85,11 +92,50 @@ def test_the_service_keeps_the_key_off_its_command_line_and_guards_loopback():
     assert "url" not in service  # not routed through the hub's proxy: unreachable from outside the machine
 
 
-def test_learners_get_the_server_the_key_and_the_class_model():
-    env = learner_environment(vllm_port=8100, api_key="k3y", artifacts="/class/artifacts")
-    assert env == {URL_ENV: "http://127.0.0.1:8100", API_KEY_ENV: "k3y", "TINYFORMER_ARTIFACTS": "/class/artifacts"}
+def test_learners_get_the_server_and_the_key():
+    env = learner_environment(vllm_port=8100, api_key="k3y")
+    assert env == {URL_ENV: "http://127.0.0.1:8100", API_KEY_ENV: "k3y"}
     with pytest.raises(ValueError, match="one non-empty word"):
-        learner_environment(vllm_port=8100, api_key="", artifacts="/a")
+        learner_environment(vllm_port=8100, api_key="")
+
+
+def test_each_learner_starts_from_a_copy_of_the_class_model(tmp_path):
+    """Copied with their times (the export stays newer than the checkpoint); a learner's own files are kept."""
+    school = tmp_path / "class"
+    (school / "nano-hf").mkdir(parents=True)
+    (school / "nano.pt").write_bytes(b"weights")
+    (school / "nano-hf" / "config.json").write_text("{}")
+    os.utime(school / "nano.pt", (1_000, 1_000))
+    learner = tmp_path / "ada" / "artifacts"
+
+    copied = seed_learner_artifacts(school, learner)
+    assert copied == [learner / "nano.pt", learner / "nano-hf"]
+    assert (learner / "nano.pt").read_bytes() == b"weights" and (learner / "nano-hf" / "config.json").is_file()
+    assert (learner / "nano.pt").stat().st_mtime == 1_000 < (learner / "nano-hf" / "config.json").stat().st_mtime
+
+    (learner / "nano.pt").write_bytes(b"trained by ada in lesson 04")
+    assert seed_learner_artifacts(school, learner) == []  # nothing is overwritten
+    assert (learner / "nano.pt").read_bytes() == b"trained by ada in lesson 04"
+
+    (school / "nano.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing: nano.pt\)\. Train .*tinyformer train --preset nano"):
+        seed_learner_artifacts(school, tmp_path / "alan")
+
+
+def test_the_hook_points_each_learner_at_their_own_folder(tmp_path):
+    school = tmp_path / "class"
+    (school / "nano-hf").mkdir(parents=True)
+    (school / "nano.pt").write_bytes(b"weights")
+    spawner = SimpleNamespace(home_dir=str(tmp_path / "ada"), environment={URL_ENV: "http://127.0.0.1:8100"})
+    seed_before_spawn(school)(spawner)
+    assert spawner.environment == {
+        URL_ENV: "http://127.0.0.1:8100",
+        "TINYFORMER_ARTIFACTS": str(tmp_path / "ada" / "artifacts"),
+    }
+    assert (tmp_path / "ada" / "artifacts" / "nano.pt").is_file()
+    nobody = SimpleNamespace(user=SimpleNamespace(name="no-such-learner-here"), environment={})
+    with pytest.raises(ValueError, match="no user of this machine"):
+        seed_before_spawn(school)(nobody)
 
 
 def test_a_missing_proxy_says_how_to_install_it(tmp_path):
@@ -147,10 +193,16 @@ class ProcessTree:
 
     def kinds(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for commands in self.seen.values():
-            kind = process_kind(commands[-1])
+        for process in self.seen:
+            kind = self.kind(process)
             counts[kind] = counts.get(kind, 0) + 1
         return counts
+
+    def kind(self, process: psutil.Process) -> str:
+        """What ``process`` was, from the first of its command lines that says (vLLM renames its processes; a
+        process on its way out shows only a truncated name)."""
+        kinds = [process_kind(command) for command in self.seen[process]]
+        return next((kind for kind in kinds if not kind.startswith("other")), kinds[0])
 
 
 def process_kind(command: str) -> str:
@@ -161,7 +213,7 @@ def process_kind(command: str) -> str:
         ("tinyformer.workshop serve", "class server command"),
         ("watchdog.py", "vLLM watchdog"),
         ("vllm.entrypoints.openai.api_server", "vLLM API server"),
-        ("VLLM::EngineCore", "vLLM engine"),
+        ("VLLM::EngineCor", "vLLM engine"),  # the kernel's 15-character process name once it exits
         ("VLLM::Worker", "vLLM worker"),
         ("multiprocessing.resource_tracker", "vLLM's resource tracker"),
         ("jupyter_builder/yarn", "jupyter-lsp's language-server search"),  # node and npm, at a server's start
@@ -314,7 +366,8 @@ def learner_runs_lesson_07(hub: Hub, user: str, cells: list[str]) -> dict:
         printed = "".join(kernel.run(cell) for cell in cells)
         result = kernel.run(  # what the lesson's cells left in the kernel
             'import json; print(json.dumps({"prompt": prompt, "max_tokens": body["max_tokens"], '
-            '"token_ids": choice["token_ids"], "url": server.url, "shared": server.shared}))'
+            '"token_ids": choice["token_ids"], "url": server.url, "shared": server.shared, '
+            '"artifacts": str(export_dir.parent)}))'
         )
     finally:
         kernel.close()
@@ -339,18 +392,22 @@ def model_dir():
 @pytest.mark.slow
 def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_dir, tmp_path, capsys):
     cells = lesson_cells("07", up_to='choice["token_ids"] == ours')
+    started, phases = time.monotonic(), {}  # seconds from the start to the end of each phase, printed at the end
     hub = Hub(tmp_path, model_dir)
     try:
         hub.wait_for("the hub's API", lambda: hub.api.get("/hub/api/").status_code == 200)
+        phases["hub up"] = time.monotonic() - started
         for user in LEARNERS:  # the hub spawns them at once, while its vLLM service starts
             hub.spawn(user)
         for user in LEARNERS:
             hub.wait_for(f"{user}'s server", lambda user=user: hub.server_ready(user))
+        phases["learners' servers ready"] = time.monotonic() - started
 
         key = hub.key_file.read_text().strip()
         assert stat.S_IMODE(hub.key_file.stat().st_mode) == 0o600
         vllm = SimpleNamespace(url=f"http://127.0.0.1:{hub.vllm_port}", headers={"Authorization": f"Bearer {key}"})
         hub.wait_for("the vLLM service's /health", lambda: httpx.get(f"{vllm.url}/health").status_code == 200)
+        phases["vLLM healthy"] = time.monotonic() - started
         assert httpx.get(f"{vllm.url}/metrics").status_code == 401  # guarded on loopback too: a shared machine
         before = parse_metrics(scrape(vllm), COUNTERS)
 
@@ -358,6 +415,7 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
             runs = pool.map(lambda user: learner_runs_lesson_07(hub, user, cells), LEARNERS)
             results = dict(zip(LEARNERS, runs, strict=True))
         after = parse_metrics(scrape(vllm), COUNTERS)
+        phases["lesson cells run"] = time.monotonic() - started
 
         # Every learner talked to the class's server and got the instructor's greedy tokens.
         model, tokenizer, _ = lesson_export("nano", progress=False)  # the instructor's copy of the class model
@@ -367,6 +425,7 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
         for user, result in results.items():
             assert result["shared"] and result["url"] == vllm.url, f"{user}'s lesson did not use the class's server"
             assert result["token_ids"] == instructor, f"{user} got other greedy tokens"
+            assert result["artifacts"] == str(tmp_path / "homes" / user / "artifacts"), "not the learner's own folder"
         # The server saw them: one completion per learner (the other cells use /v1/models, /tokenize, /metrics).
         assert after["vllm:request_success_total"] - before["vllm:request_success_total"] == len(LEARNERS)
         assert after["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"] == len(LEARNERS) * len(prompt_ids)
@@ -377,9 +436,7 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
         # What one learner costs the machine: their Jupyter server and kernel, as they are now.
         hub.tree.sample()
         servers = {
-            p.environ().get("JUPYTERHUB_USER"): p
-            for p in hub.tree.alive()
-            if process_kind(hub.tree.seen[p][-1]) == "learner's server"
+            p.environ().get("JUPYTERHUB_USER"): p for p in hub.tree.alive() if hub.tree.kind(p) == "learner's server"
         }
         assert set(servers) == set(LEARNERS)
         kernels = {
@@ -396,6 +453,7 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
         raise
 
     code = hub.stop()
+    phases["hub stopped"] = time.monotonic() - started
     gone, alive = psutil.wait_procs(list(hub.tree.seen), timeout=60)
     hub.kill_leftovers()
     kinds = hub.tree.kinds()
@@ -407,6 +465,8 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
     assert kinds.get("learner's server") == kinds.get("kernel") == len(LEARNERS), f"{kinds}"
     with capsys.disabled():
         print(f"\nprocesses started under the hub: {kinds}")
+        print("seconds from the start: " + ", ".join(f"{phase} {seconds:.0f}" for phase, seconds in phases.items()))
+        print(f"each learner's completion: {len(prompt_ids)} prompt tokens, {len(instructor)} generated")
         for user, ((server_rss, server_uss), (kernel_rss, kernel_uss)) in learner_memory.items():
             print(
                 f"{user}: Jupyter server RSS {server_rss / 2**20:.0f} MiB (USS {server_uss / 2**20:.0f}), kernel after "

@@ -1,13 +1,17 @@
 """The pieces of a one-machine JupyterHub for a class that are ours (``hub/jupyterhub_config.py`` uses them):
 the class's vLLM server as a service the hub starts and stops, and what every learner's environment holds.
 
-Everything else (authentication, spawning, the proxy) is JupyterHub's own configuration, set in that file.
+Everything else (authentication, spawning, the proxy) is JupyterHub's own configuration, set in that file. Each
+learner works in an artifacts folder of their own, seeded with the class's trained model before their server starts.
 The API key is read from its 0600 file by the hub, handed to learners' servers in their environment and to
 vLLM through ``--api-key-file``: it never appears on a command line, where `ps` shows it to every user.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
 import sys
 from pathlib import Path
 
@@ -42,19 +46,67 @@ def class_server_service(
     return {"name": SERVICE_NAME, "command": command, "environment": {"PYTHONUNBUFFERED": "1"}}
 
 
-def learner_environment(*, vllm_port: int, api_key: str, artifacts: str | Path) -> dict[str, str]:
-    """``c.Spawner.environment``: what every learner's Jupyter server (and so every kernel) starts with.
-
-    The two variables make the serving lessons connect to the class's server (tinyformer.serving.VLLMServer);
-    TINYFORMER_ARTIFACTS points at the class's trained model, so every learner's own model is the one served
-    (lesson 07 checks the server's greedy tokens against it)."""
+def learner_environment(*, vllm_port: int, api_key: str) -> dict[str, str]:
+    """``c.Spawner.environment``: what every learner's Jupyter server (and so every kernel) starts with. The two
+    variables make the serving lessons connect to the class's server (tinyformer.serving.VLLMServer)."""
     if not api_key or any(c.isspace() for c in api_key):
         raise ValueError("the class's API key must be one non-empty word; delete the key file to get a new one.")
-    return {
-        URL_ENV: f"http://127.0.0.1:{vllm_port}",
-        API_KEY_ENV: api_key,
-        "TINYFORMER_ARTIFACTS": str(artifacts),
-    }
+    return {URL_ENV: f"http://127.0.0.1:{vllm_port}", API_KEY_ENV: api_key}
+
+
+def seed_learner_artifacts(class_artifacts: str | Path, learner_artifacts: str | Path, preset: str = "nano"):
+    """Copy the class's trained checkpoint and its export into a learner's own artifacts folder, where missing.
+
+    Each learner writes to a folder of their own (lesson 04 saves its checkpoint, later lessons their exports),
+    starting from the very weights the class's server serves, so lesson 07's greedy comparison holds and nobody
+    trains before the serving lessons. Copies keep their times: the export stays newer than the checkpoint, so
+    lesson_export uses it as it is. Returns the paths copied."""
+    source, target = Path(class_artifacts), Path(learner_artifacts)
+    missing = [name for name in (f"{preset}.pt", f"{preset}-hf") if not (source / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"the class's trained model is not in {source} (missing: {', '.join(missing)}). Train and export it the "
+            f"day before (`tinyformer train --preset {preset}`, then `tinyformer export`), see docs/workshop.md."
+        )
+    target.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in (f"{preset}.pt", f"{preset}-hf"):
+        if not (target / name).exists():
+            copy = shutil.copytree if (source / name).is_dir() else shutil.copy2
+            copied.append(Path(copy(source / name, target / name)))
+    return copied
+
+
+def learner_home(spawner) -> tuple[Path, tuple[int, int] | None]:
+    """(the learner's home folder, the (uid, gid) that must own what we write there, or None when the learner's
+    server runs as the hub's own user, as with SimpleLocalProcessSpawner)."""
+    home = getattr(spawner, "home_dir", None)  # SimpleLocalProcessSpawner: every learner is the hub's user
+    if home:
+        return Path(home), None
+    try:
+        entry = pwd.getpwnam(spawner.user.name)  # LocalProcessSpawner: each learner is a user of this machine
+    except KeyError:
+        raise ValueError(
+            f"learner {spawner.user.name!r} is no user of this machine: create it (`adduser`), or use an "
+            "authenticator that does (docs/workshop.md, 'Who may log in')."
+        ) from None
+    return Path(entry.pw_dir), (entry.pw_uid, entry.pw_gid)
+
+
+def seed_before_spawn(class_artifacts: str | Path, preset: str = "nano"):
+    """``c.Spawner.pre_spawn_hook``: give the learner ``~/artifacts`` seeded with the class's model, and point
+    their TINYFORMER_ARTIFACTS at it."""
+
+    def hook(spawner) -> None:
+        home, owner = learner_home(spawner)
+        folder = home / "artifacts"
+        for path in seed_learner_artifacts(class_artifacts, folder, preset):
+            if owner:  # the hub runs as root; the learner must be able to replace these files
+                for item in [folder, path, *(path.rglob("*") if path.is_dir() else [])]:
+                    os.chown(item, *owner)
+        spawner.environment = {**spawner.environment, "TINYFORMER_ARTIFACTS": str(folder)}
+
+    return hook
 
 
 def proxy_command(hub_dir: str | Path) -> list[str]:
