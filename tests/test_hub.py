@@ -443,6 +443,8 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
             user: next(c for c in servers[user].children() if "ipykernel" in " ".join(c.cmdline())) for user in servers
         }
         learner_memory = {user: (memory(servers[user]), memory(kernels[user])) for user in LEARNERS}
+        vllm_kinds = ("vLLM API server", "vLLM engine", "vLLM worker")
+        vllm_rss = sum(memory(p)[0] for p in hub.tree.alive() if hub.tree.kind(p) in vllm_kinds)
 
         # No secret on any command line: the class's key, the admin token, the password.
         for command in (command for commands in hub.tree.seen.values() for command in commands):
@@ -467,6 +469,7 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
         print(f"\nprocesses started under the hub: {kinds}")
         print("seconds from the start: " + ", ".join(f"{phase} {seconds:.0f}" for phase, seconds in phases.items()))
         print(f"each learner's completion: {len(prompt_ids)} prompt tokens, {len(instructor)} generated")
+        print(f"the class's vLLM server (API server, engine, worker): RSS {vllm_rss / 2**20:.0f} MiB")
         for user, ((server_rss, server_uss), (kernel_rss, kernel_uss)) in learner_memory.items():
             print(
                 f"{user}: Jupyter server RSS {server_rss / 2**20:.0f} MiB (USS {server_uss / 2**20:.0f}), kernel after "
