@@ -12,6 +12,7 @@ BIN := $(VENV)/bin
 # Override with e.g. `make test EXTRA=cpu`.
 EXTRA ?= $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(EXTRA)
+HUB_STAMP := hub/node_modules/.installed
 # One source for the torch pin: pyproject.toml.
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 $(if $(TORCH_VERSION),,$(error could not read the "torch==..." pin from pyproject.toml))
@@ -61,7 +62,6 @@ endif
 
 # JupyterHub's proxy (configurable-http-proxy), for a class on one machine (hub/jupyterhub_config.py): the
 # versions hub/package-lock.json pins, installed into hub/node_modules. Without Node.js only the hub test skips.
-HUB_STAMP := hub/node_modules/.installed
 $(HUB_STAMP): hub/package.json hub/package-lock.json
 	@ci="$${CI:-}"; \
 	if ! command -v npm >/dev/null; then \
