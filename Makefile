@@ -12,6 +12,7 @@ BIN := $(VENV)/bin
 # Override with e.g. `make test EXTRA=cpu`.
 EXTRA ?= $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(EXTRA)
+HUB_STAMP := hub/node_modules/.installed
 # One source for the torch pin: pyproject.toml.
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 $(if $(TORCH_VERSION),,$(error could not read the "torch==..." pin from pyproject.toml))
@@ -29,7 +30,7 @@ help:
 	@echo "make test   - create/update .venv, install, run ruff, the unit tests and every notebook"
 	@echo "(vLLM flavour on this machine: $(EXTRA); install stamp: $(STAMP))"
 
-install: $(STAMP)
+install: $(STAMP) $(HUB_STAMP)
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
@@ -58,6 +59,25 @@ endif
 		exit 1; }
 	touch $@
 	@echo "== install OK =="
+
+# JupyterHub's proxy (configurable-http-proxy), for a class on one machine (hub/jupyterhub_config.py): the
+# versions hub/package-lock.json pins, installed into hub/node_modules. Without Node.js only the hub test skips.
+$(HUB_STAMP): hub/package.json hub/package-lock.json
+	@ci="$${CI:-}"; \
+	if ! command -v npm >/dev/null; then \
+		if [[ "$${ci,,}" == true || "$$ci" == 1 ]]; then \
+			echo "== CI: installing Debian's nodejs and npm for JupyterHub's proxy =="; \
+			$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm; \
+		else \
+			echo "NOTE: npm not found, so JupyterHub's proxy is not installed and the hub test will be SKIPPED."; \
+			echo "      Install Node.js 20+ (with npm) and run make install again to host a class (docs/workshop.md)."; \
+			exit 0; \
+		fi; \
+	fi; \
+	echo "== installing JupyterHub's proxy into hub/node_modules =="; \
+	npm ci --prefix hub --no-audit --no-fund; \
+	hub/node_modules/.bin/configurable-http-proxy --version; \
+	touch $@
 
 lab: install
 	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(LAB_ARGS)
@@ -95,4 +115,4 @@ browser-deps:
 	fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache test-results
+	rm -rf $(VENV) hub/node_modules .pytest_cache .ruff_cache test-results

@@ -3,8 +3,10 @@
 - ``vllm`` tests are never skipped: `make` installs vLLM, so a failed import is an error everywhere.
 - ``browser`` tests need the system Chromium and the ``playwright`` package. Outside CI they are
   skipped with a plain reason when either is missing; in CI (``CI=true``) that is an error.
+- ``hub`` tests need JupyterHub's proxy, which `make install` puts in hub/node_modules (``npm ci``, Node.js 20+).
+  Outside CI they are skipped with a plain reason when it is missing; in CI that is an error.
 - ``gpu`` tests are skipped with a plain reason when no CUDA device is visible.
-- In CI, a skip of a ``vllm``/``browser`` test or a skip caused by a failed import (``importorskip``)
+- In CI, a skip of a ``vllm``/``browser``/``hub`` test or a skip caused by a failed import (``importorskip``)
   is turned into a failure: nothing CI installs may be skipped silently.
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 CHROMIUM_DEFAULT = "/usr/bin/chromium"
-NEVER_SKIPPED_IN_CI = ("vllm", "browser")
+NEVER_SKIPPED_IN_CI = ("vllm", "browser", "hub")
 
 
 def in_ci() -> bool:
@@ -68,6 +70,15 @@ def browser_problem() -> str | None:
     return None
 
 
+def hub_problem() -> str | None:
+    from tinyformer.workshop.hub import PROXY_BIN
+
+    proxy = Path(__file__).resolve().parents[1] / "hub" / PROXY_BIN
+    if not proxy.is_file():
+        return f"JupyterHub's proxy {proxy} is missing: `make install` installs it with npm (needs Node.js 20+)."
+    return None
+
+
 @pytest.fixture(autouse=True)
 def _prerequisites(request: pytest.FixtureRequest) -> None:
     """Check each marked test's prerequisites before it runs."""
@@ -81,6 +92,12 @@ def _prerequisites(request: pytest.FixtureRequest) -> None:
             pytest.fail(f"CI=true and the browser tests cannot run: {problem}", pytrace=False)
         if problem:
             pytest.skip(f"browser test skipped: {problem}")
+    if request.node.get_closest_marker("hub"):
+        problem = hub_problem()
+        if problem and in_ci():
+            pytest.fail(f"CI=true and the hub tests cannot run: {problem}", pytrace=False)
+        if problem:
+            pytest.skip(f"hub test skipped: {problem}")
     if request.node.get_closest_marker("gpu"):
         import torch
 

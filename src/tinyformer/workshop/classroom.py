@@ -24,7 +24,7 @@ from tinyformer.config import ModelConfig
 from tinyformer.memory.formulas import GiB, format_bytes
 from tinyformer.serving.budget import KVBudget, ServingConfigError, kv_bytes_per_token, model_config_from_dir
 from tinyformer.serving.metrics import WATCHED, read_metrics
-from tinyformer.serving.server import API_KEY_ENV, URL_ENV, check_port_free
+from tinyformer.serving.server import API_KEY_ENV, URL_ENV, check_port_free, is_loopback
 
 NULL_BLOCKS = vllm_rules.NULL_BLOCKS  # vLLM's block pool holds one block back as a placeholder
 # No per-request access log lines (they would record every learner's address) in the server's log;
@@ -180,7 +180,9 @@ def run_class_server(args) -> int:
     host = "0.0.0.0" if args.public else args.host
     check_port_free(host, args.port)
     api_key = read_or_create_key(args.api_key_file)[0] if args.api_key_file else secrets.token_urlsafe(16)
-    server = class_server(plan, host=host, port=args.port, api_key=api_key, timeout=args.timeout)
+    server = class_server(
+        plan, host=host, port=args.port, api_key=api_key, timeout=args.timeout, guard_every_route=args.guard_every_route
+    )
     print(f"class plan: {plan.summary()}")
 
     def announce(server):
@@ -194,9 +196,17 @@ def run_class_server(args) -> int:
 
 
 def class_server(
-    plan: ClassPlan, *, host: str, port: int | None, api_key: str | None, timeout: float = 300.0, progress: bool = True
+    plan: ClassPlan,
+    *,
+    host: str,
+    port: int | None,
+    api_key: str | None,
+    timeout: float = 300.0,
+    progress: bool = True,
+    guard_every_route: bool = False,
 ):
-    """A (not yet started) VLLMServer with the plan's KV cache and no per-request access log."""
+    """A (not yet started) VLLMServer with the plan's KV cache and no per-request access log. A server beyond
+    loopback always guards every route; ``guard_every_route`` does so on loopback too (a JupyterHub)."""
     from tinyformer.serving.server import VLLMServer
 
     return VLLMServer(
@@ -210,6 +220,7 @@ def class_server(
         progress=progress,
         extra_args=PRIVATE_ARGS,
         shared=False,  # the instructor's own shell may have the class variables set: start a server anyway
+        guard_every_route=guard_every_route or None,  # None: VLLMServer's rule (on beyond loopback)
     )
 
 
@@ -247,10 +258,11 @@ def _announce(server, plan: ClassPlan, url: str, api_key: str) -> None:
     print(f"log: {server.log_path}")
     print("\nLearners: run these two lines in the terminal they start JupyterLab from:\n")
     print(learner_env(url, api_key))
+    reach = "this machine only" if is_loopback(server.host) else "the network"
     if server.guards_every_route:
-        where = "the network; every route but /health needs the key"
+        where = f"{reach}; every route but /health needs the key"
     else:
-        where = "this machine only; /v1 needs the key, /health, /metrics and /tokenize stay open"
+        where = f"{reach}; /v1 needs the key, /health, /metrics and /tokenize stay open"
     print(f"\n(listening for {where}.) Ctrl-C stops it.\n")
 
 

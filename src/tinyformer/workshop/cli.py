@@ -56,6 +56,12 @@ def add_workshop_arguments(parser: argparse.ArgumentParser) -> None:
         "--public", action="store_true", help="listen on every network interface (0.0.0.0) so learners can connect"
     )
     serve.add_argument("--port", type=port_number, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--guard-every-route",
+        action="store_true",
+        help="ask for the key on every route but GET /health on loopback too (--public always does): on a "
+        "machine many people log in to, such as a JupyterHub, every user reaches 127.0.0.1",
+    )
     add_key_file_argument(serve, "the key learners must send (default: a new random one)")
     serve.add_argument(
         "--reserve-gib",
