@@ -92,3 +92,17 @@ def test_concurrent_embedding_load_returns_the_same_vectors(embedder):
         load = run_embedding_load(server, texts, concurrency=limit)
         assert load.vectors.shape == expected.shape and (load.vectors - expected).abs().max() <= 1e-5
         assert load.tokens == sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in texts)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_served_embeddings_equal_last_token_pooling_by_hand(embedder):
+    """LAST pooling is a server of its own (the pooler is fixed at start-up); same weights as the MEAN server."""
+    model, tokenizer, mean_server = embedder
+    with VLLMServer(
+        mean_server.model_dir, pooling="LAST", kv_cache_tokens=2048, shared=False, progress=False
+    ) as server:
+        served = embeddings(server, TEXTS)
+        assert "Resolved pooling config: pooling_type=LAST" in server.log_text()
+    assert (served - R.embed(model, tokenizer, TEXTS, "last")).abs().max().item() <= 1e-5
+    assert (served - R.embed(model, tokenizer, TEXTS, "mean")).abs().max().item() > 1e-2  # a different vector
