@@ -3,9 +3,10 @@
 The shipped config is loaded as it is; the test adds only what a test needs on top: JupyterHub's shared-password
 authenticator (what replaced the dummy one with a password) and its simple local-process spawner (no system users),
 free ports, and an admin service token made for this run (never printed). The proxy is the configurable-http-proxy
-that `make install` put in hub/node_modules. Three learners' servers are spawned through the Hub's REST API; in each, a kernel started
-through Jupyter Server's REST API runs notebook 07's own cells up to its greedy comparison over the kernel
-websocket (the Jupyter messaging protocol), against the class's vLLM server, which the hub runs as a service.
+that `make install` put in hub/node_modules. Three learners' servers are spawned through the Hub's REST API; in
+each, a kernel started through Jupyter Server's REST API runs notebook 07's own cells up to its greedy comparison
+over the kernel websocket (the Jupyter messaging protocol), against the class's vLLM server, which the hub runs
+as a service.
 
 Cost control: one hub, one vLLM start (the service), the learners' servers spawned while vLLM starts.
 """

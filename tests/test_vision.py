@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -96,3 +98,66 @@ def test_checkers_accept_the_package_and_reject_mistakes():
     assert not checks.check_expand_placeholders(lambda ids, i, n: ids + [i] * (n - 1), quiet=True)
     assert checks.check_image_kv_bytes(vision.image_kv_bytes, quiet=True)
     assert not checks.check_image_kv_bytes(lambda n, t, layers, h, hd, b: t * layers * h * hd * b, quiet=True)
+
+
+# ----- the trained pair, cached under artifacts/ ------------------------------------------------------------------
+
+TINY = vision.VLMTrainConfig(steps=2, batch_size=4, n_train=8, n_test=4)  # seconds, not a useful model
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_load_or_train_vlm_trains_once_then_loads(tmp_path, monkeypatch):
+    path = tmp_path / "vlm.pt"
+    first = vision.load_or_train_vlm(TINY, path=path, progress=False)
+    assert not first.loaded and path.is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["vlm.pt"]  # no temp file left behind
+    monkeypatch.setattr(vision, "train_pair", lambda *a, **k: pytest.fail("load_or_train_vlm trained again"))
+    again = vision.load_or_train_vlm(TINY, path=path, progress=False)
+    assert again.loaded and not again.model.training and not again.baseline.training
+    assert same_weights(again.model, first.model) and same_weights(again.baseline, first.baseline)
+    assert (again.accuracy, again.baseline_accuracy) == (first.accuracy, first.baseline_accuracy)  # measured again
+    more_tests = vision.load_or_train_vlm(dataclasses.replace(TINY, n_test=6), path=path, progress=False)
+    assert more_tests.loaded  # how many pictures are scored is not part of the recipe
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda mp: dataclasses.replace(TINY, steps=3),  # another training setting
+        lambda mp: mp.setattr(vision, "SHAPE_RADIUS", (5.0, 7.0)) or TINY,  # other pictures, same settings
+        lambda mp: mp.setattr(vision, "VISION_WORDS", [*vision.VISION_WORDS, "purple"]) or TINY,  # a new word
+    ],
+    ids=["steps", "pictures", "vocabulary"],
+)
+def test_load_or_train_vlm_trains_again_for_another_recipe(tmp_path, monkeypatch, change):
+    path = tmp_path / "vlm.pt"
+    vision.load_or_train_vlm(TINY, path=path, progress=False)
+    calls = []
+    real = vision.train_pair
+    monkeypatch.setattr(vision, "train_pair", lambda *a, **k: calls.append(a) or real(*a, **k))
+    cfg = change(monkeypatch)
+    retrained = vision.load_or_train_vlm(cfg, path=path, progress=False)
+    assert len(calls) == 1 and not retrained.loaded
+    assert vision.load_vlm(path)[2] == vision.vlm_recipe(cfg, vision.vlm_tokenizer())  # the file holds the new one
+
+
+def test_load_vlm_rejects_damaged_and_foreign_files(tmp_path):
+    path = tmp_path / "vlm.pt"
+    vision.load_or_train_vlm(TINY, path=path, progress=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        vision.load_or_train_vlm(TINY, path=path, progress=False)
+    torch.save({"format": "tinyformer-checkpoint-v1"}, path)  # lesson 04's kind of file under this name
+    with pytest.raises(ValueError, match="expected format 'tinyformer-vlm-v1'"):
+        vision.load_vlm(path)
+    vision.load_or_train_vlm(TINY, path=path.with_name("good.pt"), progress=False)
+    payload = torch.load(path.with_name("good.pt"), weights_only=True)
+    payload["config"]["text"]["n_embd"] = 32  # config says one width, weights another
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="does not match its own config"):
+        vision.load_vlm(path)

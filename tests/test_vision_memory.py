@@ -34,6 +34,10 @@ def test_llava_is_576_patch_tokens_whatever_the_image():
         (1000, 200, 4, (4, 1), (4 + 1) * 144 + 1 + (1 + 1) * 12),  # 745: a wide strip
         (50, 8000, 4, (1, 4), (4 + 1) * 144 + 1 + (4 + 1) * 12),  # 781: vLLM's profiling image
         (50, 8000, 16, (1, 16), 2653),  # the image_feature_size=2653 vLLM's Phi-3-vision example once hard-coded
+        # vLLM's own processor test (tests/models/multimodal/processing/test_phi3v.py) expects 757 tokens per image
+        # with num_crops=4 and 1,921 with 16 for its landscape stop-sign photo; a 4:3 landscape gives that pair.
+        (1024, 768, 4, (2, 2), 757),
+        (1024, 768, 16, (4, 3), (4 * 3 + 1) * 144 + 1 + (3 + 1) * 12),  # 1921
     ],
 )
 def test_phi35_vision_crops_plus_global_view_plus_separators(width, height, num_crops, grid, tokens):

@@ -22,8 +22,6 @@ FORMAT = "tinyformer-checkpoint-v1"
 def save_checkpoint(path: str | Path, model: Transformer, tokenizer: PreTrainedTokenizerFast, **meta) -> Path:
     """Write ``path`` atomically: a temp file in the same folder, then a rename, so a crash mid-write
     never leaves a truncated checkpoint under the real name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "config": model.config.to_dict(),
@@ -32,6 +30,13 @@ def save_checkpoint(path: str | Path, model: Transformer, tokenizer: PreTrainedT
         "special_tokens": dict(tokenizer.special_tokens_map),
         "meta": meta,
     }
+    return save_atomically(path, payload)
+
+
+def save_atomically(path: str | Path, payload: dict) -> Path:
+    """``torch.save(payload)`` to ``path`` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -52,18 +57,7 @@ def load_checkpoint(path: str | Path) -> tuple[Transformer, PreTrainedTokenizerF
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; train one with `tinyformer train --out {path}`.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(
-            f"checkpoint {path} is truncated or corrupted ({type(e).__name__}: {e}). "
-            "Delete it and train again (save_checkpoint writes atomically, so it did not leave this file half-written)."
-        ) from e
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a tinyformer checkpoint (expected format {FORMAT!r}).")
-    missing = [k for k in ("config", "state_dict", "tokenizer", "special_tokens", "meta") if k not in payload]
-    if missing:
-        raise ValueError(f"checkpoint {path} lacks {missing}; it was not written by save_checkpoint. Train it again.")
+    payload = load_payload(path, FORMAT, ("config", "state_dict", "tokenizer", "special_tokens", "meta"))
     try:
         config = ModelConfig.from_dict(payload["config"])
     except ValueError as e:
@@ -87,6 +81,23 @@ def load_checkpoint(path: str | Path) -> tuple[Transformer, PreTrainedTokenizerF
             f"{config.vocab_size}; the two must come from the same training run."
         )
     return model.eval(), tokenizer, payload["meta"]
+
+
+def load_payload(path: Path, format: str, keys: tuple[str, ...]) -> dict:
+    """The dict ``save_atomically`` wrote to ``path``; a ValueError if it is damaged, foreign or incomplete."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"checkpoint {path} is truncated or corrupted ({type(e).__name__}: {e}). "
+            "Delete it and train again (save_checkpoint writes atomically, so it did not leave this file half-written)."
+        ) from e
+    if not isinstance(payload, dict) or payload.get("format") != format:
+        raise ValueError(f"{path} is not a tinyformer checkpoint (expected format {format!r}).")
+    missing = [k for k in keys if k not in payload]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {missing}; it was not written by tinyformer. Train it again.")
+    return payload
 
 
 def __getattr__(name: str):
