@@ -1,4 +1,5 @@
-"""Student copies of the notebooks: solutions become stubs, nothing leaks, checks stay, the rest still runs."""
+"""Student copies of the notebooks: solutions become stubs, nothing leaks, checks stay, the rest still runs.
+(nbgrader's metadata and real nbgrader runs: tests/test_workshop_nbgrader.py.)"""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from tinyformer.workshop.nbgrader_meta import mark_notebook
 from tinyformer.workshop.student import (
-    EXERCISE_TAG,
+    STUB_BODY,
     build_student_notebooks,
     checker_calls,
     find_leaks,
     is_solution,
-    stub_source,
     student_notebook,
 )
 
@@ -37,16 +38,13 @@ SOLUTION_BODY = ["allowed = torch.ones(T, T, dtype=torch.bool)", "return torch.t
 
 
 def synthetic_notebook() -> nbformat.NotebookNode:
-    """A small lesson: setup, a prompt, a solution cell, its check, a markdown answer, a later ordinary cell."""
+    """A small lesson: setup, a prompt, a solution cell, its check, a later ordinary cell."""
     cells = [
         nbformat.v4.new_markdown_cell("# A tiny lesson"),
         nbformat.v4.new_code_cell("import torch\n\nfrom tinyformer.checks import check_causal_mask\n\nsteps = 3"),
         nbformat.v4.new_markdown_cell("**Exercise.** Write the causal mask."),
         nbformat.v4.new_code_cell(SOLUTION, metadata={"tags": ["solution"]}),
         nbformat.v4.new_code_cell("assert check_causal_mask(causal_mask)"),
-        nbformat.v4.new_markdown_cell(
-            "Why is the diagonal allowed?\n\nBecause a token may look at itself.", metadata={"tags": ["solution"]}
-        ),
         nbformat.v4.new_code_cell("after = steps * 2\nassert after == 6\nprint('after the exercise:', after)"),
     ]
     notebook = nbformat.v4.new_notebook(cells=cells)
@@ -64,23 +62,26 @@ def lesson_dir(tmp_path) -> Path:
     return folder
 
 
+def stub_of(source: str) -> str:
+    """The student version of one exercise cell, through the real pipeline (marking, then nbgrader)."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source, metadata={"tags": ["solution"]})])
+    return student_notebook(notebook).cells[0].source
+
+
 def test_stub_keeps_the_prompt_and_signature_and_drops_the_body():
-    stub = stub_source(SOLUTION)
-    assert stub.startswith("# Exercise: the causal mask.\n# Return a bool tensor")
-    assert "def causal_mask(T):" in stub and '"""Lower triangle, diagonal included."""' in stub
-    assert "raise NotImplementedError" in stub
+    stub = stub_of(SOLUTION)
+    assert stub == "\n".join([*SOLUTION.splitlines()[:4], "    " + STUB_BODY])
     assert not any(line in stub for line in SOLUTION_BODY)
     compile(stub, "<stub>", "exec")  # still valid Python: the learner can run the cell as it is
 
 
-def test_stub_handles_several_functions_one_liners_decorators_and_magics():
-    source = "# two parts\n@staticmethod\ndef a(x):\n    # hint\n    return x + 1\n\n\ndef b(y): return y * 2\nz = 3\n"
-    stub = stub_source(source)
+def test_stub_handles_several_functions_decorators_and_comments_above_the_body():
+    source = "# two parts\n@staticmethod\ndef a(x):\n    # hint\n    return x + 1\n\n\ndef b(y):\n    return y * 2\n"
+    stub = stub_of(source)
     compile(stub, "<stub>", "exec")
-    assert "@staticmethod\ndef a(x):" in stub and "def b(y):" in stub
-    for solution in ("return x + 1", "y * 2", "z = 3", "# hint"):
+    assert "@staticmethod\ndef a(x):" in stub and "def b(y):" in stub and stub.count(STUB_BODY) == 2
+    for solution in ("return x + 1", "y * 2", "# hint"):
         assert solution not in stub
-    assert stub_source("%%time\n# time it\nresult = slow()") == "%%time\n# time it\n# your code here"
 
 
 def test_student_copy_of_the_synthetic_lesson(lesson_dir, tmp_path):
@@ -89,14 +90,13 @@ def test_student_copy_of_the_synthetic_lesson(lesson_dir, tmp_path):
     student = nbformat.read(copy.target, as_version=4)
     nbformat.validate(student)
 
-    assert copy.exercises == 2
+    assert copy.exercises == 1
     assert find_leaks(instructor, student) == []
     assert not any(line in copy.target.read_text() for line in SOLUTION_BODY)
-    assert "Because a token may look at itself" not in copy.target.read_text()
     assert checker_calls(student) == checker_calls(instructor) == ["check_causal_mask("]
     for before, after in zip(instructor.cells, student.cells, strict=True):
         if is_solution(before):
-            assert EXERCISE_TAG in after.metadata["tags"] and "solution" not in after.metadata["tags"]
+            assert after.metadata["nbgrader"]["solution"] and STUB_BODY in after.source
         else:
             assert after.source == before.source and after.cell_type == before.cell_type
         if after.cell_type == "code":
@@ -115,7 +115,7 @@ def test_student_copy_runs_once_the_exercises_are_filled_in(lesson_dir, tmp_path
     student = nbformat.read(copy.target, as_version=4)
     for before, after in zip(instructor.cells, student.cells, strict=True):
         if is_solution(before):
-            after.source = before.source
+            after.source = mark_notebook(instructor).cells[instructor.cells.index(before)].source
     executed = execute(student, tmp_path)
     printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "✅ check_causal_mask: passed" in printed and "after the exercise: 6" in printed
@@ -148,7 +148,7 @@ def test_the_command_line(lesson_dir, tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "wrote 1 student notebooks with 2 exercises" in result.stdout
+    assert "wrote 1 student notebooks with 1 exercise" in result.stdout
     assert (out / "01_tiny.ipynb").is_file()
 
 
@@ -214,10 +214,16 @@ def test_leak_check_judges_by_the_solution_not_by_the_stubber(lesson_dir, tmp_pa
     (copy,) = build_student_notebooks(lesson_dir, tmp_path / "good")
     assert find_leaks(nbformat.read(copy.source, as_version=4), nbformat.read(copy.target, as_version=4)) == []
 
-    real_stub = student_module.stub_source
-    monkeypatch.setattr(
-        student_module, "stub_source", lambda source: real_stub(source) + "\n    return torch.tril(allowed)"
-    )
+    real_marking = student_module.mark_notebook
+
+    def marking_that_keeps_a_line(notebook):  # END SOLUTION one line too early: the last line is shown
+        marked = real_marking(notebook)
+        for cell in marked.cells:
+            last, end = "    return torch.tril(allowed)", "    ### END SOLUTION"
+            cell.source = cell.source.replace(f"{last}\n{end}", f"{end}\n{last}")
+        return marked
+
+    monkeypatch.setattr(student_module, "mark_notebook", marking_that_keeps_a_line)
     (broken,) = build_student_notebooks(lesson_dir, tmp_path / "broken")
     leaks = find_leaks(nbformat.read(broken.source, as_version=4), nbformat.read(broken.target, as_version=4))
     assert leaks == ["return torch.tril(allowed)"]

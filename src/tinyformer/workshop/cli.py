@@ -1,4 +1,4 @@
-"""``tinyformer workshop ...``: student copies of the notebooks, and one vLLM server for the room.
+"""``tinyformer workshop ...``: student copies of the notebooks, nbgrader courses, one vLLM server for the room.
 
 Plugged into the ``tinyformer`` command through ``COMMAND`` (add ``"tinyformer.workshop.cli"`` to
 tinyformer.cli.COMMAND_MODULES); ``python -m tinyformer.workshop ...`` runs the same command on its own.
@@ -28,6 +28,29 @@ def add_workshop_arguments(parser: argparse.ArgumentParser) -> None:
     student.add_argument(
         "--source", type=Path, default=Path("notebooks"), help="the instructor notebooks (default: notebooks)"
     )
+
+    marks = sub.add_parser(
+        "nbgrader-metadata",
+        help="write nbgrader's cell metadata into the instructor notebooks (from the `solution` tags)",
+        description="Give every notebook nbgrader's own metadata: ### BEGIN/END SOLUTION around each exercise's\n"
+        "body, its checker cell graded and locked, prose read-only. Idempotent; run it after adding an exercise.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    marks.add_argument("--source", type=Path, default=Path("notebooks"), help="the notebooks (default: notebooks)")
+    marks.add_argument("--check", action="store_true", help="change nothing; fail if a notebook is out of date")
+
+    course = sub.add_parser(
+        "nbgrader-course",
+        help="set up an nbgrader course folder: one assignment per lesson, and its nbgrader_config.py",
+        description="Write DIR/source/<lesson>/<lesson>.ipynb for every notebook and DIR/nbgrader_config.py (kept\n"
+        "if it exists). Then, in DIR: nbgrader generate_assignment --assignment='*', autograde, generate_feedback.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    course.add_argument("course_dir", type=Path, metavar="DIR", help="the course folder (created if missing)")
+    course.add_argument(
+        "--source", type=Path, default=Path("notebooks"), help="the instructor notebooks (default: notebooks)"
+    )
+    course.add_argument("--course-id", default="tinyformer", help="nbgrader's course id (default: tinyformer)")
 
     serve = sub.add_parser(
         "serve",
@@ -81,6 +104,10 @@ def add_workshop_arguments(parser: argparse.ArgumentParser) -> None:
 def run_workshop(args: argparse.Namespace) -> int:
     if args.workshop_command == "student-notebooks":
         return _run_student_notebooks(args)
+    if args.workshop_command == "nbgrader-metadata":
+        return _run_nbgrader_metadata(args)
+    if args.workshop_command == "nbgrader-course":
+        return _run_nbgrader_course(args)
     from tinyformer.workshop.classroom import run_class_server
 
     return run_class_server(args)
@@ -97,16 +124,40 @@ def _run_student_notebooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_nbgrader_metadata(args: argparse.Namespace) -> int:
+    from tinyformer.workshop.nbgrader_meta import mark_notebooks
+
+    changed = mark_notebooks(args.source, check=args.check)
+    for path in changed:
+        print(f"{path}: {'out of date' if args.check else 'updated'}")
+    if args.check and changed:
+        print("run `tinyformer workshop nbgrader-metadata` to update them")
+        return 1
+    print(f"{len(changed)} notebook{'s' if len(changed) != 1 else ''} {'out of date' if args.check else 'changed'}")
+    return 0
+
+
+def _run_nbgrader_course(args: argparse.Namespace) -> int:
+    from tinyformer.workshop.nbgrader_course import CONFIG_NAME, write_course
+
+    written = write_course(args.course_dir, args.source, args.course_id)
+    print(f"{len(written)} assignments under {args.course_dir / 'source'}; settings in {args.course_dir / CONFIG_NAME}")
+    print(f"next: cd {args.course_dir} && nbgrader generate_assignment --assignment='*'   (docs/workshop.md)")
+    return 0
+
+
 COMMAND = Command(
     name="workshop",
     summary="run a workshop: student copies of the notebooks, one vLLM server for the room",
     description=(
         "Tools for an instructor: `student-notebooks OUT` writes the notebooks with their exercise\n"
-        "solutions removed; `serve MODEL_DIR` starts one vLLM server sized for the class."
+        "solutions removed; `nbgrader-course DIR` sets up an nbgrader course of the lessons;\n"
+        "`serve MODEL_DIR` starts one vLLM server sized for the class."
     ),
     epilog=(
         "examples:\n"
         "  tinyformer workshop student-notebooks artifacts/student-notebooks\n"
+        "  tinyformer workshop nbgrader-course artifacts/course\n"
         "  tinyformer workshop serve artifacts/nano-hf --learners 30 --public"
     ),
     add_arguments=add_workshop_arguments,

@@ -1,15 +1,19 @@
-"""Student copies of the lesson notebooks: every cell tagged ``solution`` becomes an exercise stub.
+"""Student copies of the lesson notebooks, made by nbgrader's own preprocessors (what ``nbgrader
+generate_assignment`` writes, without a course directory or gradebook).
 
-The committed notebooks are the instructor versions. In a solution cell the learner's task is a
-function; its student stub keeps what states the task and drops what solves it:
+The committed notebooks are the instructor versions. An exercise is a code cell tagged ``solution`` holding a
+function, with nbgrader's markers around its body (nbgrader_meta.py writes them from the tag):
 
-    # Exercise 2.1 - the causal mask.                      <- leading comments: kept
+    # Exercise 2.1 - the causal mask.                      <- prompt comments: kept
     def causal_mask(T):                                    <- signature and docstring: kept
         \"\"\"Bool [T, T], True where token i may look at token j.\"\"\"
-        return torch.tril(torch.ones(T, T, dtype=torch.bool))   <- body: raise NotImplementedError
+        ### BEGIN SOLUTION
+        return torch.tril(torch.ones(T, T, dtype=torch.bool))   <- replaced by STUB_BODY
+        ### END SOLUTION
 
-Every other cell is copied unchanged, outputs and execution counts are stripped, and the checker
-cells (``assert check_causal_mask(causal_mask)``) stay, so the learner gets feedback in place.
+Every other cell keeps its source, outputs and execution counts are stripped, and the checker cells
+(``assert check_causal_mask(causal_mask)``) stay, so the learner gets feedback in place.
+``find_leaks`` checks the result against what the instructor's cells give away, judged on its own.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+from nbgrader.converters import GenerateAssignment
+from nbgrader.preprocessors import SaveCells
+from traitlets.config import Config
 
-SOLUTION_TAG = "solution"
-EXERCISE_TAG = "exercise"  # what the stub cell is tagged instead
+from tinyformer.workshop.nbgrader_meta import BEGIN, END, is_solution, mark_notebook
+
 STUB_BODY = 'raise NotImplementedError("exercise: write this function, then run the check below")'
-MARKDOWN_STUB = "*Your answer here.*"
 CHECK_CALL = re.compile(r"\bcheck_\w+\(")
 
 
@@ -38,35 +44,26 @@ class StudentCopy:
     exercises: int  # solution cells replaced by stubs
 
 
-def is_solution(cell) -> bool:
-    return SOLUTION_TAG in cell.get("metadata", {}).get("tags", [])
+def nbgrader_config() -> Config:
+    """The nbgrader settings of this suite; a course's nbgrader_config.py sets the same (nbgrader_course.py)."""
+    config = Config()
+    config.ClearSolutions.code_stub = {"python": STUB_BODY}
+    return config
 
 
 def student_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A copy of ``notebook`` with solution cells replaced by stubs and every output stripped."""
-    copy = nbformat.from_dict(notebook)  # a deep copy: the instructor notebook is left as it was
-    copy.cells = [_stub(cell) if is_solution(cell) else cell for cell in copy.cells]
-    for cell in copy.cells:
-        _strip_outputs(cell)
-    return copy
+    """The student version of ``notebook``: nbgrader's release preprocessors over its marked copy."""
+    student, resources = mark_notebook(notebook), {}  # a copy: the instructor notebook is left as it was
+    config = nbgrader_config()
+    for step in release_steps():
+        student, resources = step(config=config).preprocess(student, resources)
+    return student
 
 
-def stub_source(source: str) -> str:
-    """The exercise left for the learner: leading comments, then each function's signature and docstring
-    with its body replaced. Statements that are not function definitions are dropped (they are solution)."""
-    lines = source.splitlines()
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:  # IPython magics and the like: keep only the prompt
-        tree = None
-    kept = _leading_comments(lines)
-    functions = [n for n in (tree.body if tree else []) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    for index, node in enumerate(functions):
-        kept += ["", ""] if index else []  # PEP 8's two blank lines between functions
-        kept += _signature_and_docstring(node, lines)
-    if not any(line.lstrip().startswith(("def ", "async def ")) for line in kept):
-        kept.append("# your code here")
-    return "\n".join(kept).strip("\n")
+def release_steps() -> list[type]:
+    """``nbgrader generate_assignment``'s own preprocessors, in its order, minus SaveCells (which records the
+    cells in a course's gradebook database): solutions cleared, outputs stripped, cells locked, checksums."""
+    return [step for step in GenerateAssignment.class_traits()["preprocessors"].default() if step is not SaveCells]
 
 
 def build_student_notebooks(source_dir: str | Path, out_dir: str | Path) -> list[StudentCopy]:
@@ -88,7 +85,7 @@ def build_student_notebooks(source_dir: str | Path, out_dir: str | Path) -> list
         notebook = nbformat.read(path, as_version=4)
         student = student_notebook(notebook)
         nbformat.validate(student)
-        _write_atomically(student, out_dir / path.name)
+        write_notebook_atomically(student, out_dir / path.name)
         exercises = sum(is_solution(cell) for cell in notebook.cells)
         copies.append(StudentCopy(path, out_dir / path.name, exercises))
     return copies
@@ -111,18 +108,15 @@ def find_leaks(instructor: nbformat.NotebookNode, student: nbformat.NotebookNode
 
 
 def answer_lines(cell) -> list[str]:
-    """The lines of a solution cell that give the answer away (stripped): in code, everything but the prompt
-    comments at the top, the ``def`` lines and their docstrings; in markdown, everything after the question."""
+    """The lines of a solution cell that give the answer away (stripped): everything but the prompt comments
+    at the top, the ``def`` lines and their docstrings (and nbgrader's markers, which are no answer)."""
     lines = cell.source.splitlines()
-    if cell.cell_type == "markdown":
-        answer = lines[len(_leading_prompt_lines(cell.source)) :]
-    else:
-        allowed = set(range(len(_leading_comments(lines))))  # 0-based line numbers the stub may show
-        for node in ast.parse(cell.source).body:
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.body[0].lineno > node.lineno:
-                allowed |= _signature_and_docstring_lines(node, lines)
-        answer = [line for number, line in enumerate(lines) if number not in allowed]
-    return [line.strip() for line in answer if line.strip()]
+    allowed = set(range(len(_leading_comments(lines))))  # 0-based line numbers the stub may show
+    for node in ast.parse(cell.source).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.body[0].lineno > node.lineno:
+            allowed |= _signature_and_docstring_lines(node, lines)
+    answer = [line.strip() for number, line in enumerate(lines) if number not in allowed]
+    return [line for line in answer if line and line not in (BEGIN, END)]
 
 
 def _signature_and_docstring_lines(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> set[int]:
@@ -152,30 +146,6 @@ def timed_build(source_dir: str | Path, out_dir: str | Path) -> tuple[list[Stude
 # ----- helpers ------------------------------------------------------------------------------------
 
 
-def _student_lines(cell) -> list[str]:
-    return [line.strip() for line in _stub(cell).source.splitlines()]
-
-
-def _stub(cell) -> nbformat.NotebookNode:
-    stub = nbformat.from_dict(cell)
-    tags = [t for t in stub.metadata.get("tags", []) if t != SOLUTION_TAG]
-    stub.metadata["tags"] = [*tags, EXERCISE_TAG]
-    if cell.cell_type == "markdown":
-        stub.source = "\n".join([*_leading_prompt_lines(cell.source), MARKDOWN_STUB])
-    else:
-        stub.source = stub_source(cell.source)
-    return stub
-
-
-def _strip_outputs(cell) -> None:
-    if cell.cell_type == "code":
-        cell.outputs = []
-        cell.execution_count = None
-    cell.metadata.pop("execution", None)  # timings JupyterLab records
-    cell.metadata.pop("collapsed", None)
-    cell.metadata.pop("scrolled", None)
-
-
 def _leading_comments(lines: list[str]) -> list[str]:
     """The prompt at the top of a cell: comment lines (and a cell magic such as %%time), up to the code."""
     kept = []
@@ -186,36 +156,16 @@ def _leading_comments(lines: list[str]) -> list[str]:
     return kept
 
 
-def _leading_prompt_lines(markdown: str) -> list[str]:
-    """Lines of a markdown solution up to its first blank line (the question, not the answer)."""
-    lines = markdown.splitlines()
-    return lines[: lines.index("")] if "" in lines else lines[:1]
+def write_notebook_atomically(notebook: nbformat.NotebookNode, path: Path) -> None:
+    write_text_atomically(path, nbformat.writes(notebook) + "\n")
 
 
-def _signature_and_docstring(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> list[str]:
-    start = min([node.lineno, *(d.lineno for d in node.decorator_list)])  # 1-based, decorators included
-    first = node.body[0]
-    if first.lineno == node.lineno:  # `def f(x): return x`: cut the body off the signature's line
-        signature = [*lines[start - 1 : node.lineno - 1], lines[node.lineno - 1][: first.col_offset].rstrip()]
-        return [*signature, " " * (node.col_offset + 4) + STUB_BODY]
-    signature_end = first.lineno - 1
-    while signature_end > node.lineno and _blank_or_comment(lines[signature_end - 1]):
-        signature_end -= 1  # comments above the first statement explain the solution: not kept
-    kept = lines[start - 1 : signature_end]
-    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-        kept += lines[first.lineno - 1 : first.end_lineno]  # the docstring states the task
-    return [*kept, " " * first.col_offset + STUB_BODY]
-
-
-def _blank_or_comment(line: str) -> bool:
-    return not line.strip() or line.lstrip().startswith("#")
-
-
-def _write_atomically(notebook: nbformat.NotebookNode, path: Path) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
+    """A temp file in the same folder, then a rename: a crash leaves the old file or the new one, never half."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(notebook, f)
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,294 @@
+"""nbgrader on the lessons: the metadata (pure, fast), then real nbgrader in a temporary course folder:
+generate every lesson's assignment, autograde lesson 02 for three learners, write their feedback."""
+
+from __future__ import annotations
+
+import ast
+import html
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbgrader.nbgraderformat import MetadataValidator
+
+from tinyformer import cli
+from tinyformer.checks import check_causal_attention, check_causal_mask
+from tinyformer.workshop.nbgrader_course import learner_copy, run_nbgrader, scores, write_course
+from tinyformer.workshop.nbgrader_meta import BEGIN, END, mark_notebook, mark_notebooks, mark_solution_source
+from tinyformer.workshop.student import (
+    STUB_BODY,
+    checker_calls,
+    find_leaks,
+    is_solution,
+    student_notebook,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+FAST_LESSON = "02_self_attention"  # three exercises, no model to train, no vLLM: about 6 s to run
+
+SOLUTION = '''# Exercise: the causal mask.
+def causal_mask(T):
+    """Lower triangle, diagonal included."""
+    # every pair first
+    allowed = torch.ones(T, T, dtype=torch.bool)
+    return torch.tril(allowed)'''
+
+
+def lesson(*cells) -> nbformat.NotebookNode:
+    notebook = nbformat.v4.new_notebook(cells=list(cells))
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return notebook
+
+
+def synthetic_lesson() -> nbformat.NotebookNode:
+    return lesson(
+        nbformat.v4.new_markdown_cell("# A tiny lesson"),
+        nbformat.v4.new_code_cell("import torch\n\nfrom tinyformer.checks import check_causal_mask"),
+        nbformat.v4.new_code_cell(SOLUTION, metadata={"tags": ["solution"]}),
+        nbformat.v4.new_code_cell("assert check_causal_mask(causal_mask)"),
+        nbformat.v4.new_code_cell("print(causal_mask(3))"),
+    )
+
+
+# ----- the metadata -------------------------------------------------------------------------------
+
+
+def test_markers_go_around_the_body_after_the_docstring():
+    marked = mark_solution_source(SOLUTION)
+    assert marked.splitlines() == [
+        *SOLUTION.splitlines()[:3],
+        "    " + BEGIN,
+        *SOLUTION.splitlines()[3:],
+        "    " + END,
+    ]
+    assert ast.dump(ast.parse(marked)) == ast.dump(ast.parse(SOLUTION)), "the markers must be comments only"
+    assert mark_solution_source(marked) == marked
+
+
+def test_markers_for_several_functions_decorators_and_no_docstring():
+    source = "# two parts\n@staticmethod\ndef a(x):\n    # hint\n    return x + 1\n\n\ndef b(y):\n    return y * 2"
+    assert mark_solution_source(source).splitlines() == [
+        "# two parts",
+        "@staticmethod",
+        "def a(x):",
+        "    " + BEGIN,
+        "    # hint",
+        "    return x + 1",
+        "    " + END,
+        "",
+        "",
+        "def b(y):",
+        "    " + BEGIN,
+        "    return y * 2",
+        "    " + END,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("# prompt\nsteps = 3\ndef f(x):\n    return x", r"line 2 is `steps = 3`: move that statement"),
+        ("def f(x): return x", r"on its `def` line"),
+        ('def f(x):\n    """Only a docstring."""', r"only a docstring"),
+        ("# nothing to do", r"defines none"),
+        (f"def f(x):\n    {BEGIN}\n    return x", r"has no"),
+        (f"def f(x):\n    {END}\n    return x", r"unbalanced"),
+    ],
+)
+def test_cells_nbgrader_cannot_stub_are_refused_with_a_reason(source, message):
+    with pytest.raises(ValueError, match=message):
+        mark_solution_source(source)
+
+
+def test_notebook_metadata_by_kind_of_cell():
+    marked = mark_notebook(synthetic_lesson())
+    prose, setup, solution, check, later = (cell.metadata.get("nbgrader") for cell in marked.cells)
+    common = {"schema_version": 3, "task": False}
+    assert prose == {**common, "grade": False, "solution": False, "locked": True, "grade_id": "prose-1"}
+    assert setup is None and later is None  # the lesson's own code stays editable
+    assert solution == {**common, "grade": False, "solution": True, "locked": False, "grade_id": "causal_mask"}
+    assert check == {
+        **common,
+        **{"grade": True, "solution": False, "locked": True, "points": 1, "grade_id": "check_causal_mask"},
+    }
+    MetadataValidator().validate_nb(marked)  # nbgrader's own rules (ids, points, markdown cells)
+    assert mark_notebook(marked) == marked, "marking twice changes nothing"
+
+
+def test_marking_keeps_the_instructors_points_and_ids_and_renames_a_copied_cell():
+    marked = mark_notebook(synthetic_lesson())
+    marked.cells[3].metadata["nbgrader"]["points"] = 5
+    marked.cells[0].metadata["nbgrader"]["grade_id"] = "title"
+    marked.cells.insert(1, nbformat.from_dict(marked.cells[0]))  # a copied cell carries its grade id along
+    again = mark_notebook(marked)
+    ids = [cell.metadata["nbgrader"]["grade_id"] for cell in again.cells if "nbgrader" in cell.metadata]
+    assert ids == ["title", "prose-1", "causal_mask", "check_causal_mask"]
+    assert again.cells[4].metadata["nbgrader"]["points"] == 5
+    MetadataValidator().validate_nb(again)
+
+
+def test_a_cell_that_stops_being_a_check_loses_its_grading():
+    marked = mark_notebook(synthetic_lesson())
+    marked.cells[3].source = "print('no check here')"
+    assert "nbgrader" not in mark_notebook(marked).cells[3].metadata
+
+
+def test_a_markdown_solution_is_refused():
+    notebook = lesson(nbformat.v4.new_markdown_cell("Why?\n\nBecause.", metadata={"tags": ["solution"]}))
+    with pytest.raises(ValueError, match="markdown cell tagged `solution`"):
+        mark_notebook(notebook)
+
+
+def test_the_committed_notebooks_carry_nbgrader_metadata_up_to_date():
+    assert mark_notebooks(NOTEBOOKS, check=True) == [], "run `tinyformer workshop nbgrader-metadata`"
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        MetadataValidator().validate_nb(notebook)
+        solutions = [c for c in notebook.cells if c.metadata.get("nbgrader", {}).get("solution")]
+        tests = [c for c in notebook.cells if c.metadata.get("nbgrader", {}).get("grade")]
+        assert solutions == [c for c in notebook.cells if is_solution(c)], path.name
+        assert len(tests) == len(checker_calls(notebook)), path.name  # every checker call is graded
+        for cell in solutions:  # nothing but comments added: the instructor notebook runs as before
+            unmarked = "\n".join(line for line in cell.source.splitlines() if line.strip() not in (BEGIN, END))
+            assert ast.dump(ast.parse(cell.source)) == ast.dump(ast.parse(unmarked)), path.name
+            assert "checksum" not in cell.metadata["nbgrader"], "checksums are nbgrader's to compute on release"
+
+
+def test_the_command_line_reports_and_fixes_an_out_of_date_notebook(tmp_path, capsys):
+    nbformat.write(synthetic_lesson(), tmp_path / "01_tiny.ipynb")
+    command = ["workshop", "nbgrader-metadata", "--source", str(tmp_path)]
+    assert cli.main([*command, "--check"]) == 1
+    assert "01_tiny.ipynb: out of date" in capsys.readouterr().out
+    assert cli.main(command) == 0
+    assert "1 notebook changed" in capsys.readouterr().out
+    assert cli.main([*command, "--check"]) == 0
+
+
+def test_the_course_command_writes_one_assignment_per_lesson_and_keeps_an_edited_config(tmp_path, capsys):
+    lessons = tmp_path / "notebooks"
+    lessons.mkdir()
+    nbformat.write(synthetic_lesson(), lessons / "01_tiny.ipynb")
+    course = tmp_path / "course"
+    assert cli.main(["workshop", "nbgrader-course", str(course), "--source", str(lessons)]) == 0
+    assert "1 assignments under" in capsys.readouterr().out
+    source = nbformat.read(course / "source" / "01_tiny" / "01_tiny.ipynb", as_version=4)
+    assert source == mark_notebook(nbformat.read(lessons / "01_tiny.ipynb", as_version=4))
+    config = (course / "nbgrader_config.py").read_text()
+    assert repr(STUB_BODY) in config and "c.Execute.timeout = 600" in config
+    (course / "nbgrader_config.py").write_text(config + "c.Execute.timeout = 60\n")
+    assert cli.main(["workshop", "nbgrader-course", str(course), "--source", str(lessons)]) == 0
+    assert (course / "nbgrader_config.py").read_text().endswith("c.Execute.timeout = 60\n")
+    assert cli.main(["workshop", "nbgrader-course", str(lessons / "course"), "--source", str(lessons)]) == 1
+    assert "inside the lessons' folder" in capsys.readouterr().err
+
+
+# ----- real nbgrader ------------------------------------------------------------------------------
+
+
+# Bob's lesson 02: exercise 2.1 with the typical slip (the upper triangle: row and column swapped), 2.2
+# right, 2.3 not written (the stub nbgrader left).
+TRANSPOSED_MASK = ["    return torch.triu(torch.ones(T, T, dtype=torch.bool))"]
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    """A course folder in a temp dir with every lesson generated by `nbgrader generate_assignment`."""
+    root = tmp_path_factory.mktemp("course")
+    write_course(root, NOTEBOOKS)
+    run_nbgrader(root, "generate_assignment", "--assignment=*")
+    return root
+
+
+@pytest.fixture(scope="module")
+def graded(course):
+    """Two submissions of lesson 02, autograded and given feedback by nbgrader: ada hands in the instructor
+    notebook, bob the release with one exercise wrong, one right and one not written."""
+    release = nbformat.read(course / "release" / FAST_LESSON / f"{FAST_LESSON}.ipynb", as_version=4)
+    instructor = nbformat.read(course / "source" / FAST_LESSON / f"{FAST_LESSON}.ipynb", as_version=4)
+    bob = learner_copy(release, instructor, {"causal_mask": TRANSPOSED_MASK, "attention_scores": None})
+    for student, notebook in (("ada", instructor), ("bob", bob)):
+        folder = course / "submitted" / student / FAST_LESSON
+        folder.mkdir(parents=True)
+        nbformat.write(notebook, folder / f"{FAST_LESSON}.ipynb")
+    # The kernels nbgrader starts import tinyformer from this checkout.
+    env = {"PYTHONPATH": str(REPO / "src")}
+    run_nbgrader(course, "autograde", FAST_LESSON, extra_env=env)
+    run_nbgrader(course, "generate_feedback", FAST_LESSON, extra_env=env)
+    return course
+
+
+@pytest.mark.slow
+def test_every_lesson_generates_the_same_student_copy_as_make_student(course):
+    lessons = sorted(NOTEBOOKS.glob("*.ipynb"))
+    assert sorted(p.name for p in (course / "release").glob("*/*.ipynb")) == [p.name for p in lessons]
+    for path in lessons:
+        instructor = nbformat.read(path, as_version=4)
+        released = nbformat.read(course / "release" / path.stem / path.name, as_version=4)
+        ours = student_notebook(instructor)
+        assert [c.source for c in released.cells] == [c.source for c in ours.cells], path.name
+        assert released.cells == ours.cells, f"{path.name}: metadata (locks, checksums) differ"
+        assert find_leaks(instructor, released) == [], path.name
+        assert checker_calls(released) == checker_calls(instructor), path.name
+        stubs = [c for c in released.cells if is_solution(c)]
+        assert all(STUB_BODY in c.source and BEGIN not in c.source for c in stubs), path.name
+        assert len(stubs) == sum(is_solution(c) for c in instructor.cells), path.name
+    assert (course / "gradebook.db").is_file(), "the gradebook belongs in the course folder"
+    strays = [folder for folder in (REPO, NOTEBOOKS, REPO / "tests") if (folder / "gradebook.db").exists()]
+    assert strays == [], "nbgrader wrote a gradebook into the repository"
+
+
+@pytest.mark.slow
+def test_autograde_gives_full_partial_and_no_marks(graded):
+    points = scores(graded, FAST_LESSON)
+    checks = {"check_causal_mask", "check_attention_scores", "check_causal_attention"}
+    assert points == {
+        "ada": dict.fromkeys(checks, 1.0),
+        "bob": {"check_causal_mask": 0.0, "check_attention_scores": 1.0, "check_causal_attention": 0.0},
+    }
+
+
+def feedback_text(course: Path, student: str) -> str:
+    page = (course / "feedback" / student / FAST_LESSON / f"{FAST_LESSON}.html").read_text()
+    return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+
+def printed(function_check, function) -> list[str]:
+    """The checker's own verdict on ``function``: the independent reference for what the feedback shows."""
+    return [line.strip() for line in function_check(function).message.splitlines()]
+
+
+@pytest.mark.slow
+def test_the_feedback_shows_the_checkers_hints(graded):
+    import torch
+
+    def causal_mask(T):
+        return torch.triu(torch.ones(T, T, dtype=torch.bool))
+
+    def causal_attention(q, k, v):
+        raise NotImplementedError("exercise: write this function, then run the check below")
+
+    bob = feedback_text(graded, "bob")
+    for line in printed(check_causal_mask, causal_mask) + printed(check_causal_attention, causal_attention):
+        assert line in bob
+    assert "hint: that is the upper triangle" in bob and "not written yet" in bob
+    assert "✅ check_attention_scores: passed" in bob
+    assert f"{FAST_LESSON} (Score: 1.0 / 3.0)" in bob
+    ada = feedback_text(graded, "ada")
+    assert f"{FAST_LESSON} (Score: 3.0 / 3.0)" in ada and ada.count("passed") == 3 and "❌" not in ada
+
+
+@pytest.mark.slow
+def test_a_student_copy_runs_every_cell_but_the_failing_checks(graded):
+    """Bob's copy ran top to bottom under autograde: the only cells with an error are the two checker cells of
+    the exercises he got wrong or left, each showing the checker's message, not a traceback into his code."""
+    autograded = nbformat.read(graded / "autograded" / "bob" / FAST_LESSON / f"{FAST_LESSON}.ipynb", as_version=4)
+    code = [c for c in autograded.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), "autograde stopped before the end"
+    failed = [c.source for c in code if any(o.output_type == "error" for o in c.outputs)]
+    assert failed == ["assert check_causal_mask(causal_mask)", "assert check_causal_attention(causal_attention)"]
+    for cell in code:
+        if cell.source in failed:
+            shown = "".join(o.get("text", "") for o in cell.outputs)
+            assert "❌" in shown and "Traceback" not in shown
