@@ -86,18 +86,14 @@ def _prerequisites(request: pytest.FixtureRequest) -> None:
         problem = vllm_problem()
         if problem:
             pytest.fail(problem, pytrace=False)
-    if request.node.get_closest_marker("browser"):
-        problem = browser_problem()
+    for marker, problem_of in (("browser", browser_problem), ("hub", hub_problem)):
+        if not request.node.get_closest_marker(marker):
+            continue
+        problem = problem_of()
         if problem and in_ci():
-            pytest.fail(f"CI=true and the browser tests cannot run: {problem}", pytrace=False)
+            pytest.fail(f"CI=true and the {marker} tests cannot run: {problem}", pytrace=False)
         if problem:
-            pytest.skip(f"browser test skipped: {problem}")
-    if request.node.get_closest_marker("hub"):
-        problem = hub_problem()
-        if problem and in_ci():
-            pytest.fail(f"CI=true and the hub tests cannot run: {problem}", pytrace=False)
-        if problem:
-            pytest.skip(f"hub test skipped: {problem}")
+            pytest.skip(f"{marker} test skipped: {problem}")
     if request.node.get_closest_marker("gpu"):
         import torch
 

@@ -14,6 +14,12 @@ from tinyformer.cli import Command, non_negative_float, port_number, positive_fl
 from tinyformer.serving.cli import add_key_file_argument
 
 
+def add_source_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source", type=Path, default=Path("notebooks"), help="the instructor notebooks (default: notebooks)"
+    )
+
+
 def add_workshop_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="workshop_command", title="workshop commands", metavar="WHAT", required=True)
 
@@ -25,9 +31,7 @@ def add_workshop_arguments(parser: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     student.add_argument("out", type=Path, metavar="OUT", help="folder to write the student notebooks into")
-    student.add_argument(
-        "--source", type=Path, default=Path("notebooks"), help="the instructor notebooks (default: notebooks)"
-    )
+    add_source_argument(student)
 
     marks = sub.add_parser(
         "nbgrader-metadata",
@@ -36,7 +40,7 @@ def add_workshop_arguments(parser: argparse.ArgumentParser) -> None:
         "body, its checker cell graded and locked, prose read-only. Idempotent; run it after adding an exercise.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    marks.add_argument("--source", type=Path, default=Path("notebooks"), help="the notebooks (default: notebooks)")
+    add_source_argument(marks)
     marks.add_argument("--check", action="store_true", help="change nothing; fail if a notebook is out of date")
 
     course = sub.add_parser(
@@ -47,9 +51,7 @@ def add_workshop_arguments(parser: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     course.add_argument("course_dir", type=Path, metavar="DIR", help="the course folder (created if missing)")
-    course.add_argument(
-        "--source", type=Path, default=Path("notebooks"), help="the instructor notebooks (default: notebooks)"
-    )
+    add_source_argument(course)
     course.add_argument("--course-id", default="tinyformer", help="nbgrader's course id (default: tinyformer)")
 
     serve = sub.add_parser(
