@@ -96,7 +96,7 @@ lint: install
 	@TIMEFORMAT='== ruff: %1Rs'; time { $(BIN)/ruff check . && $(BIN)/ruff format --check . ; }
 
 unit: install
-	@TIMEFORMAT='== unit tests: %1Rs'; time $(BIN)/pytest tests
+	@TIMEFORMAT='== unit tests: %1Rs'; time $(BIN)/pytest --durations=25 tests
 
 notebooks: install
 	@TIMEFORMAT='== notebooks (nbmake): %1Rs'; time $(BIN)/pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) --durations=0 notebooks
