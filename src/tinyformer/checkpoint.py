@@ -6,7 +6,6 @@ Training a preset and the lessons' "load what lesson 04 saved, or train it now" 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from tinyformer.config import ModelConfig
 from tinyformer.model import Transformer
+from tinyformer.paths import atomic_file
 
 FORMAT = "tinyformer-checkpoint-v1"
 
@@ -37,17 +37,12 @@ def save_atomically(path: str | Path, payload: dict) -> Path:
     """``torch.save(payload)`` to ``path`` through a temp file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a classroom shares checkpoints
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -7,13 +7,13 @@ store opens SQLite through ``apsw``, which ships its own SQLite with extension l
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from tinyformer.paths import atomic_file
 
 
 def cosine_scores(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -95,10 +95,8 @@ class VectorStore:
             raise ValueError(f"vectors must be a non-empty [N, d] tensor, got shape {list(vectors.shape)}.")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            db = _connect(Path(tmp))
+        with atomic_file(path) as tmp:
+            db = _connect(tmp)
             with db:  # one transaction
                 db.execute("CREATE TABLE meta(key TEXT PRIMARY KEY, value)")
                 db.execute("INSERT INTO meta VALUES ('dim', ?)", (vectors.shape[1],))
@@ -107,10 +105,6 @@ class VectorStore:
                 rows = ((i, _blob(v)) for i, v in enumerate(vectors))
                 db.executemany("INSERT INTO vectors(rowid, embedding) VALUES (?, ?)", rows)
             db.close()
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return cls(path)
 
     def search(self, query: torch.Tensor, k: int) -> list[tuple[int, float]]:

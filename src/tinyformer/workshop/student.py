@@ -19,9 +19,7 @@ Every other cell keeps its source, outputs and execution counts are stripped, an
 from __future__ import annotations
 
 import ast
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from nbgrader.converters import GenerateAssignment
 from nbgrader.preprocessors import SaveCells
 from traitlets.config import Config
 
+from tinyformer.paths import atomic_file
 from tinyformer.workshop.nbgrader_meta import BEGIN, END, is_solution, mark_notebook
 
 STUB_BODY = 'raise NotImplementedError("exercise: write this function, then run the check below")'
@@ -162,11 +161,5 @@ def write_notebook_atomically(notebook: nbformat.NotebookNode, path: Path) -> No
 
 def write_text_atomically(path: Path, text: str) -> None:
     """A temp file in the same folder, then a rename: a crash leaves the old file or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
