@@ -20,9 +20,9 @@ from pathlib import Path
 
 import nbformat
 
-from tinyformer.paths import artifacts_dir
-from tinyformer.workshop.nbgrader_meta import BEGIN, END, mark_notebook
-from tinyformer.workshop.student import STUB_BODY, write_notebook_atomically, write_text_atomically
+from tinyformer.paths import artifacts_dir, atomic_file
+from tinyformer.workshop.nbgrader_meta import BEGIN, END, mark_notebook, write_notebook_atomically
+from tinyformer.workshop.student import STUB_BODY
 
 CONFIG_NAME = "nbgrader_config.py"
 CELL_TIMEOUT_S = 600  # lesson 04 trains for about a minute in one cell; 07-13 start vLLM servers
@@ -70,7 +70,8 @@ def write_course(course_dir: str | Path, source_dir: str | Path, course_id: str 
         written.append(target)
     config = course_dir / CONFIG_NAME
     if not config.exists():
-        write_text_atomically(config, course_config(course_id))
+        with atomic_file(config) as tmp:
+            tmp.write_text(course_config(course_id), encoding="utf-8")
     return written
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import nbformat
 
+from tinyformer.paths import atomic_file
+
 SOLUTION_TAG = "solution"  # the author's mark on an exercise cell
 SCHEMA_VERSION = 3
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -107,8 +109,6 @@ def mark_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
 def mark_notebooks(folder: str | Path, check: bool = False) -> list[Path]:
     """Mark every ``*.ipynb`` in ``folder`` in place (atomically); returns the notebooks that changed.
     With ``check``, writes nothing and only reports which notebooks are out of date."""
-    from tinyformer.workshop.student import write_notebook_atomically  # student.py imports this module
-
     folder = Path(folder)
     paths = sorted(folder.glob("*.ipynb"))
     if not paths:
@@ -122,6 +122,11 @@ def mark_notebooks(folder: str | Path, check: bool = False) -> list[Path]:
             if not check:
                 write_notebook_atomically(marked, path)
     return changed
+
+
+def write_notebook_atomically(notebook: nbformat.NotebookNode, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(nbformat.writes(notebook) + "\n", encoding="utf-8")
 
 
 # ----- helpers ------------------------------------------------------------------------------------

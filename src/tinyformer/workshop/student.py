@@ -29,8 +29,7 @@ from nbgrader.converters import GenerateAssignment
 from nbgrader.preprocessors import SaveCells
 from traitlets.config import Config
 
-from tinyformer.paths import atomic_file
-from tinyformer.workshop.nbgrader_meta import BEGIN, END, is_solution, mark_notebook
+from tinyformer.workshop.nbgrader_meta import BEGIN, END, is_solution, mark_notebook, write_notebook_atomically
 
 STUB_BODY = 'raise NotImplementedError("exercise: write this function, then run the check below")'
 CHECK_CALL = re.compile(r"\bcheck_\w+\(")
@@ -153,13 +152,3 @@ def _leading_comments(lines: list[str]) -> list[str]:
             break
         kept.append(line)
     return kept
-
-
-def write_notebook_atomically(notebook: nbformat.NotebookNode, path: Path) -> None:
-    write_text_atomically(path, nbformat.writes(notebook) + "\n")
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """A temp file in the same folder, then a rename: a crash leaves the old file or the new one, never half."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
