@@ -15,7 +15,7 @@ import time
 import torch
 
 from tinyformer import ModelConfig, Transformer, build_tokenizer
-from tinyformer.widgets import AttentionExplorer, BudgetCalculator, kv_cache_stepper
+from tinyformer.widgets import AttentionExplorer, BudgetCalculator, attention_weights_viewer, kv_cache_stepper
 
 TARGET_MS = 200
 REPEATS = 10
@@ -41,7 +41,9 @@ def main() -> int:
     explorer = AttentionExplorer(measure=False)
     stepper = kv_cache_stepper(model, tokenizer, max_new_tokens=10)
     calculator = BudgetCalculator()
+    viewer = attention_weights_viewer(model, tokenizer)
     rows = [
+        ("attention weights viewer", *time_updates(viewer, viewer.query, [1, 2, 3, 4])),
         ("attention explorer", *time_updates(explorer, explorer.seq_len, [2048, 4096, 8192])),
         ("KV cache stepper", *time_updates(stepper, stepper.step, [1, 2, 3, 4])),
         ("GPU budget calculator", *time_updates(calculator, calculator.max_model_len, [4096, 8192, 16384])),

@@ -168,21 +168,72 @@ def test_attention_weights_viewer_follows_its_controls_and_refuses_an_empty_sent
     assert bytes(widget.image.value).startswith(PNG_MAGIC)
 
 
-def test_debouncer_runs_at_once_without_an_event_loop_and_once_per_burst_with_one():
+def test_debouncer_runs_a_lone_event_at_once_and_a_burst_as_one_more_run():
     import asyncio
 
     calls = []
-    debounced = Debouncer(lambda: calls.append(1), delay=0.01)
-    debounced()
+    debounced = Debouncer(lambda: calls.append(1), delay=0.05)
+    debounced()  # no event loop: at once
     assert calls == [1]
 
     async def burst():
-        for _ in range(5):
+        debounced()  # the first of a burst runs at once: a single key press must not wait
+        assert calls == [1, 1]
+        for _ in range(4):
             debounced()
-        await asyncio.sleep(0.05)
+        assert calls == [1, 1]  # merged ...
+        await asyncio.sleep(0.1)
+        assert calls == [1, 1, 1]  # ... into one trailing run with the last value
+        await asyncio.sleep(0.1)
+        debounced()  # a lone event after a pause: at once again
+        assert calls == [1, 1, 1, 1]
 
     asyncio.run(burst())
-    assert calls == [1, 1]
+
+
+@pytest.mark.parametrize("which", ["explorer", "stepper", "budget", "viewer"])
+def test_blitted_frames_look_like_a_full_drawing(which):
+    """The widgets draw only what moved over frames drawn once (FigureRenderer). After slider moves, what
+    is sent must look like a full drawing of the same figure: the same size, and at most 0.5 % of pixels
+    differ (lines and bars drawn over the spines instead of under)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tinyformer.widgets.base import figure_png
+
+    def pixels(png: bytes) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    model = Transformer(ModelConfig.preset("nano", vocab_size=len(tokenizer))).eval()
+    # Each list ends with a move that changes the frames themselves (limits, ticks), except the stepper's,
+    # whose frames are fixed by design (sized for the last step).
+    widget, moves = {
+        "explorer": lambda: (AttentionExplorer(measure=False), [("seq_len", 2048), ("seq_len", 8192), ("n_head", 7)]),
+        "stepper": lambda: (
+            kv_cache_stepper(model, tokenizer, max_new_tokens=10),
+            [("step", 3), ("step", 7), ("layer", 1)],
+        ),
+        "budget": lambda: (
+            BudgetCalculator(),
+            [("max_model_len", 4096), ("max_model_len", 16384), ("gpu", "A100 80 GB")],
+        ),
+        "viewer": lambda: (
+            attention_weights_viewer(model, tokenizer),
+            [("query", 1), ("query", 5), ("sentence", "the dogs run .")],
+        ),
+    }[which]()
+    previous = pixels(bytes(widget.image.value))
+    for control, value in moves:
+        getattr(widget, control).value = value
+        sent, full = pixels(bytes(widget.image.value)), pixels(figure_png(widget.figure))
+        assert sent.shape == full.shape
+        assert (sent != full).any(axis=2).mean() < 0.005, f"after {control} = {value!r}"
+        assert (sent != previous).any()  # the move changed the picture
+        previous = sent
 
 
 def test_budget_calculator_shows_image_tokens_and_how_many_images_fit():

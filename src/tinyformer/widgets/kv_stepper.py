@@ -8,7 +8,7 @@ import ipywidgets as w
 import matplotlib
 import numpy as np
 import torch
-from matplotlib.ticker import FixedFormatter
+from matplotlib.transforms import blended_transform_factory
 
 from tinyformer import memory
 from tinyformer.kv_cache import KVCache
@@ -136,8 +136,24 @@ class KVCacheStepper(LiveFigureWidget):
         self.keys.set_ylabel("cached token")
 
         self.weight_bars = self.attn.bar(range(longest), np.zeros(longest), color="tab:green")
-        self.attn.set_xticks(range(longest))
-        self.attn.tick_params(axis="x", labelrotation=60, labelsize=7)
+        # Token names are texts, not tick labels: they appear step by step, and ticks that change would make
+        # every step redraw the frames (see FigureRenderer).
+        self.attn.set_xticks(range(longest), [""] * longest)
+        below_axis = blended_transform_factory(self.attn.transData, self.attn.transAxes)
+        self.token_names = [
+            self.attn.text(
+                i,
+                -0.04,
+                "",
+                transform=below_axis,
+                rotation=60,
+                rotation_mode="anchor",
+                ha="right",
+                va="center",
+                fontsize=7,
+            )
+            for i in range(longest)
+        ]
         self.attn.set_ylim(0, 1)
 
     def update_figure(self) -> None:
@@ -157,8 +173,8 @@ class KVCacheStepper(LiveFigureWidget):
         weights = s.attention[layer][head]  # [S]
         for i, bar in enumerate(self.weight_bars):
             bar.set_height(weights[i] if i < len(weights) else 0.0)
-        visible = [label if i < len(weights) else "" for i, label in enumerate(self.labels[: len(self.weight_bars)])]
-        self.attn.xaxis.set_major_formatter(FixedFormatter(visible))  # tokens not generated yet stay unnamed
+        for i, name in enumerate(self.token_names):
+            name.set_text(self.labels[i] if i < len(weights) else "")  # tokens not generated yet stay unnamed
         self.attn.set_title(f"newest token's attention over the cache (sums to {weights.sum():.2f})", fontsize=9)
 
 
