@@ -25,8 +25,9 @@ import pytest
 import torch
 
 from tinyformer import ModelConfig, Transformer, build_tokenizer, memory
+from tinyformer.paths import artifacts_dir
 from tinyformer.serving.server import free_port
-from tinyformer.train import train_preset
+from tinyformer.train import load_or_train
 from tinyformer.widgets import attention_row, attention_weights, explorer_numbers
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -59,9 +60,12 @@ def lab(tmp_path_factory):
     for path in NOTEBOOKS.glob("*.ipynb"):
         shutil.copy(path, root / path.name)
     # The lessons load notebook 04's checkpoint. Notebook 05 checks what the trained model learned (subject-verb
-    # agreement), so the test trains it for real with the nano recipe (about a minute), as notebook 04 would.
+    # agreement), so the lab gets the real nano checkpoint: the suite's own (trained once with the nano recipe,
+    # as notebook 04 would, and shared with the serving tests), copied so nothing here can change it.
     artifacts = root / "artifacts"
-    train_preset("nano", artifacts / "nano.pt", progress=False)
+    artifacts.mkdir()
+    load_or_train("nano", progress=False)
+    shutil.copy(artifacts_dir() / "nano.pt", artifacts / "nano.pt")
     token, port = secrets.token_hex(16), free_port()
     env = {**os.environ, "TINYFORMER_ARTIFACTS": str(artifacts), "JUPYTER_CONFIG_DIR": str(root / ".jupyter")}
     log = (root / "lab.log").open("w")

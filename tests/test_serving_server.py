@@ -291,10 +291,15 @@ def refused_head_size(folder, tmp_path) -> list[int]:
     return []
 
 
-def vllm_rejects(folder, tmp_path, match: str, **kwargs) -> list[int]:
+def vllm_rejects(folder, tmp_path, match: str, background: bool = False, **kwargs) -> list[int]:
     server = small_server(folder, check=False, **kwargs)
     with pytest.raises(VLLMStartupError, match=match) as error:
-        server.start()
+        if background:  # the error reaches whoever waits for the start, as it would from start()
+            started = server.start_in_background()
+            assert not started.done()
+            started.result(timeout=600)
+        else:
+            server.start()
     assert "What it means" in str(error.value) and str(server.log_path) in str(error.value)
     return [server.pid]
 
@@ -443,7 +448,9 @@ CYCLES = {
     "refused: max_model_len > n_positions": lambda f, t: refused(f, t, max_model_len=512),
     "refused: KV budget below one block": lambda f, t: refused(f, t, kv_cache_tokens=128),
     "refused: KV budget below one request": lambda f, t: refused(f, t, kv_cache_tokens=256),
-    "vLLM rejects max_model_len": lambda f, t: vllm_rejects(f, t, "max_model_len \\(512\\)", max_model_len=512),
+    "vLLM rejects max_model_len (started in the background)": lambda f, t: vllm_rejects(
+        f, t, "max_model_len \\(512\\)", background=True, max_model_len=512
+    ),
     "vLLM rejects the KV budget": lambda f, t: vllm_rejects(f, t, "To serve at least one request", kv_cache_tokens=256),
     "port already in use": port_in_use,
     "interrupt after 0.5 s": lambda f, t: interrupted_start(f, t, after(0.5)),

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
@@ -52,6 +53,7 @@ STOP_GRACE_SECONDS = 10.0  # SIGTERM, then this long to shut down cleanly, then 
 # While starting, vLLM's API process does not act on SIGTERM (and has nothing to save): kill it sooner.
 STARTING_GRACE_SECONDS = 2.0
 WATCHDOG = Path(__file__).with_name("watchdog.py")  # run as a script: the leader of the server's process group
+_STARTER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vllm-start")  # start_in_background()
 # Process groups this Python process started, so tests (and the curious) can check none outlive us.
 STARTED_PROCESS_GROUPS: list[int] = []
 
@@ -229,6 +231,17 @@ class VLLMServer:
             raise
         return self
 
+    def start_in_background(self) -> Future:
+        """``start()`` in a thread, returned at once: ``.result()`` waits, then returns this server or raises
+        what ``start()`` raised.
+
+        A vLLM start takes most of a minute on a small CPU box, nearly all of it importing Python in three
+        processes one after another (API server, engine, worker), each on one core; a lesson starts its next
+        server this way while it works with the current one. No progress bar: it would draw in whatever cell
+        is running."""
+        self.progress = False
+        return _STARTER.submit(self.start)
+
     def stop(self) -> None:
         """Stop the whole process group (no-op for a shared server or one never started)."""
         if self._finalizer is not None:
@@ -257,6 +270,8 @@ class VLLMServer:
         return OpenAI(base_url=self.api_url, api_key=self.api_key or "no-key-needed", **kwargs)
 
     def __enter__(self) -> VLLMServer:
+        if self._process is not None and self._process.poll() is None:
+            return self  # already started (e.g. by start_in_background): the with-block stops it at its end
         return self.start()
 
     def __exit__(self, *exc) -> None:
