@@ -237,8 +237,9 @@ class VLLMServer:
 
         A vLLM start takes most of a minute on a small CPU box, nearly all of it importing Python in three
         processes one after another (API server, engine, worker), each on one core; a lesson starts its next
-        server this way while it works with the current one. No progress bar: it would draw in whatever cell
-        is running."""
+        server this way while it works with the current one. On the 2-core CI box two starts side by side took
+        0.6x the time of two in a row (benchmarks/parallel_starts.py). No progress bar: it would draw in
+        whatever cell is running."""
         self.progress = False
         return _STARTER.submit(self.start)
 
