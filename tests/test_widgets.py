@@ -201,7 +201,10 @@ def test_blitted_frames_look_like_a_full_drawing(which):
     import numpy as np
     from PIL import Image
 
-    from tinyformer.widgets.base import figure_png
+    def figure_png(fig) -> bytes:  # the reference: matplotlib's full drawing of the same figure
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=72)
+        return buf.getvalue()
 
     def pixels(png: bytes) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)

@@ -36,13 +36,11 @@ def save_checkpoint(path: str | Path, model: Transformer, tokenizer: PreTrainedT
 def save_atomically(path: str | Path, payload: dict) -> Path:
     """``torch.save(payload)`` to ``path`` through a temp file in the same folder and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         with open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a classroom shares checkpoints
     return path
 
 

@@ -25,13 +25,15 @@ def artifacts_dir() -> Path:
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """A temp file in ``path``'s folder to write; on success one rename puts it at ``path``, on error it is removed.
-    A crash leaves the old file or the new one, never half of one. (The folder must exist.)"""
+    """A temp file in ``path``'s folder (made if missing) to write; on success one rename puts it at ``path``, on
+    error it is removed. A crash leaves the old file or the new one, never half of one."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a classroom shares checkpoints and notebooks
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -94,7 +94,6 @@ class VectorStore:
         if vectors.dim() != 2 or vectors.shape[0] == 0:
             raise ValueError(f"vectors must be a non-empty [N, d] tensor, got shape {list(vectors.shape)}.")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as tmp:
             db = _connect(tmp)
             with db:  # one transaction

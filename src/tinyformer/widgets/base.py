@@ -119,14 +119,6 @@ def rgba_png(canvas) -> bytes:
     return buf.getvalue()
 
 
-def figure_png(fig: Figure, dpi: int = 72) -> bytes:
-    """A full drawing of ``fig`` as PNG (the reference the blitted frames are tested against)."""
-    buf = io.BytesIO()
-    # No bbox_inches="tight" (it draws the figure twice)
-    fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
-    return buf.getvalue()
-
-
 class LiveFigureWidget:
     """Controls + an HTML panel of numbers + a figure, updated (debounced) when a control changes.
 
