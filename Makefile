@@ -88,18 +88,42 @@ STUDENT_DIR ?= artifacts/student-notebooks
 student: install
 	$(BIN)/python -m tinyformer.workshop student-notebooks $(STUDENT_DIR)
 
+# Every vLLM server the suite starts writes its log here (one folder per phase); `make test` counts them at the end.
+VLLM_LOGS := $(CURDIR)/test-results/vllm-logs
+COUNT_STARTS = $(BIN)/python -c 'import sys; from tinyformer.serving.vllm_log import count_starts; \
+	print(f"== vLLM starts, {sys.argv[1]}: {count_starts(sys.argv[2])}")'
+
 # -k: run every part even when one fails, so CI reports all of them; the exit status still fails.
 test: install browser-deps
-	@$(MAKE) --no-print-directory -k lint unit notebooks
+	@rm -rf $(VLLM_LOGS)
+	@status=0; $(MAKE) --no-print-directory -k lint unit notebooks || status=$$?; \
+	$(COUNT_STARTS) "unit tests" $(VLLM_LOGS)/unit; $(COUNT_STARTS) notebooks $(VLLM_LOGS)/notebooks; exit $$status
 
 lint: install
 	@TIMEFORMAT='== ruff: %1Rs'; time { $(BIN)/ruff check . && $(BIN)/ruff format --check . ; }
 
+# Two workers (pytest-xdist): most of the suite's time is vLLM starting, which is mostly single-core imports.
+# Tests sharing a module's vLLM server stay on one worker (xdist_group, tests/conftest.py). Tests marked `solo`
+# time something on the CPU, so they run afterwards with nothing beside them.
+PYTEST_UNIT = TINYFORMER_VLLM_LOG_DIR=$(VLLM_LOGS)/unit $(BIN)/pytest --durations=25
 unit: install
-	@TIMEFORMAT='== unit tests: %1Rs'; time $(BIN)/pytest --durations=25 tests
+	@TIMEFORMAT='== unit tests: %1Rs'; time { status=0; \
+		$(PYTEST_UNIT) -n 2 --dist loadgroup -m "not solo" tests || status=$$?; \
+		$(PYTEST_UNIT) -m solo tests || status=$$?; exit $$status; }
 
+# Each notebook in a fresh kernel, two at a time, the last lessons first: they start vLLM servers and take longest,
+# and the short early lessons fill the gaps at the end. Lessons that need the trained model load or train it
+# under a lock (train.load_or_train), so order does not matter for correctness.
+NOTEBOOKS_LAST_FIRST := $(shell ls -r notebooks/*.ipynb)
 notebooks: install
-	@TIMEFORMAT='== notebooks (nbmake): %1Rs'; time $(BIN)/pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) --durations=0 notebooks
+	@TIMEFORMAT='== notebooks (nbmake): %1Rs'; time TINYFORMER_VLLM_LOG_DIR=$(VLLM_LOGS)/notebooks \
+		$(BIN)/pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) --durations=0 -n 2 --dist load $(NOTEBOOKS_LAST_FIRST)
+
+# pip's resolver over the GPU flavour's requirements (needs the package index; no GPU). `make test` runs it only
+# when the pins differ from tests/gpu_resolution.json; this runs it always and records the result.
+.PHONY: check-gpu-install
+check-gpu-install: install
+	TINYFORMER_RESOLVE_GPU=1 $(BIN)/pytest -p no:cacheprovider tests/test_gpu_install.py
 
 # The browser tests drive Debian's Chromium through Playwright (never `playwright install`).
 browser-deps:

@@ -175,3 +175,17 @@ def foreign_http_server(tmp_path_factory):
     finally:
         process.kill()
         process.wait()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under two workers (`make unit`: pytest-xdist, ``--dist loadgroup``), the tests of a module that share one
+    of its module-scoped fixtures (most often a running vLLM server) go to the same worker, so the fixture is made
+    once, as in a run without workers. Other tests are spread one by one."""
+    for item in items:
+        if any(_module_scoped_here(item, name) for name in item.fixturenames):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def _module_scoped_here(item: pytest.Item, fixture: str) -> bool:
+    definitions = item._fixtureinfo.name2fixturedefs.get(fixture, ())
+    return any(d.scope == "module" and d.baseid == item.nodeid.split("::")[0] for d in definitions)

@@ -30,7 +30,7 @@ from tinyformer.serving.server import free_port
 from tinyformer.train import load_or_train
 from tinyformer.widgets import attention_row, attention_weights, explorer_numbers
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.solo]  # asserts key-press latency
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"

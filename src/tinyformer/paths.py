@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from filelock import FileLock
+
 _REPO = Path(__file__).resolve().parents[2]
 
 
@@ -38,3 +40,9 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def one_writer(path: str | Path) -> FileLock:
+    """A lock held while ``path`` is checked, and made when missing: two test workers or two kernels that want
+    the same trained model at once train it once (the second waits, then loads what the first saved)."""
+    return FileLock(f"{path}.lock")

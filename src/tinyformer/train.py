@@ -16,7 +16,7 @@ from tinyformer.checkpoint import load_checkpoint, save_checkpoint
 from tinyformer.config import ModelConfig
 from tinyformer.data import Corpus, TokenStream
 from tinyformer.model import Transformer, eval_mode
-from tinyformer.paths import artifacts_dir
+from tinyformer.paths import artifacts_dir, one_writer
 from tinyformer.tokenizer import build_tokenizer
 
 
@@ -178,10 +178,11 @@ def load_or_train(preset: str = "nano", *, path: str | Path | None = None, progr
     Later lessons call this so each notebook also runs on its own in a fresh kernel. A checkpoint saved
     by an older recipe (e.g. nano before it trained all 128 positions) is trained again, not reused."""
     path = Path(path) if path is not None else artifacts_dir() / f"{preset}.pt"
-    if path.is_file():
-        model, tokenizer, meta = load_checkpoint(path)
-        if meta.get("recipe") == weights_recipe(TrainConfig.for_preset(preset)):
-            return model, tokenizer
-        print(f"{path} was trained with another recipe than today's {preset!r} recipe: training it again.")
-    model, tokenizer, _ = train_preset(preset, path, progress=progress)
+    with one_writer(path):
+        if path.is_file():
+            model, tokenizer, meta = load_checkpoint(path)
+            if meta.get("recipe") == weights_recipe(TrainConfig.for_preset(preset)):
+                return model, tokenizer
+            print(f"{path} was trained with another recipe than today's {preset!r} recipe: training it again.")
+        model, tokenizer, _ = train_preset(preset, path, progress=progress)
     return model.eval(), tokenizer

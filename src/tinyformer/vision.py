@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from tinyformer import checkpoint, data, memory
 from tinyformer.config import ModelConfig
 from tinyformer.model import Block, Transformer, eval_mode
-from tinyformer.paths import artifacts_dir
+from tinyformer.paths import artifacts_dir, one_writer
 from tinyformer.tokenizer import build_tokenizer
 
 IMAGE_TOKEN = "<image>"
@@ -530,13 +530,14 @@ def load_or_train_vlm(
     path = Path(path) if path is not None else artifacts_dir() / "vlm.pt"
     tokenizer = vlm_tokenizer()
     recipe = vlm_recipe(cfg, tokenizer)
-    if path.is_file():
-        model, baseline, saved_recipe = load_vlm(path)
-        if saved_recipe == recipe:
-            return TrainedVLM(model, baseline, tokenizer, *score_pair(model, baseline, tokenizer, cfg), 0.0, True)
-        print(f"{path} was trained with another recipe than today's: training it again.")
-    trained = train_and_score(cfg, progress=progress)
-    save_vlm(path, trained.model, trained.baseline, recipe)
+    with one_writer(path):
+        if path.is_file():
+            model, baseline, saved_recipe = load_vlm(path)
+            if saved_recipe == recipe:
+                return TrainedVLM(model, baseline, tokenizer, *score_pair(model, baseline, tokenizer, cfg), 0.0, True)
+            print(f"{path} was trained with another recipe than today's: training it again.")
+        trained = train_and_score(cfg, progress=progress)
+        save_vlm(path, trained.model, trained.baseline, recipe)
     return trained
 
 

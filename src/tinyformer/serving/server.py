@@ -303,6 +303,7 @@ class VLLMServer:
 
     def _environment(self) -> dict[str, str]:
         env = {**os.environ, "VLLM_LOGGING_COLOR": "0"}  # a log file, not a terminal: no colour codes
+        env["VLLM_DISABLE_LOG_LOGO"] = "1"  # nor a drawn logo: the plain start line (vllm_log.START_LINE) instead
         env.update(NO_TELEMETRY_ENV)  # vLLM reports usage statistics unless told not to
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key  # not on the command line, where `ps` would show it
@@ -681,5 +682,8 @@ def _client_host(host: str) -> str:
 
 
 def _new_log_path(port: int) -> Path:
+    """artifacts/logs/, or $TINYFORMER_VLLM_LOG_DIR when set (`make test` collects every start's log there to
+    count them)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return artifacts_dir() / "logs" / f"vllm-{stamp}-port{port}.log"
+    folder = Path(os.environ.get(vllm_log.LOG_DIR_ENV) or artifacts_dir() / "logs")
+    return folder / f"vllm-{stamp}-port{port}.log"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from tinyformer import vllm_rules
 from tinyformer.serving.budget import KVBudget
@@ -13,6 +14,10 @@ KV_LINE = re.compile(
     r"(?P<device>[A-Z]+)(?: \+ host)? KV cache size: (?P<tokens>[\d,]+) tokens, "
     r"Maximum concurrency for (?P<max_model_len>[\d,]+) tokens per request: (?P<concurrency>[\d.]+)x"
 )
+# Where servers write their logs when set (else artifacts/logs); `make test` points it at test-results/.
+LOG_DIR_ENV = "TINYFORMER_VLLM_LOG_DIR"
+# The API server's first line of its own: one per start, whether the start then succeeds or fails.
+START_LINE = "vLLM server version"
 # "(EngineCore pid=1) ERROR 11-23 10:57:22 [core.py:1510] " in front of lines from vLLM's logger.
 LOG_PREFIX = re.compile(r"^\([\w-]+ pid=\d+\) (?P<level>[A-Z]+) [\d-]+ [\d:]+ \[[^\]]*\] ?")
 ERROR_LINE = re.compile(r"\b(?P<kind>[A-Za-z_.]*(?:Error|Exception)): (?P<text>.+)$")
@@ -169,3 +174,9 @@ def _explain_kv_budget(budget: KVBudget | None) -> str:
         f"to '0.0 GiB'). Give at least {need:,} bytes (kv_cache_tokens={need // budget.bytes_per_token}) or "
         f"lower max_model_len."
     )
+
+
+def count_starts(folder: str | Path) -> int:
+    """How many vLLM servers wrote their log into ``folder`` (each start logs ``START_LINE`` once)."""
+    logs = Path(folder).glob("*.log") if Path(folder).is_dir() else []
+    return sum(START_LINE in log.read_text(errors="replace") for log in logs)
