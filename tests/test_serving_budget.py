@@ -177,3 +177,14 @@ def test_metrics_text_is_parsed_with_prometheus_client():
     assert values == {"vllm:num_requests_running": 3.0, "vllm:num_preemptions_total": 7.0}
     assert metric_labels(METRICS_TEXT, "vllm:cache_config_info")["num_gpu_blocks"] == "10"
     assert metric_labels(METRICS_TEXT, "absent") == {}
+
+
+def test_count_starts_counts_the_logs_of_servers_that_started(tmp_path):
+    """`make test` prints how many vLLM servers each phase started, from the logs the servers wrote."""
+    from tinyformer.serving.vllm_log import START_LINE, count_starts
+
+    (tmp_path / "a.log").write_text(f"(APIServer pid=7) INFO 12-06 02:00:00 [api_utils.py:327] {START_LINE} 0.32.0\n")
+    (tmp_path / "b.log").write_text(f"INFO {START_LINE} 0.32.0, serving model micro\nKV cache size: 1,280 tokens\n")
+    (tmp_path / "c.log").write_text("interrupted before vLLM logged a line of its own\n")
+    assert count_starts(tmp_path) == 2
+    assert count_starts(tmp_path / "missing") == 0

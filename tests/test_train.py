@@ -140,3 +140,33 @@ def test_evaluate_is_forward_only(stream):
     with torch.no_grad():
         assert loss == pytest.approx(float(lm_loss(model.eval()(windows[:, :-1]), windows[:, 1:])), abs=1e-6)
     assert evaluate(model, stream, block_size=32, max_windows=16) == loss
+
+
+def test_two_workers_asking_for_the_same_checkpoint_train_it_once(tmp_path, monkeypatch):
+    """`make test` runs tests and notebooks two at a time: the second caller waits for the first's training and
+    loads what it saved, instead of training again (train.load_or_train holds paths.one_writer)."""
+    import threading
+    import time
+
+    from tinyformer import train as train_module
+    from tinyformer.checkpoint import save_checkpoint
+
+    trainings = []
+
+    def quick_train_preset(preset, path, *, progress=True):
+        trainings.append(preset)
+        time.sleep(0.5)  # long enough for the other thread to arrive while this one "trains"
+        tokenizer = build_tokenizer()
+        model = Transformer(ModelConfig.preset(preset, vocab_size=len(tokenizer)))
+        recipe = train_module.weights_recipe(TrainConfig.for_preset(preset))
+        save_checkpoint(path, model, tokenizer, preset=preset, recipe=recipe)
+        return model, tokenizer, None
+
+    monkeypatch.setattr(train_module, "train_preset", quick_train_preset)
+    path = tmp_path / "nano.pt"
+    callers = [threading.Thread(target=train_module.load_or_train, kwargs={"path": path}) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert trainings == ["nano"] and path.is_file()
