@@ -114,7 +114,7 @@ def test_load_or_train_vlm_trains_once_then_loads(tmp_path, monkeypatch):
     path = tmp_path / "vlm.pt"
     first = vision.load_or_train_vlm(TINY, path=path, progress=False)
     assert not first.loaded and path.is_file()
-    assert [p.name for p in tmp_path.iterdir()] == ["vlm.pt"]  # no temp file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".vlm.pt.lock", "vlm.pt"]  # no temp file left behind
     monkeypatch.setattr(vision, "train_pair", lambda *a, **k: pytest.fail("load_or_train_vlm trained again"))
     again = vision.load_or_train_vlm(TINY, path=path, progress=False)
     assert again.loaded and not again.model.training and not again.baseline.training

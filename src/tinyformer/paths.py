@@ -44,5 +44,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 
 def one_writer(path: str | Path) -> FileLock:
     """A lock held while ``path`` is checked, and made when missing: two test workers or two kernels that want
-    the same trained model at once train it once (the second waits, then loads what the first saved)."""
-    return FileLock(f"{path}.lock")
+    the same trained model at once train it once (the second waits, then loads what the first saved). The lock
+    is a hidden file beside ``path`` that stays (removing it could let a third caller lock a different file)."""
+    path = Path(path)
+    return FileLock(path.with_name(f".{path.name}.lock"))
