@@ -180,8 +180,11 @@ def foreign_http_server(tmp_path_factory):
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under two workers (`make unit`: pytest-xdist, ``--dist loadgroup``), the tests of a module that share one
     of its module-scoped fixtures (most often a running vLLM server) go to the same worker, so the fixture is made
-    once, as in a run without workers. Other tests are spread one by one."""
+    once, as in a run without workers. Other tests, and tests marked ``spread`` (each starts servers of its own and
+    shares only cheap fixtures), are spread one by one."""
     for item in items:
+        if item.get_closest_marker("spread"):
+            continue
         if any(_module_scoped_here(item, name) for name in item.fixturenames):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 

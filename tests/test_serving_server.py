@@ -477,6 +477,7 @@ def test_there_are_twenty_one_cycles():
 
 
 @pytest.mark.slow
+@pytest.mark.spread  # each cycle starts (or refuses) servers of its own; `exported` is a cheap export
 @pytest.mark.parametrize("cycle", list(CYCLES))
 def test_start_stop_cycle_leaves_no_process(cycle, exported, tmp_path):
     _, _, folder = exported

@@ -188,6 +188,7 @@ def micro_server(export, kv_bytes, max_model_len, block_size, **extra) -> VLLMSe
 
 @pytest.mark.vllm
 @pytest.mark.slow
+@pytest.mark.spread  # a server of its own per row; the export is cheap
 @pytest.mark.parametrize("row", REAL_CAPACITY)
 def test_real_server_logs_the_predicted_capacity_line(row, micro_export):
     _, kv_bytes, max_model_len, block_size, _, line = next(r for r in CAPACITY if r[0] == row)
@@ -200,6 +201,7 @@ def test_real_server_logs_the_predicted_capacity_line(row, micro_export):
 
 @pytest.mark.vllm
 @pytest.mark.slow
+@pytest.mark.spread  # a server of its own per row; the export is cheap
 @pytest.mark.parametrize("row", REAL_REFUSALS)
 def test_real_server_refuses_in_the_predicted_words(row, micro_export):
     _, kv_bytes, max_model_len, block_size, _, says = next(r for r in REFUSALS if r[0] == row)
