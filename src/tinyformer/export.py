@@ -33,6 +33,7 @@ from transformers.utils import logging as hf_logging
 
 from tinyformer.config import ModelConfig
 from tinyformer.model import Transformer, eval_mode
+from tinyformer.paths import current_umask
 
 # nn.Linear weights that GPT-2 keeps in Conv1D layout [in, out].
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -140,6 +141,9 @@ def atomic_folder(out_dir: str | Path, overwrite: bool):
     _check_destination(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    # mkdtemp makes an owner-only folder; an export is a folder like any other (the umask decides), since other
+    # accounts serve it: a JupyterHub's vLLM service runs as an account of its own (workshop/hub.py).
+    tmp.chmod(0o777 & ~current_umask())
     try:
         yield tmp
         _move_into_place(tmp, out_dir)
