@@ -9,43 +9,34 @@ Needs root (the hub's own situation, and CI's): creating accounts and handing fi
 
 from __future__ import annotations
 
+import json
 import os
-import pwd
-import secrets
+import re
 import shutil
 import stat
-import subprocess
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tinyformer.workshop.hub import UnsafeLearnerFolder, seed_before_spawn
+from tinyformer.serving.server import GUARD_MIDDLEWARE, MULTI_USER_ENV, URL_ENV, VLLMServer
+from tinyformer.workshop.hub import (
+    UnsafeLearnerFolder,
+    checked_hub_url,
+    class_key,
+    class_server_service,
+    seed_before_spawn,
+    service_account,
+)
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="creates accounts and hands files over: needs root")
+REPO = Path(__file__).resolve().parents[1]
+MICRO_CONFIG = {"model_type": "gpt2", "vocab_size": 55, "n_positions": 128, "n_embd": 64, "n_layer": 2, "n_head": 2}
 
 
 @pytest.fixture
-def account():
-    """A new account of this machine with a home of its own in a fresh temporary folder; removed afterwards."""
-    name = f"tf-test-{secrets.token_hex(4)}"
-    base = Path(tempfile.mkdtemp(prefix="tinyformer-hub-"))
-    base.chmod(0o755)  # the account must reach its home
-    home = base / name
-    subprocess.run(
-        ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/usr/sbin/nologin", "--user-group", name],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        entry = pwd.getpwnam(name)
-        home.mkdir(mode=0o700)
-        os.chown(home, entry.pw_uid, entry.pw_gid)
-        yield entry
-    finally:
-        subprocess.run(["userdel", name], check=True, capture_output=True)
-        shutil.rmtree(base)
+def account(new_account):
+    """A learner: an account of this machine with a home of its own (conftest's new_account)."""
+    return new_account()
 
 
 @pytest.fixture
@@ -99,7 +90,6 @@ def owned_by(account, path: Path) -> None:
         assert (info.st_uid, info.st_gid) == (account.pw_uid, account.pw_gid), f"{item} is not the learner's"
 
 
-@needs_root
 def test_artifacts_as_a_link_to_a_folder_of_roots_is_refused(account, school, roots_folder):
     link = Path(account.pw_dir) / "artifacts"
     link.symlink_to(roots_folder, target_is_directory=True)
@@ -111,7 +101,6 @@ def test_artifacts_as_a_link_to_a_folder_of_roots_is_refused(account, school, ro
     assert "artifacts is a symbolic link or not a folder" in refusal
 
 
-@needs_root
 def test_a_dangling_link_to_a_file_of_roots_creates_nothing_there(account, school, roots_folder):
     folder = Path(account.pw_dir) / "artifacts"
     folder.mkdir()
@@ -130,7 +119,6 @@ def test_a_dangling_link_to_a_file_of_roots_creates_nothing_there(account, schoo
     assert spawner.environment == {"TINYFORMER_ARTIFACTS": str(folder)}
 
 
-@needs_root
 def test_a_new_learner_gets_the_class_files_as_their_own(account, school):
     spawner = spawner_of(account)
     seed_before_spawn(school)(spawner)
@@ -148,10 +136,105 @@ def test_a_new_learner_gets_the_class_files_as_their_own(account, school):
     assert (folder / "nano.pt").read_bytes() == b"trained by the learner in lesson 04"
 
 
-@needs_root
 def test_a_link_planted_among_the_class_files_is_not_copied(account, school, roots_folder):
     """Whoever can write the class's folder (the instructor's account) must not make root copy root's files."""
     (school / "nano-hf" / "tokenizer.json").symlink_to(roots_folder / "passwd")
     refusal = seed_refusal(school, account)
     assert not os.path.lexists(Path(account.pw_dir) / "artifacts" / "nano-hf" / "tokenizer.json")
     assert "'tokenizer.json' (for " in refusal and "is a symbolic link" in refusal
+
+
+# ----- the class's vLLM service: an account of its own ---------------------------------------------------------
+
+
+def test_the_service_runs_as_its_account_which_gets_the_key_file(new_account, shared_tmp, school):
+    vllm = new_account()
+    key_file = shared_tmp / "class-key"
+    key = class_key(key_file, vllm)
+    info = key_file.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (vllm.pw_uid, vllm.pw_gid, 0o600)
+    assert class_key(key_file, vllm) == key  # the hub, root, reads it back on its next start
+
+    model = shared_tmp / "nano-hf"
+    shutil.copytree(school / "nano-hf", model)
+    service = class_server_service(model, learners=3, port=8100, key_file=key_file, account=vllm)
+    assert service["user"] == vllm.pw_name and service["cwd"] == vllm.pw_dir
+    assert service["environment"]["TINYFORMER_ARTIFACTS"] == f"{vllm.pw_dir}/artifacts"  # its log: not the class's
+
+    model.chmod(0o700)  # an export made before exports followed the umask
+    with pytest.raises(ValueError, match=rf"'{vllm.pw_name}' cannot read the model it serves: {model} has mode 0700"):
+        class_server_service(model, learners=3, port=8100, key_file=key_file, account=vllm)
+
+
+def test_the_service_account_must_exist_not_be_root_and_have_a_home(new_account, shared_tmp):
+    if os.geteuid() != 0:
+        pytest.skip("the hub picks an account only when it runs as root")
+    with pytest.raises(ValueError, match=r"does not have: create it \(`sudo useradd --system --create-home"):
+        service_account("no-such-account-here")
+    with pytest.raises(ValueError, match=r"must not run as 'root' \(uid 0\)"):
+        service_account("root")
+    homeless = new_account()
+    Path(homeless.pw_dir).rmdir()
+    with pytest.raises(ValueError, match=rf"home {homeless.pw_dir} is missing or not its own"):
+        service_account(homeless.pw_name)
+    assert service_account("") is None  # explicitly the hub's own user
+
+
+# ----- what learners reach ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, cert, key, refused",
+    [
+        ("http://0.0.0.0:8000", None, None, "over plain HTTP: learners' passwords"),
+        ("http://10.0.0.5:8000", None, None, "over plain HTTP: learners' passwords"),
+        ("http://127.0.0.1:8000", None, None, None),
+        ("https://0.0.0.0:443", "/etc/ssl/hub.crt", "/etc/ssl/hub.key", None),
+        ("https://0.0.0.0:443", None, None, "use https:// with a certificate and key"),
+        ("http://0.0.0.0:8000", "/etc/ssl/hub.crt", "/etc/ssl/hub.key", "use https:// with a certificate and key"),
+        ("https://0.0.0.0:443", "/etc/ssl/hub.crt", None, "TLS needs both"),
+    ],
+)
+def test_the_hub_listens_beyond_loopback_only_with_tls(url, cert, key, refused):
+    if refused is None:
+        assert checked_hub_url(url, ssl_cert=cert, ssl_key=key) == url
+    else:
+        with pytest.raises(ValueError, match=re.escape(refused)):
+            checked_hub_url(url, ssl_cert=cert, ssl_key=key)
+
+
+def test_the_shipped_config_refuses_a_plain_http_hub_on_every_interface(tmp_path, monkeypatch):
+    """hub/jupyterhub_config.py loaded as JupyterHub loads it (traitlets' loader)."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    monkeypatch.setenv("TINYFORMER_HUB_URL", "http://0.0.0.0:8000")
+    monkeypatch.setenv("TINYFORMER_HUB_VLLM_USER", "")  # the service's account is not what this test is about
+    monkeypatch.setenv("TINYFORMER_HUB_KEY_FILE", str(tmp_path / "class-key"))
+    with pytest.raises(ValueError, match=r"http://0.0.0.0:8000 listens beyond this machine over plain HTTP"):
+        PyFileConfigLoader("jupyterhub_config.py", path=str(REPO / "hub")).load_config()
+    monkeypatch.setenv("TINYFORMER_HUB_URL", "http://127.0.0.1:8000")
+    config = PyFileConfigLoader("jupyterhub_config.py", path=str(REPO / "hub")).load_config()
+    assert config.JupyterHub.bind_url == "http://127.0.0.1:8000"
+
+
+def test_servers_learners_start_on_a_hub_get_a_key_of_their_own(tmp_path, monkeypatch):
+    """Every learner's kernel reaches this machine's loopback: a server a lesson starts (10-13) gets a random key,
+    on every route, in vLLM's environment only. JupyterHub sets JUPYTERHUB_USER in every server it spawns."""
+    (tmp_path / "config.json").write_text(json.dumps(MICRO_CONFIG))
+    monkeypatch.delenv(URL_ENV, raising=False)
+    monkeypatch.delenv(MULTI_USER_ENV, raising=False)
+    monkeypatch.delenv("JUPYTERHUB_USER", raising=False)
+    alone = VLLMServer(tmp_path, shared=False)
+    assert alone.api_key is None and GUARD_MIDDLEWARE not in alone.command()  # a laptop: lesson 07's rules
+
+    monkeypatch.setenv("JUPYTERHUB_USER", "ada")
+    first, second = VLLMServer(tmp_path, shared=False), VLLMServer(tmp_path, shared=False)
+    assert first.api_key and second.api_key and first.api_key != second.api_key and len(first.api_key) >= 32
+    assert first.guards_every_route and GUARD_MIDDLEWARE in first.command()
+    assert first._environment()["VLLM_API_KEY"] == first.api_key
+    assert first.api_key not in " ".join(first.command()) and first.api_key not in repr(first)
+    assert VLLMServer(tmp_path, api_key="mine", shared=False).api_key == "mine"  # a key given is kept
+
+    monkeypatch.delenv("JUPYTERHUB_USER")
+    monkeypatch.setenv(MULTI_USER_ENV, "1")  # a machine many people log in to, without a hub
+    assert VLLMServer(tmp_path, shared=False).guards_every_route

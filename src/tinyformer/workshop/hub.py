@@ -3,8 +3,9 @@ the class's vLLM server as a service the hub starts and stops, and what every le
 
 Everything else (authentication, spawning, the proxy) is JupyterHub's own configuration, set in that file. Each
 learner works in an artifacts folder of their own, seeded with the class's trained model before their server starts.
-The API key is read from its 0600 file by the hub, handed to learners' servers in their environment and to
-vLLM through ``--api-key-file``: it never appears on a command line, where `ps` shows it to every user.
+The hub runs as root; the vLLM service runs as an unprivileged account of its own (service_account). The API key
+lives in a 0600 file owned by that account: the hub reads it and hands it to learners' servers in their environment,
+vLLM reads it through ``--api-key-file``. It never appears on a command line, where `ps` shows it to every user.
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ import shutil
 import stat
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
-from tinyformer.serving.server import API_KEY_ENV, URL_ENV
+from tinyformer.serving.cli import KEY_FILE_MODE, read_or_create_key
+from tinyformer.serving.server import API_KEY_ENV, URL_ENV, is_loopback
 
 SERVICE_NAME = "vllm"
+# The account the class's vLLM server runs as when the hub runs as root (TINYFORMER_HUB_VLLM_USER overrides it).
+SERVICE_ACCOUNT = "tinyformer-vllm"
+CREATE_ACCOUNT = "sudo useradd --system --create-home --home-dir /var/lib/{name} --shell /usr/sbin/nologin {name}"
 # The proxy JupyterHub starts (configurable-http-proxy), installed by `make install` from hub/package.json.
 PROXY_BIN = Path("node_modules") / ".bin" / "configurable-http-proxy"
 
@@ -30,6 +36,7 @@ def class_server_service(
     learners: int,
     port: int,
     key_file: str | Path,
+    account: pwd.struct_passwd | None = None,
     tokens_per_request: int | None = None,
     python: str = sys.executable,
 ) -> dict:
@@ -38,6 +45,9 @@ def class_server_service(
     It listens on loopback only and asks for the key on every route but GET /health: every user of a hub
     reaches the machine's loopback, so vLLM's own rule (/v1 only) would leave /tokenize, /metrics and more open
     to them. No ``url``: the hub does not route it through the proxy, so it stays unreachable from outside.
+    ``account`` (service_account()): the hub starts it as that account, which must be able to read the model and
+    the key file (checked here, so the hub refuses to start rather than log vLLM's failures); its log goes to the
+    account's home, since the class's artifacts are not its to write.
     """
     command = [python, "-m", "tinyformer.workshop", "serve", str(model_dir), "--learners", str(learners)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--api-key-file", str(key_file), "--guard-every-route"]
@@ -45,7 +55,76 @@ def class_server_service(
         command += ["--tokens-per-request", str(tokens_per_request)]
     # A log file, not a terminal: the status line is printed when it changes, at most every 10 s.
     command += ["--status-every", "10"]
-    return {"name": SERVICE_NAME, "command": command, "environment": {"PYTHONUNBUFFERED": "1"}}
+    service = {"name": SERVICE_NAME, "command": command, "environment": {"PYTHONUNBUFFERED": "1"}}
+    if account is not None:
+        for path, what in ((model_dir, "the model it serves"), (key_file, "the class's key file")):
+            check_readable_by(account, path, what)
+        home = account.pw_dir
+        service.update(user=account.pw_name, cwd=home)
+        service["environment"]["TINYFORMER_ARTIFACTS"] = str(Path(home) / "artifacts")  # vLLM's logs
+    return service
+
+
+def service_account(name: str | None = SERVICE_ACCOUNT) -> pwd.struct_passwd | None:
+    """The account the class's vLLM service runs as: ``name`` when the hub runs as root, an account of this machine
+    that is not root and has a home of its own (vLLM keeps its log and caches there). None (the hub's own user) when
+    the hub is not root, which cannot start processes as anybody else, or when ``name`` is empty."""
+    if os.geteuid() != 0 or not name:
+        return None
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(
+            f"the class's vLLM server runs as the account {name!r}, which this machine does not have: create it "
+            f"(`{CREATE_ACCOUNT.format(name=name)}`), or name another unprivileged one in TINYFORMER_HUB_VLLM_USER."
+        ) from None
+    if account.pw_uid == 0:
+        raise ValueError(
+            f"the class's vLLM server must not run as {name!r} (uid 0): every learner talks to it, and root may do "
+            f"anything on this machine. Create an unprivileged one: `{CREATE_ACCOUNT.format(name=SERVICE_ACCOUNT)}`."
+        )
+    home = Path(account.pw_dir)
+    if not home.is_dir() or home.stat().st_uid != account.pw_uid:
+        raise ValueError(
+            f"{name}'s home {home} is missing or not its own: vLLM keeps its log and caches there. "
+            f"Create it: `sudo mkdir -p {home} && sudo chown {name}: {home}`."
+        )
+    return account
+
+
+def class_key(key_file: str | Path, account: pwd.struct_passwd | None) -> str:
+    """The class's API key, from ``key_file`` (made, mode 0600, if missing). With an ``account``, the file is handed
+    to it (owner, mode 0600) so that vLLM's service reads it; root, the hub, reads it anyway: readable by exactly
+    the service account. Changed on the opened descriptor, never following a link."""
+    key = read_or_create_key(Path(key_file))[0]
+    if account is not None:
+        descriptor = os.open(key_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchown(descriptor, account.pw_uid, account.pw_gid)
+            os.fchmod(descriptor, KEY_FILE_MODE)
+        finally:
+            os.close(descriptor)
+    return key
+
+
+def check_readable_by(account: pwd.struct_passwd, path: str | Path, what: str) -> None:
+    """Raise ValueError, saying what to change, when ``account`` cannot reach and read ``path`` (a file, or a
+    folder and the files in it), judged by owner, group and mode bits."""
+    path = Path(path).resolve()
+    groups = set(os.getgrouplist(account.pw_name, account.pw_gid))
+    items = [*reversed(path.parents), path, *(sorted(path.iterdir()) if path.is_dir() else [])]
+    for item in items:
+        info = item.stat()
+        need = 0o5 if stat.S_ISDIR(info.st_mode) else 0o4  # folders: enter and list; files: read
+        if item in path.parents:
+            need = 0o1  # a folder on the way: enter
+        shift = 6 if info.st_uid == account.pw_uid else 3 if info.st_gid in groups else 0
+        if (info.st_mode >> shift) & need != need:
+            raise ValueError(
+                f"the vLLM service's account {account.pw_name!r} cannot read {what}: {item} has mode "
+                f"{stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid}. Make it readable (e.g. `chmod -R a+rX "
+                f"{path}`; exports made before tinyformer followed the umask are owner-only), or move it."
+            )
 
 
 def learner_environment(*, vllm_port: int, api_key: str) -> dict[str, str]:
@@ -219,6 +298,29 @@ def seed_before_spawn(class_artifacts: str | Path, preset: str = "nano"):
         spawner.environment = {**spawner.environment, "TINYFORMER_ARTIFACTS": str(folder)}
 
     return hook
+
+
+def checked_hub_url(url: str, *, ssl_cert: str | None, ssl_key: str | None) -> str:
+    """``url`` for ``c.JupyterHub.bind_url``, refused when it would send learners' passwords over the network in
+    the clear: an address beyond loopback needs TLS (both ``ssl_cert`` and ``ssl_key``, and https)."""
+    parsed = urlparse(url)
+    tls = bool(ssl_cert and ssl_key)
+    if bool(ssl_cert) != bool(ssl_key):
+        raise ValueError(
+            "TLS needs both TINYFORMER_HUB_SSL_CERT and TINYFORMER_HUB_SSL_KEY (the certificate and its key)."
+        )
+    if tls != (parsed.scheme == "https"):
+        raise ValueError(
+            f"TINYFORMER_HUB_URL={url}: use https:// with a certificate and key (TINYFORMER_HUB_SSL_CERT, "
+            "TINYFORMER_HUB_SSL_KEY), http:// without."
+        )
+    if not tls and not is_loopback(parsed.hostname or ""):
+        raise ValueError(
+            f"TINYFORMER_HUB_URL={url} listens beyond this machine over plain HTTP: learners' passwords and notebooks "
+            "would cross the network in the clear. Give the hub TLS (https://, TINYFORMER_HUB_SSL_CERT and "
+            "TINYFORMER_HUB_SSL_KEY), or keep it on 127.0.0.1 behind a reverse proxy that does TLS (docs/workshop.md)."
+        )
+    return url
 
 
 def proxy_command(hub_dir: str | Path) -> list[str]:
