@@ -6,7 +6,7 @@ free ports, and an admin service token made for this run (never printed). The pr
 that `make install` put in hub/node_modules. Three learners' servers are spawned through the Hub's REST API; in
 each, a kernel started through Jupyter Server's REST API runs notebook 07's own cells up to its greedy comparison
 over the kernel websocket (the Jupyter messaging protocol), against the class's vLLM server, which the hub runs
-as a service.
+as a service under an account of its own (a throw-away one the test creates: the hub runs as root here, as in a class).
 
 Cost control: one hub, one vLLM start (the service), the learners' servers spawned while vLLM starts.
 """

@@ -17,8 +17,13 @@ import stat
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
+import torch
 
+from tinyformer import ModelConfig, Transformer, build_tokenizer
+from tinyformer.export import export_hf
+from tinyformer.serving import read_metrics
 from tinyformer.serving.server import GUARD_MIDDLEWARE, MULTI_USER_ENV, URL_ENV, VLLMServer
 from tinyformer.workshop.hub import (
     UnsafeLearnerFolder,
@@ -238,3 +243,29 @@ def test_servers_learners_start_on_a_hub_get_a_key_of_their_own(tmp_path, monkey
     monkeypatch.delenv("JUPYTERHUB_USER")
     monkeypatch.setenv(MULTI_USER_ENV, "1")  # a machine many people log in to, without a hub
     assert VLLMServer(tmp_path, shared=False).guards_every_route
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_learners_own_server_on_a_hub_answers_only_its_key(tmp_path, monkeypatch):
+    """A real server as a lesson starts one on a hub: the lesson's helpers send its key; nobody else gets in."""
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    export_dir = export_hf(
+        Transformer(ModelConfig.preset("micro", vocab_size=len(tokenizer))), tokenizer, tmp_path / "m"
+    )
+    monkeypatch.delenv(URL_ENV, raising=False)
+    monkeypatch.setenv("JUPYTERHUB_USER", "ada")
+    with VLLMServer(export_dir, kv_cache_tokens=1280, shared=False, progress=False) as server:
+        for method, path in [
+            ("GET", "/v1/models"),
+            ("GET", "/metrics"),
+            ("POST", "/tokenize"),
+            ("POST", "/invocations"),
+        ]:
+            assert httpx.request(method, f"{server.url}{path}", json={}, timeout=10).status_code == 401, path
+        assert server.reported is not None  # read from its /metrics, with its key
+        reply = server.client().completions.create(model=server.model, prompt="the cat", max_tokens=4, temperature=0)
+        assert reply.usage.completion_tokens == 4
+        assert read_metrics(server)["vllm:request_success_total"] == 1
+        assert server.api_key not in server.log_text()
