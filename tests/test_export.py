@@ -115,11 +115,13 @@ def test_tokenizer_round_trips_with_context_length_and_chat_template(exported: P
     assert tokenizer.model_max_length != model.config.n_positions, "the caller's tokenizer is left unchanged"
 
 
-def test_the_export_folder_follows_the_umask_like_its_files(exported: Path) -> None:
-    """Not owner-only, as a temp folder is: a JupyterHub's vLLM service reads it as an account of its own."""
-    expected = 0o777 & ~current_umask()
-    assert stat.S_IMODE(exported.stat().st_mode) == expected
-    assert stat.S_IMODE((exported / "config.json").stat().st_mode) == expected & 0o666
+def test_the_export_follows_the_umask(exported: Path) -> None:
+    """Not owner-only, as a temp folder and safetensors' weights file are: a JupyterHub's vLLM service reads the
+    export as an account of its own."""
+    folder_mode = 0o777 & ~current_umask()
+    assert stat.S_IMODE(exported.stat().st_mode) == folder_mode
+    modes = {item.name: stat.S_IMODE(item.stat().st_mode) for item in exported.iterdir()}
+    assert modes == dict.fromkeys(modes, folder_mode & 0o666) and "model.safetensors" in modes
 
 
 def test_export_writes_nothing_else(exported: Path) -> None:

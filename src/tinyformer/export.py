@@ -141,15 +141,23 @@ def atomic_folder(out_dir: str | Path, overwrite: bool):
     _check_destination(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    # mkdtemp makes an owner-only folder; an export is a folder like any other (the umask decides), since other
-    # accounts serve it: a JupyterHub's vLLM service runs as an account of its own (workshop/hub.py).
-    tmp.chmod(0o777 & ~current_umask())
     try:
         yield tmp
+        _follow_the_umask(tmp)
         _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _follow_the_umask(folder: Path) -> None:
+    """Give the folder and its files the modes the umask gives any new file. mkdtemp makes an owner-only folder and
+    safetensors' save_file an owner-only file (0600, whatever the umask), but other accounts serve an export: a
+    JupyterHub's vLLM service runs as an account of its own (workshop/hub.py)."""
+    mask = current_umask()
+    folder.chmod(0o777 & ~mask)
+    for item in folder.rglob("*"):
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 def _check_inputs(model, tokenizer) -> None:

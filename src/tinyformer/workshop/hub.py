@@ -98,7 +98,15 @@ def class_key(key_file: str | Path, account: pwd.struct_passwd | None) -> str:
     the service account. Changed on the opened descriptor, never following a link."""
     key = read_or_create_key(Path(key_file))[0]
     if account is not None:
-        descriptor = os.open(key_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            descriptor = os.open(key_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise ValueError(
+                f"the key file {key_file} is a symbolic link: the hub hands only a file of its own folder to the "
+                "service's account. Put the key file itself there."
+            ) from None
         try:
             os.fchown(descriptor, account.pw_uid, account.pw_gid)
             os.fchmod(descriptor, KEY_FILE_MODE)
@@ -115,15 +123,19 @@ def check_readable_by(account: pwd.struct_passwd, path: str | Path, what: str) -
     items = [*reversed(path.parents), path, *(sorted(path.iterdir()) if path.is_dir() else [])]
     for item in items:
         info = item.stat()
-        need = 0o5 if stat.S_ISDIR(info.st_mode) else 0o4  # folders: enter and list; files: read
-        if item in path.parents:
-            need = 0o1  # a folder on the way: enter
+        on_the_way = item in path.parents
+        need = 0o1 if on_the_way else 0o5 if stat.S_ISDIR(info.st_mode) else 0o4  # enter; enter and list; read
         shift = 6 if info.st_uid == account.pw_uid else 3 if info.st_gid in groups else 0
         if (info.st_mode >> shift) & need != need:
+            fix = (
+                f"Let it enter that folder (`chmod a+x {item}`)"
+                if on_the_way
+                else f"Make it readable (`chmod -R a+rX {path}`; exports made before tinyformer followed the umask "
+                "are owner-only)"
+            )
             raise ValueError(
                 f"the vLLM service's account {account.pw_name!r} cannot read {what}: {item} has mode "
-                f"{stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid}. Make it readable (e.g. `chmod -R a+rX "
-                f"{path}`; exports made before tinyformer followed the umask are owner-only), or move it."
+                f"{stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid}. {fix}, or move it."
             )
 
 
