@@ -210,9 +210,10 @@ class ProcessTree:
         process on its way out shows only a truncated name)."""
         commands = self.seen[process]
         parent = self.parent.get(process)
-        if parent in self.seen and commands[0] == self.seen[parent][0]:
+        if parent in self.seen and commands[0] in self.seen[parent]:
             # First sampled between fork and exec, still showing its parent's command line (a learner's server
-            # starting a kernel or a helper): what it became is what it is; a second learner's server it is not.
+            # starting a kernel or a helper; the hub, which the test's wrapper became, starting the proxy): what it
+            # became is what it is; a second learner's server or hub it is not.
             if len(commands) == 1:
                 return f"fork of a {self.kind(parent)}"
             commands = commands[1:]
@@ -222,6 +223,9 @@ class ProcessTree:
 
 def process_kind(command: str) -> str:
     rules = [
+        # conftest.interpreter_for_every_account's wrapper, and its shell's forks, before it execs the hub: its
+        # command line holds the hub's. "other" lets what the process became (the hub) name it.
+        ("mount --move", "other: the test's mount-namespace wrapper"),
         ("jupyterhub-singleuser", "learner's server"),
         ("ipykernel_launcher", "kernel"),
         ("configurable-http-proxy", "proxy"),
