@@ -267,5 +267,5 @@ def test_a_learners_own_server_on_a_hub_answers_only_its_key(tmp_path, monkeypat
         assert server.reported is not None  # read from its /metrics, with its key
         reply = server.client().completions.create(model=server.model, prompt="the cat", max_tokens=4, temperature=0)
         assert reply.usage.completion_tokens == 4
-        assert read_metrics(server)["vllm:request_success_total"] == 1
+        assert read_metrics(server)["vllm:generation_tokens_total"] == 4  # /metrics, with its key
         assert server.api_key not in server.log_text()
