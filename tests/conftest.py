@@ -16,6 +16,7 @@ import functools
 import importlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,64 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _module_scoped_here(item: pytest.Item, fixture: str) -> bool:
     definitions = item._fixtureinfo.name2fixturedefs.get(fixture, ())
     return any(d.scope == "module" and d.baseid == item.nodeid.split("::")[0] for d in definitions)
+
+
+# ----- other accounts of this machine (the hub's learners and its vLLM service) -------------------------------
+
+
+@pytest.fixture
+def shared_tmp():
+    """A fresh temporary folder every account can enter (pytest's own tmp_path sits in a root-only folder)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="tinyformer-accounts-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def new_account(shared_tmp):
+    """``new_account()`` adds a throw-away account of this machine (``useradd``) with a home of its own in
+    ``shared_tmp``; returns its pwd entry. Every account made is removed after the test. Needs root."""
+    import pwd
+    import secrets
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("creates accounts of this machine: needs root")
+    names = []
+
+    def make() -> pwd.struct_passwd:
+        name = f"tf-test-{secrets.token_hex(4)}"
+        home = shared_tmp / name
+        command = ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/usr/sbin/nologin", "-U", name]
+        subprocess.run(command, check=True, capture_output=True)
+        names.append(name)
+        entry = pwd.getpwnam(name)
+        home.mkdir(mode=0o700)
+        os.chown(home, entry.pw_uid, entry.pw_gid)
+        return entry
+
+    yield make
+    for name in names:
+        subprocess.run(["userdel", name], check=True, capture_output=True)
+
+
+def interpreter_for_every_account() -> list[str]:
+    """A command prefix under which every account can run this Python, or [] when it already can.
+
+    Some boxes keep the interpreter the virtualenv points at under a folder only root may enter (pyenv's under
+    /root, mode 0700). Real hubs install it where learners reach it (their servers run from it); a test that runs
+    something as another account runs it in a mount namespace of its own instead, where that folder is a fresh
+    tmpfs (mode 0755) holding only the interpreter's subtree, bind-mounted back. Nothing outside changes."""
+    real = Path(os.path.realpath(sys.executable))
+    closed = next((folder for folder in reversed(real.parents) if not folder.stat().st_mode & 0o001), None)
+    if closed is None:
+        return []
+    inner = real.relative_to(closed).parts[0]
+    script = (
+        'stage=$(mktemp -d) && mount --bind "$1/$2" "$stage" && mount -t tmpfs -o mode=0755 tmpfs "$1" && '
+        'mkdir "$1/$2" && mount --move "$stage" "$1/$2" && rmdir "$stage" && shift 2 && exec "$@"'
+    )
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", str(closed), inner]

@@ -4,6 +4,7 @@ a failed export leaves nothing behind."""
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from tinyformer import ModelConfig, Transformer, build_tokenizer
 from tinyformer import export as export_module
 from tinyformer.export import ExportVerificationError, export_hf, gpt2_config, hf_state_dict, to_hf_gpt2
 from tinyformer.generate import generate
+from tinyformer.paths import current_umask
 
 LOGITS_ATOL = 1e-4  # float32, same maths in a different order
 
@@ -111,6 +113,15 @@ def test_tokenizer_round_trips_with_context_length_and_chat_template(exported: P
     chat = loaded.apply_chat_template([{"role": "user", "content": "the cat"}], tokenize=False)
     assert loaded(chat)["input_ids"] == tokenizer("the cat")["input_ids"]  # no unknown tokens added
     assert tokenizer.model_max_length != model.config.n_positions, "the caller's tokenizer is left unchanged"
+
+
+def test_the_export_follows_the_umask(exported: Path) -> None:
+    """Not owner-only, as a temp folder and safetensors' weights file are: a JupyterHub's vLLM service reads the
+    export as an account of its own."""
+    folder_mode = 0o777 & ~current_umask()
+    assert stat.S_IMODE(exported.stat().st_mode) == folder_mode
+    modes = {item.name: stat.S_IMODE(item.stat().st_mode) for item in exported.iterdir()}
+    assert modes == dict.fromkeys(modes, folder_mode & 0o666) and "model.safetensors" in modes
 
 
 def test_export_writes_nothing_else(exported: Path) -> None:

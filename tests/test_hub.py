@@ -6,7 +6,7 @@ free ports, and an admin service token made for this run (never printed). The pr
 that `make install` put in hub/node_modules. Three learners' servers are spawned through the Hub's REST API; in
 each, a kernel started through Jupyter Server's REST API runs notebook 07's own cells up to its greedy comparison
 over the kernel websocket (the Jupyter messaging protocol), against the class's vLLM server, which the hub runs
-as a service.
+as a service under an account of its own (a throw-away one the test creates: the hub runs as root here, as in a class).
 
 Cost control: one hub, one vLLM start (the service), the learners' servers spawned while vLLM starts.
 """
@@ -32,6 +32,7 @@ import nbformat
 import psutil
 import pytest
 import websocket
+from conftest import interpreter_for_every_account
 from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session
 
@@ -209,9 +210,10 @@ class ProcessTree:
         process on its way out shows only a truncated name)."""
         commands = self.seen[process]
         parent = self.parent.get(process)
-        if parent in self.seen and commands[0] == self.seen[parent][0]:
+        if parent in self.seen and commands[0] in self.seen[parent]:
             # First sampled between fork and exec, still showing its parent's command line (a learner's server
-            # starting a kernel or a helper): what it became is what it is; a second learner's server it is not.
+            # starting a kernel or a helper; the hub, which the test's wrapper became, starting the proxy): what it
+            # became is what it is; a second learner's server or hub it is not.
             if len(commands) == 1:
                 return f"fork of a {self.kind(parent)}"
             commands = commands[1:]
@@ -221,6 +223,9 @@ class ProcessTree:
 
 def process_kind(command: str) -> str:
     rules = [
+        # conftest.interpreter_for_every_account's wrapper, and its shell's forks, before it execs the hub: its
+        # command line holds the hub's. "other" lets what the process became (the hub) name it.
+        ("mount --move", "other: the test's mount-namespace wrapper"),
         ("jupyterhub-singleuser", "learner's server"),
         ("ipykernel_launcher", "kernel"),
         ("configurable-http-proxy", "proxy"),
@@ -241,7 +246,7 @@ def process_kind(command: str) -> str:
 class Hub:
     """`jupyterhub -f` the shipped config plus the test's, in a folder of its own; its REST API as an admin."""
 
-    def __init__(self, folder: Path, model_dir: Path):
+    def __init__(self, folder: Path, model_dir: Path, vllm_account: str):
         self.folder = folder
         self.port, self.vllm_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -264,6 +269,7 @@ class Hub:
             "TINYFORMER_HUB_LEARNERS": str(len(LEARNERS)),
             "TINYFORMER_HUB_VLLM_PORT": str(self.vllm_port),
             "TINYFORMER_HUB_KEY_FILE": str(self.key_file),
+            "TINYFORMER_HUB_VLLM_USER": vllm_account,  # what the shipped config does by default, with a test account
             "TINYFORMER_ARTIFACTS": str(artifacts_dir()),
             "HUB_TEST_TOKEN": self.token,  # the environment, not the command line
             "HUB_TEST_PASSWORD": self.password,
@@ -272,7 +278,7 @@ class Hub:
             env.pop(name, None)
         self.log_path = folder / "hub.log"
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("jupyterhub")), "-f", str(config)],
+            [*interpreter_for_every_account(), str(Path(sys.executable).with_name("jupyterhub")), "-f", str(config)],
             cwd=folder,
             stdout=self.log_path.open("wb"),
             stderr=subprocess.STDOUT,
@@ -404,10 +410,11 @@ def model_dir():
 @pytest.mark.hub
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_dir, tmp_path, capsys):
+def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_dir, shared_tmp, new_account, capsys):
+    tmp_path, vllm_account = shared_tmp, new_account()  # the hub's folder and vLLM's account (both need root)
     cells = lesson_cells("07", up_to='choice["token_ids"] == ours')
     started, phases = time.monotonic(), {}  # seconds from the start to the end of each phase, printed at the end
-    hub = Hub(tmp_path, model_dir)
+    hub = Hub(tmp_path, model_dir, vllm_account.pw_name)
     try:
         hub.wait_for("the hub's API", lambda: hub.api.get("/hub/api/").status_code == 200)
         phases["hub up"] = time.monotonic() - started
@@ -418,7 +425,8 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
         phases["learners' servers ready"] = time.monotonic() - started
 
         key = hub.key_file.read_text().strip()
-        assert stat.S_IMODE(hub.key_file.stat().st_mode) == 0o600
+        info = hub.key_file.stat()  # readable by exactly vLLM's account (and root)
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (vllm_account.pw_uid, 0o600)
         vllm = SimpleNamespace(url=f"http://127.0.0.1:{hub.vllm_port}", headers={"Authorization": f"Bearer {key}"})
         hub.wait_for("the vLLM service's /health", lambda: httpx.get(f"{vllm.url}/health").status_code == 200)
         phases["vLLM healthy"] = time.monotonic() - started
@@ -460,6 +468,12 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
         vllm_kinds = ("vLLM API server", "vLLM engine", "vLLM worker")
         vllm_rss = sum(memory(p)[0] for p in hub.tree.alive() if hub.tree.kind(p) in vllm_kinds)
 
+        # The class's server runs as its account, not as root like the hub.
+        service_side = ("class server command", "vLLM watchdog", "vLLM API server", "vLLM engine", "vLLM worker")
+        service_uids = {hub.tree.kind(p): set(p.uids()) for p in hub.tree.alive() if hub.tree.kind(p) in service_side}
+        assert set(service_uids) == set(service_side), f"{service_uids}"
+        assert all(uids == {vllm_account.pw_uid} for uids in service_uids.values()), f"{service_uids}"
+
         # No secret on any command line: the class's key, the admin token, the password.
         for command in (command for commands in hub.tree.seen.values() for command in commands):
             for secret in (key, hub.token, hub.password):
@@ -474,6 +488,7 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
     hub.kill_leftovers()
     kinds = hub.tree.kinds()
     assert code == 0, f"the hub exited with {code}:\n{hub.log_tail()}"
+    assert key not in hub.log_path.read_text(errors="replace"), "the class's key is in the hub's log"
     assert alive == [], f"still running after the hub stopped: {[hub.tree.seen[p] for p in alive]}"
     for kind, count in [("hub", 1), ("proxy", 1), ("class server command", 1), ("vLLM API server", 1)]:
         assert kinds.get(kind) == count, f"expected {count} {kind} process, saw {kinds}"

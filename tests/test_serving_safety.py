@@ -13,7 +13,9 @@ import shlex
 import stat
 import subprocess
 import sys
+import threading
 import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import psutil
@@ -26,7 +28,14 @@ from tinyformer.export import export_hf
 from tinyformer.model import Transformer
 from tinyformer.serving import ServingConfigError, VLLMServer, VLLMStartupError, read_metrics
 from tinyformer.serving.cli import read_or_create_key
-from tinyformer.serving.server import API_KEY_ENV, GUARD_MIDDLEWARE, check_port_free, listening_ports
+from tinyformer.serving.server import (
+    API_KEY_ENV,
+    GUARD_MIDDLEWARE,
+    URL_ENV,
+    check_port_free,
+    free_port,
+    listening_ports,
+)
 from tinyformer.tokenizer import build_tokenizer
 from tinyformer.workshop.classroom import learner_env
 
@@ -111,6 +120,50 @@ def test_a_missing_key_file_gets_a_new_random_key_readable_by_its_owner_only(tmp
     (tmp_path / "blank.key").write_text("\n")
     with pytest.raises(ValueError, match="must hold one key"):
         read_or_create_key(tmp_path / "blank.key")
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620], ids=lambda mode: f"{mode:04o}")
+def test_a_key_file_others_can_read_or_change_is_refused_with_the_fix(tmp_path, mode):
+    path = tmp_path / "class.key"
+    key, _ = read_or_create_key(path)
+    path.chmod(mode)
+    with pytest.raises(ValueError, match=rf"mode {mode:04o}: other users .* Run `chmod 600 {path}`"):
+        read_or_create_key(path)
+    path.chmod(0o400)  # read-only for its owner is as private
+    assert read_or_create_key(path) == (key, False)
+
+
+def test_the_class_server_keeps_a_new_key_out_of_a_log(export_config, capsys):
+    """Standard output that is not a terminal is a log (the hub's): a new random key would land there."""
+    assert main(["workshop", "serve", str(export_config), "--port", str(free_port())]) == 1
+    err = capsys.readouterr().err
+    assert "standard output is not a terminal" in err and "Pass --api-key-file FILE" in err
+
+
+def test_the_health_check_sends_no_key(export_config, monkeypatch):
+    """/health needs no key, and whatever answers it (a program that grabbed the port) must not receive one."""
+    seen = []  # (path, Authorization header) of every request
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Recorder) as recorder:
+        threading.Thread(target=recorder.serve_forever, daemon=True).start()
+        monkeypatch.setenv(URL_ENV, f"http://127.0.0.1:{recorder.server_port}")
+        monkeypatch.setenv(API_KEY_ENV, KEY)
+        try:
+            with pytest.raises(ServingConfigError, match="not a vLLM server"):
+                VLLMServer(export_config, shared=True).start()
+        finally:
+            recorder.shutdown()
+    assert seen[0] == ("/health", None)
+    assert ("/v1/models", f"Bearer {KEY}") in seen  # the key goes only where it is asked for
 
 
 def test_printed_learner_lines_survive_the_shell():

@@ -33,6 +33,7 @@ from transformers.utils import logging as hf_logging
 
 from tinyformer.config import ModelConfig
 from tinyformer.model import Transformer, eval_mode
+from tinyformer.paths import current_umask
 
 # nn.Linear weights that GPT-2 keeps in Conv1D layout [in, out].
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -142,10 +143,21 @@ def atomic_folder(out_dir: str | Path, overwrite: bool):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         yield tmp
+        _follow_the_umask(tmp)
         _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _follow_the_umask(folder: Path) -> None:
+    """Give the folder and its files the modes the umask gives any new file. mkdtemp makes an owner-only folder and
+    safetensors' save_file an owner-only file (0600, whatever the umask), but other accounts serve an export: a
+    JupyterHub's vLLM service runs as an account of its own (workshop/hub.py)."""
+    mask = current_umask()
+    folder.chmod(0o777 & ~mask)
+    for item in folder.rglob("*"):
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 def _check_inputs(model, tokenizer) -> None:

@@ -25,6 +25,13 @@ def artifacts_dir() -> Path:
     return path
 
 
+def current_umask() -> int:
+    """This process's umask (it can only be read by setting it, so it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """A temp file in ``path``'s folder (made if missing) to write; on success one rename puts it at ``path``, on

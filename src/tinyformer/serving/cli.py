@@ -10,6 +10,7 @@ import argparse
 import os
 import secrets
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -21,21 +22,32 @@ KEY_FILE_MODE = 0o600  # a generated key file: readable and writable by its owne
 
 def read_or_create_key(path: Path) -> tuple[str, bool]:
     """(the API key in ``path``, whether it was just created). A missing file gets a new random key, written
-    with mode 0600 (created exclusively, so an existing file is never overwritten). Keys travel in files and
+    with mode 0600 (created exclusively, so an existing file is never overwritten); an existing one that others
+    could read or change is refused, with the fix (chmod 600). Keys travel in files and
     environment variables, never on a command line, where `ps` shows them to every user of the machine."""
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
     except FileExistsError:
-        key = path.read_text().strip()
-        if not key or any(c.isspace() for c in key):
-            raise ValueError(
-                f"--api-key-file {path} must hold one key (no spaces or blank lines); delete it to get a new one."
-            ) from None
-        return key, False
+        return _read_key(path), False
     key = secrets.token_urlsafe(24)
     with os.fdopen(descriptor, "w") as f:
         f.write(key + "\n")
     return key, True
+
+
+def _read_key(path: Path) -> str:
+    with open(path) as f:
+        key, mode = f.read().strip(), stat.S_IMODE(os.fstat(f.fileno()).st_mode)  # the mode of what was read
+    if not key or any(c.isspace() for c in key):
+        raise ValueError(
+            f"--api-key-file {path} must hold one key (no spaces or blank lines); delete it to get a new one."
+        )
+    if mode & ~KEY_FILE_MODE:
+        raise ValueError(
+            f"--api-key-file {path} has mode {mode:04o}: other users of this machine can read or change the key. "
+            f"Run `chmod 600 {path}` (or delete the file to get a new key)."
+        )
+    return key
 
 
 def add_key_file_argument(parser: argparse.ArgumentParser, what: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -48,6 +49,8 @@ from tinyformer.serving.budget import (
 from tinyformer.serving.metrics import cache_config
 
 URL_ENV, API_KEY_ENV = "TINYFORMER_VLLM_URL", "TINYFORMER_VLLM_API_KEY"
+# "1": other people log in to this machine and reach its loopback (JupyterHub's servers are recognised without it).
+MULTI_USER_ENV = "TINYFORMER_MULTI_USER"
 DEFAULT_CONCURRENT_REQUESTS = 64  # default KV budget: this many max_model_len requests at once
 STOP_GRACE_SECONDS = 10.0  # SIGTERM, then this long to shut down cleanly, then SIGKILL
 # While starting, vLLM's API process does not act on SIGTERM (and has nothing to save): kill it sooner.
@@ -94,8 +97,10 @@ class VLLMServer:
         no /v1/completions: one runner per engine), pooling the final hidden states that way. It never uses the
         class's shared server, which generates.
     api_key: required when ``host`` is not loopback (127.0.0.1, ::1, localhost); passed to vLLM in its environment.
+        On a machine other people use (on_multi_user_machine(): a JupyterHub) a server started without one gets a
+        random key of its own, which this object's clients send; it is never printed.
     guard_every_route: the key on every route but GET /health (guard.py), not only on vLLM's /v1. Default: on
-        when the server listens beyond loopback; True also guards a loopback server (a multi-user machine).
+        when the server listens beyond loopback or on a multi-user machine; True also guards a loopback server.
     """
 
     def __init__(
@@ -154,6 +159,9 @@ class VLLMServer:
         if self.shared and _shared_url() is None:
             raise ServingConfigError(f"shared=True needs ${URL_ENV} (e.g. http://10.0.0.5:8000) naming the server.")
         self.api_key = os.environ.get(API_KEY_ENV) if self.shared else api_key
+        if not self.shared and on_multi_user_machine():  # every user of the machine reaches its loopback
+            self.api_key = self.api_key or secrets.token_urlsafe(24)
+            guard_every_route = True if guard_every_route is None else guard_every_route
         self._guard_every_route = guard_every_route
         if not self.shared:
             _check_key_policy(host, self.api_key, guard_every_route)
@@ -351,8 +359,10 @@ class VLLMServer:
             bar.close()
 
     def _healthy(self) -> bool:
+        # No key: /health needs none, and until _check_answered_by_us the answer may come from whatever grabbed the
+        # port before vLLM did.
         try:
-            return httpx.get(f"{self.url}/health", headers=self.headers, timeout=2.0).status_code == 200
+            return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -432,6 +442,12 @@ class VLLMServer:
 def using_shared_server() -> bool:
     """True when ``$TINYFORMER_VLLM_URL`` names a class's shared server: the lessons' servers connect to it."""
     return _shared_url() is not None
+
+
+def on_multi_user_machine() -> bool:
+    """True where other people reach this machine's loopback: in a server JupyterHub spawned (it sets
+    ``$JUPYTERHUB_USER`` in every one), or where ``$TINYFORMER_MULTI_USER=1`` says so (a machine many log in to)."""
+    return bool(os.environ.get("JUPYTERHUB_USER")) or os.environ.get(MULTI_USER_ENV) == "1"
 
 
 def own_server_allowed(what: str) -> bool:

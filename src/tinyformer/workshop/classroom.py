@@ -179,6 +179,13 @@ def run_class_server(args) -> int:
 
     host = "0.0.0.0" if args.public else args.host
     check_port_free(host, args.port)
+    show_key = sys.stdout.isatty()  # the instructor's screen; never a log (the hub's, systemd's, a pipe)
+    if not show_key and not args.api_key_file:
+        raise ValueError(
+            "standard output is not a terminal (a log?): the class's new key would be written into it, or known to "
+            "nobody. Pass --api-key-file FILE (a FILE that does not exist gets a new key, mode 0600) and give "
+            "learners what it holds."
+        )
     api_key = read_or_create_key(args.api_key_file)[0] if args.api_key_file else secrets.token_urlsafe(16)
     server = class_server(
         plan, host=host, port=args.port, api_key=api_key, timeout=args.timeout, guard_every_route=args.guard_every_route
@@ -186,7 +193,7 @@ def run_class_server(args) -> int:
     print(f"class plan: {plan.summary()}")
 
     def announce(server):
-        _announce(server, plan, learner_url(host, args.port), api_key)
+        _announce(server, plan, learner_url(host, args.port), api_key if show_key else None, args.api_key_file)
 
     def wait(server) -> str:
         peak = watch(server, every=args.status_every)
@@ -250,7 +257,9 @@ def watch(server, every: float = 2.0, stream=None) -> float:
 # ----- helpers ------------------------------------------------------------------------------------
 
 
-def _announce(server, plan: ClassPlan, url: str, api_key: str) -> None:
+def _announce(server, plan: ClassPlan, url: str, api_key: str | None, key_file: Path | None) -> None:
+    """What the instructor reads once the server is ready; ``api_key`` None keeps the key out of the output
+    (it names ``key_file`` instead)."""
     reported = server.reported
     print(f"vLLM is ready after {server.ready_seconds:.0f} s, serving {server.model!r} on {server.host}:{server.port}")
     print(f"KV cache predicted: {plan.budget.log_line()}")
@@ -258,6 +267,8 @@ def _announce(server, plan: ClassPlan, url: str, api_key: str) -> None:
     print(f"log: {server.log_path}")
     print("\nLearners: run these two lines in the terminal they start JupyterLab from:\n")
     print(learner_env(url, api_key))
+    if api_key is None:
+        print(f"# export {API_KEY_ENV}=<the key in {key_file}>   (not printed: this output is not a terminal)")
     reach = "this machine only" if is_loopback(server.host) else "the network"
     if server.guards_every_route:
         where = f"{reach}; every route but /health needs the key"
