@@ -17,12 +17,16 @@ import importlib
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 CHROMIUM_DEFAULT = "/usr/bin/chromium"
 NEVER_SKIPPED_IN_CI = ("vllm", "browser", "hub")
+# One test worker at a time adds or removes accounts of this machine (`make unit` runs two workers).
+ACCOUNTS_LOCK = FileLock(Path(tempfile.gettempdir()) / "tinyformer-test-accounts.lock")
 
 
 def in_ci() -> bool:
@@ -225,7 +229,8 @@ def new_account(shared_tmp):
         name = f"tf-test-{secrets.token_hex(4)}"
         home = shared_tmp / name
         command = ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/usr/sbin/nologin", "-U", name]
-        subprocess.run(command, check=True, capture_output=True)
+        with ACCOUNTS_LOCK:  # useradd gives up ("cannot lock /etc/passwd") while another worker's holds the lock
+            subprocess.run(command, check=True, capture_output=True)
         names.append(name)
         entry = pwd.getpwnam(name)
         home.mkdir(mode=0o700)
@@ -234,7 +239,8 @@ def new_account(shared_tmp):
 
     yield make
     for name in names:
-        subprocess.run(["userdel", name], check=True, capture_output=True)
+        with ACCOUNTS_LOCK:
+            subprocess.run(["userdel", name], check=True, capture_output=True)
 
 
 def interpreter_for_every_account() -> list[str]:

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import stat
 import subprocess
@@ -38,6 +39,7 @@ from jupyter_client.session import Session
 
 from tinyformer.generate import generate
 from tinyformer.paths import artifacts_dir
+from tinyformer.serving import vllm_log
 from tinyformer.serving.metrics import parse_metrics, scrape
 from tinyformer.serving.prepare import lesson_export
 from tinyformer.serving.server import API_KEY_ENV, URL_ENV, free_port
@@ -486,6 +488,7 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
     phases["hub stopped"] = time.monotonic() - started
     gone, alive = psutil.wait_procs(list(hub.tree.seen), timeout=60)
     hub.kill_leftovers()
+    collect_service_logs(Path(vllm_account.pw_dir))
     kinds = hub.tree.kinds()
     assert code == 0, f"the hub exited with {code}:\n{hub.log_tail()}"
     assert key not in hub.log_path.read_text(errors="replace"), "the class's key is in the hub's log"
@@ -509,6 +512,16 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
                 f"{user}: Jupyter server RSS {server_rss / 2**20:.0f} MiB (USS {server_uss / 2**20:.0f}), kernel after "
                 f"lesson 07 RSS {kernel_rss / 2**20:.0f} MiB (USS {kernel_uss / 2**20:.0f})"
             )
+
+
+def collect_service_logs(service_home: Path) -> None:
+    """The class's vLLM logs in its account's home (only that account may write there), copied to where
+    `make test` counts the suite's vLLM starts ($TINYFORMER_VLLM_LOG_DIR), before the account is removed."""
+    folder = os.environ.get(vllm_log.LOG_DIR_ENV)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for log in (service_home / "artifacts" / "logs").glob("*.log"):
+            shutil.copy(log, Path(folder) / f"hub-service-{log.name}")
 
 
 @pytest.mark.hub
