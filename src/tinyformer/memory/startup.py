@@ -425,6 +425,10 @@ def logged_outcome(case: dict) -> str:
     error = str(logged.get("error", ""))
     if "max seq len" in error or "To serve at least one request" in error:
         return "kv_too_small"
+    tokens = logged_terms(case).get("kv_cache_tokens")
+    max_model_len = case.get("max_model_len") or (case.get("config") or {}).get("max_position_embeddings")
+    if error and tokens and max_model_len and 0 < tokens < max_model_len:  # an error cut off after the block count
+        return "kv_too_small"
     if logged.get("gpu_blocks") == 0 or (logged.get("kv_cache_gib") or 0) < 0 or "No available memory" in error:
         return "no_kv_memory"
     if "out of memory" in error.lower():
