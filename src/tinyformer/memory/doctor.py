@@ -361,9 +361,8 @@ def report(text: str, **overrides) -> str:
     for term in startup.TERMS:
         value, seen = getattr(prediction, term), logged.get(term)
         fmt = "{:,.0f}" if term == "kv_cache_tokens" else "{:.2f}"
-        rows.append(
-            f"{term:22} {'-' if value is None else fmt.format(value):>12} {'-' if seen is None else fmt.format(seen):>12}"
-        )
+        shown = ["-" if x is None else fmt.format(x) for x in (value, seen)]
+        rows.append(f"{term:22} {shown[0]:>12} {shown[1]:>12}")
     rows.append(f"outcome: {prediction.outcome}")
     rows.append(f"deciding term: {deciding_term(prediction)}")
     fix = cheapest_fix(case)
