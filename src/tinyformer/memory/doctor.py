@@ -69,6 +69,10 @@ def _first(patterns, text):
 def logged_values(text: str) -> dict:
     """The memory terms a log prints, and its outcome (what :func:`startup.logged_terms` reads from a record)."""
     out = {}
+    profiles = [line for line in text.splitlines() if "reserved for KV Cache is" in line]
+    if len(profiles) > 1:  # several ranks: the one with the least KV cache decides the blocks
+        binding = min(profiles, key=lambda line: float(_first(_LOGGED_PATTERNS["kv_cache_gib"], line)))
+        text = "\n".join([binding] + [line for line in text.splitlines() if line not in profiles])
     for term, patterns in _LOGGED_PATTERNS.items():
         value = _first(patterns, text)
         if value is not None:
@@ -164,7 +168,7 @@ def settings_from_command(words: list[str]) -> dict:
             words = words[i + 1 :]
             break
         if word == "serve" and i and words[i - 1].endswith("vllm"):
-            words = ["--model", words[i + 1], *words[i + 2 :]] if len(words) > i + 1 else []
+            words = words[i + 1 :]  # the model is a positional argument anywhere after "serve"
             break
         if word.startswith("vllm.entrypoints"):
             words = words[i + 1 :]
