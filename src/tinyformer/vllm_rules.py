@@ -322,7 +322,8 @@ def batched_tokens_refusal(max_num_batched_tokens: int, max_model_len: int, pool
 
 V0_MAX_NUM_SEQS = 256  # EngineArgs: max_num_seqs = 256 if not VLLM_USE_V1
 V0_CHUNKED_PREFILL_TOKENS = 2048  # SchedulerConfig: chunked prefill's default token budget (V0)
-V0_MULTIMODAL_MIN_TOKENS = 5120  # SchedulerConfig: _MULTIMODAL_MODEL_MAX_NUM_BATCHED_TOKENS
+# SchedulerConfig's _MULTIMODAL_MODEL_MAX_NUM_BATCHED_TOKENS: 4096 in 0.6.1, 5120 in 0.6.5 (the releases read).
+V0_MULTIMODAL_MIN_TOKENS = {(0, 6, 1): 4096, (0, 6, 5): 5120}
 LONG_CONTEXT = 32768  # EngineArgs: above this V0 turns chunked prefill on by default (text models)
 MLA_LATENT_CACHE_SINCE = (0, 7, 1)  # vLLM 0.7.1 caches MLA's latent; before, K and V per head
 
@@ -390,11 +391,13 @@ def profiling_batch(
     multimodal: bool = False,
     max_num_batched_tokens: int | None = None,
     max_num_seqs: int | None = None,
+    version: tuple[int, int, int] = (0, 6, 5),
 ) -> tuple[int, int]:
     """(tokens, sequences) of the dummy batch the profiling run sends through the model.
 
     V0 without chunked prefill: max(max_model_len, 2048) tokens (a prompt is scheduled whole, so the budget
-    must hold the longest; 5120 at least for a multimodal model), 256 sequences; with chunked prefill 2048.
+    must hold the longest; 4096 or 5120 at least for a multimodal model, by release), 256 sequences; with
+    chunked prefill 2048.
     V1: 8192 tokens and 1024 sequences on cards of 70 GiB or more (A100s excepted), else 2048 and 256
     (the OpenAI server's defaults). Asked values win.
     """
@@ -404,7 +407,8 @@ def profiling_batch(
     else:
         tokens = V0_CHUNKED_PREFILL_TOKENS if chunked else max(max_model_len, 2048)
         if multimodal:
-            tokens = max(tokens, V0_MULTIMODAL_MIN_TOKENS)
+            since = max(release for release in V0_MULTIMODAL_MIN_TOKENS if release <= max(version, (0, 6, 1)))
+            tokens = max(tokens, V0_MULTIMODAL_MIN_TOKENS[since])
         seqs = V0_MAX_NUM_SEQS
     tokens = max_num_batched_tokens or tokens
     return tokens, min(max_num_seqs or seqs, tokens)

@@ -310,7 +310,7 @@ def predict_startup(case: dict) -> StartupPrediction:
     tokens, seqs = vllm_rules.profiling_batch(
         engine, max_model_len, chunked, gpu_memory_gib=card["total_gib"], gpu_name=card["name"],
         multimodal=arch.vision is not None, max_num_batched_tokens=s["max_num_batched_tokens"],
-        max_num_seqs=s["max_num_seqs"],
+        max_num_seqs=s["max_num_seqs"], version=version,
     )  # fmt: skip
     if engine == "V0" and arch.vision:  # one dummy request per maximal multimodal item set that fits the batch
         seqs = vision_dummy(arch, tokens, seqs, engine)[0] // (2 if arch.vision.get("video") else 1)
