@@ -24,7 +24,7 @@ TARGETS = {"kv_median_abs_error": 0.05, "kv_within_10pct": 0.90}
 
 
 def cell(score: startup.CaseScore, term: str, fmt: str) -> str:
-    predicted, logged, error = getattr(score.prediction, term), score.logged.get(term), score.error(term)
+    predicted, logged, error = score.predicted(term), score.logged.get(term), score.error(term)
     text = "-" if predicted is None else fmt.format(predicted)
     if logged is not None:
         text += f" / {fmt.format(logged)}" + (f" ({error:+.1%})" if error is not None else "")
@@ -32,12 +32,16 @@ def cell(score: startup.CaseScore, term: str, fmt: str) -> str:
 
 
 def print_table(scores: list[startup.CaseScore]) -> None:
-    print("predicted / logged (error) per GPU\n")
+    print("predicted / logged (error) per GPU; a worker's profiling line (w) is compared with a worker's peak\n")
     for s in scores:
         p = s.prediction
         mark = "" if s.outcome_right else "  <-- outcome wrong"
         print(f"{s.case_id} {p.engine} v{'.'.join(map(str, p.version))}: {p.outcome} / {s.logged_outcome}{mark}")
-        print("   " + "  ".join(f"{label} {cell(s, term, fmt)}" for term, label, fmt in COLUMNS))
+        print(
+            "   "
+            + "  ".join(f"{label} {cell(s, term, fmt)}" for term, label, fmt in COLUMNS)
+            + (" (w)" if s.worker_line else "")
+        )
 
 
 def per_term(scores: list[startup.CaseScore]) -> None:

@@ -213,3 +213,12 @@ def test_doctor_cli_prints_the_report(tmp_path, capsys):
     assert cli_main(["doctor", str(log)]) == 0
     out = capsys.readouterr().out
     assert "kv_cache_tokens" in out and "outcome: starts" in out
+
+
+def test_a_workers_profiling_line_is_compared_with_a_workers_peak(scores):
+    """V0 samples on the driver only: log06's quoted line (a worker's) has no sampler, the blocks (the
+    driver's, the smallest) do; both come out within 5 %."""
+    log06 = scores["log06"]
+    assert log06.worker_line
+    assert log06.prediction.activation_peak_gib > log06.predicted("activation_peak_gib")  # the driver samples
+    assert abs(log06.error("kv_cache_gib")) < 0.05 and abs(log06.error("kv_cache_tokens")) < 0.05

@@ -363,8 +363,15 @@ def predict_startup(case: dict) -> StartupPrediction:
         chunked_prefill=chunked,
         images_profiled=st["images"],
         message=message,
-        terms={name: value / GiB for name, value in st["parts"].items()} | {"stage": decide, "card": card["name"]},
+        terms={name: value / GiB for name, value in st["parts"].items()}
+        | {"stage": decide, "card": card["name"], "worker_peak": _worker_peak(st["parts"]) / GiB},
     )
+
+
+def _worker_peak(parts: dict) -> int:
+    """A tensor-parallel rank other than the driver: V0 samples on the driver only (the logits are gathered
+    there), so the other ranks' peak leaves the sampler out."""
+    return max(value for name, value in parts.items() if name != "sampler")
 
 
 def _outcome(engine, total, stage, non_torch, blocks, block_size, kv_tokens, max_model_len) -> tuple[str, str]:
@@ -460,14 +467,25 @@ class CaseScore:
     logged: dict
     logged_outcome: str
     unscored: str | None  # why the case's KV tokens are not held to the targets (None: they are)
+    worker_line: bool = False  # the logged profiling line is a non-driver worker's
 
     def error(self, term: str) -> float | None:
-        """(predicted - logged) / |logged| for a term the log states (None if it doesn't, or logged 0)."""
+        """(predicted - logged) / |logged| for a term the log states (None if it doesn't, or logged 0).
+
+        A V0 profiling line printed by a worker process is compared with the worker's peak (no sampler)."""
         logged = self.logged.get(term)
-        predicted = getattr(self.prediction, term)
+        predicted = self.predicted(term)
         if logged is None or predicted is None or logged == 0:
             return None
         return (predicted - logged) / abs(logged)
+
+    def predicted(self, term: str):
+        """The prediction for the rank whose line was logged (the driver's, or a worker's without the sampler)."""
+        p = self.prediction
+        if self.worker_line and p.engine == "V0" and term in ("activation_peak_gib", "kv_cache_gib"):
+            spared = p.activation_peak_gib - p.terms["worker_peak"]
+            return p.terms["worker_peak"] if term == "activation_peak_gib" else p.kv_cache_gib + spared
+        return getattr(p, term)
 
     @property
     def outcome_right(self) -> bool:
@@ -476,7 +494,11 @@ class CaseScore:
 
 def score(case: dict) -> CaseScore:
     """The prediction for one record's settings next to what its log says."""
-    return CaseScore(case["id"], predict_startup(case), logged_terms(case), logged_outcome(case), case.get("unscored"))
+    lines = [line for line in case.get("verbatim_lines", []) if "activation peak" in line]
+    worker = any("Worker" in line for line in lines) or "one worker's profiling line" in case.get("notes", "")
+    return CaseScore(
+        case["id"], predict_startup(case), logged_terms(case), logged_outcome(case), case.get("unscored"), worker
+    )
 
 
 def summary(scores: list[CaseScore]) -> dict:
