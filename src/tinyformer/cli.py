@@ -24,7 +24,7 @@ from pathlib import Path
 from tinyformer.config import PRESETS
 
 # Modules that each define ``COMMAND``; their commands are listed after this module's own.
-COMMAND_MODULES: tuple[str, ...] = ("tinyformer.serving.cli", "tinyformer.workshop.cli")
+COMMAND_MODULES: tuple[str, ...] = ("tinyformer.serving.cli", "tinyformer.workshop.cli", "tinyformer.memory.doctor")
 
 # What a user can get wrong: these are reported as one line, never as a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)

@@ -312,3 +312,103 @@ def batched_tokens_refusal(max_num_batched_tokens: int, max_model_len: int, pool
         "effectively limits the maximum sequence length to max_num_batched_tokens and makes vLLM reject longer "
         "sequences. Please increase max_num_batched_tokens or decrease max_model_len.",
     )
+
+
+# ----- how each vLLM release profiles a GPU start-up (read in each release's own source) ---------------------
+# V0: worker.determine_num_available_blocks runs model_runner.profile_run; V1: gpu_worker.determine_available_memory
+# runs gpu_model_runner.profile_run (_dummy_run + _dummy_sampler_run). Both then take
+# KV bytes = total x gpu_memory_utilization - (weights + torch activation peak + non-torch increase);
+# CUDA graphs are captured after the KV cache is allocated and are not subtracted (0.6-0.11).
+
+V0_MAX_NUM_SEQS = 256  # EngineArgs: max_num_seqs = 256 if not VLLM_USE_V1
+V0_CHUNKED_PREFILL_TOKENS = 2048  # SchedulerConfig: chunked prefill's default token budget (V0)
+# SchedulerConfig's _MULTIMODAL_MODEL_MAX_NUM_BATCHED_TOKENS: 4096 in 0.6.1, 5120 in 0.6.5 (the releases read).
+V0_MULTIMODAL_MIN_TOKENS = {(0, 6, 1): 4096, (0, 6, 5): 5120}
+LONG_CONTEXT = 32768  # EngineArgs: above this V0 turns chunked prefill on by default (text models)
+MLA_LATENT_CACHE_SINCE = (0, 7, 1)  # vLLM 0.7.1 caches MLA's latent; before, K and V per head
+
+
+def parse_version(text: str | None) -> tuple[int, int, int]:
+    """(major, minor, patch) of a version as records write it: "0.8.3rc2.dev224+g49c", "0.7.0/0.7.1 (inferred)"."""
+    import re
+
+    found = re.match(r"\s*(\d+)\.(\d+)(?:\.(\d+))?", text or "")
+    if not found:
+        raise ValueError(f"vllm_version must start with a release number like '0.8.5', got {text!r}.")
+    major, minor, patch = found.groups()
+    return int(major), int(minor), int(patch or 0)
+
+
+def engine_for(
+    version: tuple[int, int, int],
+    compute_capability: float,
+    *,
+    pipeline_parallel: int = 1,
+    enable_lora: bool = False,
+    env: dict | None = None,
+    multimodal: bool = False,
+) -> str:
+    """Which engine a release runs: "V0" before 0.8, "V1" from 0.10; 0.8/0.9 start V1 unless VLLM_USE_V1=0
+    or a feature V1 lacked sends them back to V0 (EngineArgs._is_v1_supported_oracle): compute capability
+    below 8.0, pipeline parallelism (0.8), LoRA (before 0.8.2)."""
+    env = env or {}
+    if version >= (0, 10, 0):
+        return "V1"
+    if version < (0, 8, 0) or env.get("VLLM_USE_V1") == "0":
+        return "V0" if env.get("VLLM_USE_V1") != "1" else "V1"
+    if compute_capability < 8.0 or (pipeline_parallel > 1 and version < (0, 9, 0)):
+        return "V0"
+    if enable_lora and version < (0, 8, 2):
+        return "V0"
+    return "V1"
+
+
+def chunked_prefill_on(
+    engine: str,
+    max_model_len: int,
+    *,
+    asked: bool | None = None,
+    multimodal: bool = False,
+    sliding_window: bool = False,
+    enable_lora: bool = False,
+) -> bool:
+    """Whether chunked prefill is on. V1: always (its scheduler chunks every prompt). V0: as asked, else only
+    for a text model without sliding window or LoRA whose max_model_len is above 32K (EngineArgs)."""
+    if engine == "V1":
+        return True
+    if asked is not None:
+        return asked
+    return max_model_len > LONG_CONTEXT and not (multimodal or sliding_window or enable_lora)
+
+
+def profiling_batch(
+    engine: str,
+    max_model_len: int,
+    chunked: bool,
+    *,
+    gpu_memory_gib: float,
+    gpu_name: str = "",
+    multimodal: bool = False,
+    max_num_batched_tokens: int | None = None,
+    max_num_seqs: int | None = None,
+    version: tuple[int, int, int] = (0, 6, 5),
+) -> tuple[int, int]:
+    """(tokens, sequences) of the dummy batch the profiling run sends through the model.
+
+    V0 without chunked prefill: max(max_model_len, 2048) tokens (a prompt is scheduled whole, so the budget
+    must hold the longest; 4096 or 5120 at least for a multimodal model, by release), 256 sequences; with
+    chunked prefill 2048.
+    V1: 8192 tokens and 1024 sequences on cards of 70 GiB or more (A100s excepted), else 2048 and 256
+    (the OpenAI server's defaults). Asked values win.
+    """
+    if engine == "V1":
+        big = gpu_memory_gib >= 70 and "a100" not in gpu_name.lower()
+        tokens, seqs = (8192, 1024) if big else (2048, 256)
+    else:
+        tokens = V0_CHUNKED_PREFILL_TOKENS if chunked else max(max_model_len, 2048)
+        if multimodal:
+            since = max(release for release in V0_MULTIMODAL_MIN_TOKENS if release <= max(version, (0, 6, 1)))
+            tokens = max(tokens, V0_MULTIMODAL_MIN_TOKENS[since])
+        seqs = V0_MAX_NUM_SEQS
+    tokens = max_num_batched_tokens or tokens
+    return tokens, min(max_num_seqs or seqs, tokens)

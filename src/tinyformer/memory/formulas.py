@@ -79,6 +79,17 @@ def kv_bytes_per_token(n_layer: int, n_kv_heads: int, head_dim: int, dtype=4, te
     return math.ceil(2 * n_layer * heads_per_rank * head_dim * dtype_bytes(dtype))
 
 
+def mla_kv_bytes_per_token(n_layer: int, kv_lora_rank: int, rope_head_dim: int, dtype=2) -> int:
+    """KV-cache bytes one token adds with multi-head latent attention (DeepSeek-V2/V3), on every rank.
+
+    MLA caches one compressed latent (``kv_lora_rank``) and one shared rotary key (``rope_head_dim``) per
+    layer instead of K and V per head: ``n_layer x (kv_lora_rank + rope_head_dim) x dtype bytes``. The
+    latent is not split across tensor-parallel ranks: each rank holds it whole.
+    """
+    positive(n_layer=n_layer, kv_lora_rank=kv_lora_rank, rope_head_dim=rope_head_dim)
+    return math.ceil(n_layer * (kv_lora_rank + rope_head_dim) * dtype_bytes(dtype))
+
+
 def kv_cache_bytes(n_tokens: int, n_layer: int, n_kv_heads: int, head_dim: int, dtype=4, batch: int = 1) -> int:
     """KV-cache bytes of ``batch`` sequences of ``n_tokens`` each: grows linearly with tokens."""
     if not isinstance(n_tokens, int) or n_tokens < 0:

@@ -45,7 +45,7 @@ class Engine:
 # V0 overhead: none on one GPU (the CUDA context exists before vLLM takes its baseline); 0.5 GiB of NCCL
 # buffers per GPU with tensor parallelism is a guess that no cited log checks.
 V0_ACTIVATION_FACTOR = 1.45
-V0_MAX_NUM_SEQS = 256
+V0_MAX_NUM_SEQS = vllm_rules.V0_MAX_NUM_SEQS
 ENGINES = {
     "v1": Engine(1.0, FRAMEWORK_OVERHEAD_BYTES, FRAMEWORK_OVERHEAD_TP_BYTES, "CUDA context, workspaces, CUDA graphs"),
     "v0": Engine(V0_ACTIVATION_FACTOR, 0, GiB // 2, "non-torch allocations; CUDA graphs come after KV sizing"),
@@ -53,17 +53,33 @@ ENGINES = {
 
 
 def batch_limits(
-    gpu: GPU, engine: str, max_model_len: int, max_num_batched_tokens: int | None, max_num_seqs: int | None
+    gpu: GPU,
+    engine: str,
+    max_model_len: int,
+    max_num_batched_tokens: int | None,
+    max_num_seqs: int | None,
+    multimodal: bool = False,
 ) -> tuple[int, int]:
     """The (tokens, sequences) of vLLM's profiling batch: as asked, else the engine's defaults.
 
-    V1: :func:`default_batch_limits` (chunked prefill). V0 without chunked prefill: one whole prompt must
-    fit a batch, so max(max_model_len, 2048) tokens, and 256 sequences.
+    V1: :func:`default_batch_limits` (chunked prefill). V0: vLLM's own rule (:func:`vllm_rules.profiling_batch`):
+    without chunked prefill one whole prompt must fit a batch, so max(max_model_len, 2048) tokens (5120 at least
+    for a multimodal model), 256 sequences; a text model above 32K tokens gets chunked prefill and 2048.
     """
     if engine == "v0":
-        tokens, seqs = max(max_model_len, 2048), V0_MAX_NUM_SEQS
-    else:
-        tokens, seqs = default_batch_limits(gpu)
+        chunked = vllm_rules.chunked_prefill_on("V0", max_model_len, multimodal=multimodal)
+        return vllm_rules.profiling_batch(
+            "V0",
+            max_model_len,
+            chunked,
+            gpu_memory_gib=gpu.memory_bytes / GiB,
+            gpu_name=gpu.name,
+            multimodal=multimodal,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max_num_seqs,
+            version=(0, 6, 1),  # the V0 logs of reference/vlm_models.json: vLLM 0.6.1 to 0.6.x
+        )
+    tokens, seqs = default_batch_limits(gpu)
     return max_num_batched_tokens or tokens, max_num_seqs or seqs
 
 
@@ -225,7 +241,9 @@ def plan_serving(
             activations = overhead = 0
             kv_budget = int(kv_cache_memory_bytes)
         else:
-            tokens, seqs = batch_limits(card, engine, max_model_len, max_num_batched_tokens, max_num_seqs)
+            tokens, seqs = batch_limits(
+                card, engine, max_model_len, max_num_batched_tokens, max_num_seqs, spec.vision is not None
+            )
             activations = math.ceil(
                 serving_activation_bytes(spec, tokens, seqs, act_dtype, tp) * ENGINES[engine].activation_factor
             )
@@ -432,7 +450,8 @@ def fixes(plan: ServingPlan) -> list[Fix]:
             n = shorter.max_model_len
             found.append(Fix(f"--max-model-len {n}", f"longer requests (over {n:,} tokens) are refused", shorter))
     if plan.status == "profile_oom" and plan.model.vision is not None:
-        seqs = plan.max_num_seqs or batch_limits(plan.gpu, plan.engine, plan.max_model_len, None, None)[1]
+        multimodal = plan.model.vision is not None
+        seqs = plan.max_num_seqs or batch_limits(plan.gpu, plan.engine, plan.max_model_len, None, None, multimodal)[1]
         fewer = _largest_working(plan, "max_num_seqs", seqs)
         if fewer is not None:
             n = fewer.max_num_seqs

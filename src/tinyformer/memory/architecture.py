@@ -1,0 +1,263 @@
+"""A model's memory-relevant architecture read from its Hugging Face ``config.json``: parameters, bytes of
+weights per GPU (tensor and pipeline parallel, quantised checkpoints) and KV bytes per token (MHA, GQA, MLA,
+hybrid linear-attention models).
+
+The fields are the config's own names (``hidden_size``, ``num_key_value_heads``, ``n_routed_experts``,
+``kv_lora_rank``, ``vision_config``...), so a pasted config.json works as it is. Dense, mixture-of-experts
+(Qwen-MoE, DeepSeek-V2/V3, gpt-oss), multi-head latent attention and vision towers are counted; the byte
+formulas themselves are :mod:`tinyformer.memory.formulas`'. :mod:`tinyformer.memory.startup` prices a vLLM
+start-up with these numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tinyformer.memory.formulas import dtype_name, kv_bytes_per_token, mla_kv_bytes_per_token
+
+# Bytes per weight of the quantised matrices, scales included, by checkpoint format (the int4 group formats
+# call tinyformer.quantize's one formula with the config's group size).
+MXFP4_BYTES = 0.5 + 1 / 32  # 4-bit values, one 8-bit exponent per 32 (OCP microscaling)
+NF4_DOUBLE_QUANT_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values, 8-bit absmax per 64, fp32 per 256 absmax
+FP8_BYTES = 1.0  # + one fp32 scale per 128 x 128 block: 0.02 %
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The config.json of one model, as the sizes that decide its memory."""
+
+    config: dict
+
+    def get(self, key, default=None):
+        value = self.config.get(key)
+        return default if value is None else value
+
+    # ----- shapes ---------------------------------------------------------------------------------
+    @property
+    def hidden(self) -> int:
+        return self.config["hidden_size"]
+
+    @property
+    def layers(self) -> int:
+        return self.config["num_hidden_layers"]
+
+    @property
+    def heads(self) -> int:
+        return self.config["num_attention_heads"]
+
+    @property
+    def kv_heads(self) -> int:
+        return self.get("num_key_value_heads", self.heads)
+
+    @property
+    def head_dim(self) -> int:
+        return self.get("head_dim", self.hidden // self.heads)
+
+    @property
+    def vocab(self) -> int:
+        return self.config["vocab_size"]
+
+    @property
+    def experts(self) -> int:
+        return self.get("n_routed_experts", self.get("num_experts", 0))
+
+    @property
+    def top_k(self) -> int:
+        return self.get("num_experts_per_tok", 0)
+
+    @property
+    def moe_intermediate(self) -> int:
+        return self.get("moe_intermediate_size", self.get("intermediate_size", 0))
+
+    @property
+    def dense_layers(self) -> int:
+        """Layers with a dense MLP: all of a dense model, the first ``first_k_dense_replace`` of DeepSeek's."""
+        return self.layers if not self.experts else self.get("first_k_dense_replace", 0)
+
+    @property
+    def shared_intermediate(self) -> int:
+        """Width of the shared experts' MLP in a MoE layer (DeepSeek: n_shared x moe width; Qwen-Next: own)."""
+        if "shared_expert_intermediate_size" in self.config:
+            return self.config["shared_expert_intermediate_size"]
+        return self.get("n_shared_experts", 0) * self.moe_intermediate
+
+    @property
+    def mla(self) -> bool:
+        return bool(self.get("kv_lora_rank"))
+
+    @property
+    def hybrid_linear(self) -> bool:
+        """Qwen3-Next: every ``full_attention_interval``-th layer attends, the others are linear attention."""
+        return bool(self.get("full_attention_interval"))
+
+    @property
+    def attention_layers(self) -> int:
+        return self.layers // self.config["full_attention_interval"] if self.hybrid_linear else self.layers
+
+    @property
+    def vision(self) -> dict | None:
+        return self.config.get("vision_config")
+
+    @property
+    def torch_dtype(self) -> str:
+        return dtype_name(self.get("torch_dtype", "bfloat16"))
+
+    @property
+    def quant_method(self) -> str | None:
+        return (self.config.get("quantization_config") or {}).get("quant_method")
+
+    # ----- parameters -----------------------------------------------------------------------------
+    def attention_params(self) -> int:
+        """One layer's attention projections (MLA: the low-rank Q and KV paths)."""
+        d = self.hidden
+        if self.mla:
+            nope, rope, v = self.config["qk_nope_head_dim"], self.config["qk_rope_head_dim"], self.config["v_head_dim"]
+            q_rank, kv_rank = self.get("q_lora_rank", 0), self.config["kv_lora_rank"]
+            q = d * q_rank + q_rank * self.heads * (nope + rope) if q_rank else d * self.heads * (nope + rope)
+            kv = d * (kv_rank + rope) + kv_rank * self.heads * (nope + v)
+            return q + kv + self.heads * v * d
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return d * (q + 2 * kv) + q * d
+
+    def linear_attention_params(self) -> int:
+        """One Gated-DeltaNet layer of Qwen3-Next: q/k/v/z projections, gates, output."""
+        c = self.config
+        key = c["linear_num_key_heads"] * c["linear_key_head_dim"]
+        value = c["linear_num_value_heads"] * c["linear_value_head_dim"]
+        return self.hidden * (2 * key + 2 * value + 2 * c["linear_num_value_heads"]) + value * self.hidden
+
+    def mlp_params(self, width: int) -> int:
+        return 3 * self.hidden * width  # gate, up, down
+
+    def routed_expert_params(self) -> int:
+        """All routed experts of one MoE layer. MXFP4 (gpt-oss) as vLLM stores it with its default kernel
+        (Marlin, when the triton_kernels package is absent): hidden padded to 256, the expert width to 128."""
+        if self.quant_method == "mxfp4":
+            d, width = -(-self.hidden // 256) * 256, -(-self.moe_intermediate // 128) * 128
+            return self.experts * 3 * d * width
+        return self.experts * self.mlp_params(self.moe_intermediate)
+
+    def moe_layer_params(self) -> int:
+        routed = self.routed_expert_params()
+        return routed + self.mlp_params(self.shared_intermediate) + self.hidden * self.experts  # + router
+
+    def layer_params(self, index: int) -> tuple[int, int]:
+        """(matrices a quantised checkpoint quantises, parameters kept in 16 bits) of layer ``index``."""
+        attention = self.attention_params()
+        if self.hybrid_linear and (index + 1) % self.config["full_attention_interval"]:
+            attention = self.linear_attention_params()
+        if index < self.dense_layers:
+            mlp = self.mlp_params(self.config["intermediate_size"])
+            router = 0
+        else:
+            mlp = self.moe_layer_params() - self.hidden * self.experts
+            router = self.hidden * self.experts
+        return attention + mlp, 2 * self.hidden + router
+
+    def embedding_params(self) -> tuple[int, int]:
+        """(input table, LM head): the head is 0 when tied to the table."""
+        table = self.vocab * self.hidden
+        return table, 0 if self.get("tie_word_embeddings", False) else table
+
+    def vision_params(self) -> int:
+        """A ViT tower: patch embedding, blocks (attention + MLP), and the merger/projector into the LM."""
+        v = self.vision
+        if not v:
+            return 0
+        h, inter = v["hidden_size"], v["intermediate_size"]
+        mlp = (3 if v.get("mlp") == "gated" else 2) * h * inter
+        blocks = v["depth"] * (4 * h * h + mlp + 4 * h)
+        patch = 3 * v.get("temporal_patch_size", 1) * v["patch_size"] ** 2 * h
+        merge = v.get("spatial_merge_size", 1) ** 2
+        merger = (h * merge) ** 2 + h * merge * v.get("out_hidden_size", self.hidden)
+        merger *= 1 + v.get("deepstack_layers", 0)
+        if v.get("fixed_image_tokens"):  # Gemma 3: position table + a linear projector
+            patch += (v["image_size"] // v["patch_size"]) ** 2 * h
+            merger = h * self.hidden
+        return blocks + patch + merger
+
+    # ----- bytes per GPU --------------------------------------------------------------------------
+    def quantised_bytes_per_weight(self, n_in: int) -> float:
+        method, q = self.quant_method, self.config.get("quantization_config") or {}
+        if method in ("gptq", "awq", "awq_marlin", "gptq_marlin", "compressed-tensors"):
+            from tinyformer.quantize import checkpoint_bytes_per_parameter
+
+            return checkpoint_bytes_per_parameter("int4", n_in, q.get("group_size", 128))
+        if method == "fp8":
+            return FP8_BYTES
+        if method == "bitsandbytes":
+            return NF4_DOUBLE_QUANT_BYTES
+        if method == "mxfp4":
+            return MXFP4_BYTES
+        raise ValueError(f"unknown quant_method {method!r} in quantization_config.")
+
+    def weight_bytes_per_gpu(self, dtype: str, tp: int = 1, pp: int = 1) -> list[int]:
+        """Bytes of weights one GPU of each pipeline stage holds: layers split evenly over the stages, the
+        embedding table on the first and the LM head on the last, every matrix split over ``tp`` ranks.
+
+        Quantised checkpoints quantise the layers' matrices (gpt-oss, MXFP4: only the experts'), the
+        embeddings, norms, routers and vision tower stay in ``dtype``.
+        """
+        b = 2 if dtype_name(dtype) in ("bf16", "fp16") else 4
+        method = self.quant_method
+        bounds = _stage_bounds(self.layers, pp)
+        table, head = self.embedding_params()
+        out = []
+        for stage, (start, stop) in enumerate(bounds):
+            quantised = kept = 0
+            for index in range(start, stop):
+                matrices, small = self.layer_params(index)
+                if method == "mxfp4":  # only the routed experts are MXFP4
+                    experts = self.routed_expert_params()
+                    quantised += experts
+                    kept += matrices - experts + small
+                else:
+                    quantised += matrices if method else 0
+                    kept += small + (0 if method else matrices)
+            if stage == 0:
+                kept += table + self.vision_params()
+            if stage == pp - 1:
+                kept += (head or (table if pp > 1 else 0)) + self.hidden
+            per_weight = self.quantised_bytes_per_weight(self.hidden) if method else 0
+            out.append(math.ceil((quantised * per_weight + kept * b) / tp))
+        return out
+
+    def kv_bytes_per_token(self, kv_dtype: str, tp: int, stage_layers: int, latent: bool = True) -> int:
+        """KV bytes per token on one rank of a stage with ``stage_layers`` layers (MLA: the latent, unsplit)."""
+        if self.mla and latent:
+            return mla_kv_bytes_per_token(
+                stage_layers, self.config["kv_lora_rank"], self.config["qk_rope_head_dim"], kv_dtype
+            )
+        if self.mla:  # before vLLM 0.7.1: K and V expanded per head, V padded to the K head size
+            k_dim = self.config["qk_nope_head_dim"] + self.config["qk_rope_head_dim"]
+            return kv_bytes_per_token(stage_layers, self.heads, k_dim, kv_dtype, tp)
+        layers = stage_layers if not self.hybrid_linear else stage_layers // self.config["full_attention_interval"]
+        return kv_bytes_per_token(layers, self.kv_heads, self.head_dim, kv_dtype, tp)
+
+    def linear_state_bytes(self, tp: int, state_dtype: str = "bf16") -> int:
+        """Qwen3-Next: one linear-attention layer's recurrent state per sequence on one rank (conv + SSM)."""
+        c = self.config
+        b = 2 if dtype_name(state_dtype) in ("bf16", "fp16") else 4
+        key, value = (
+            c["linear_num_key_heads"] * c["linear_key_head_dim"],
+            c["linear_num_value_heads"] * c["linear_value_head_dim"],
+        )
+        conv = (2 * key + value) // tp * (c["linear_conv_kernel_dim"] - 1)
+        ssm = c["linear_num_value_heads"] // tp * c["linear_key_head_dim"] * c["linear_value_head_dim"]
+        return (conv + ssm) * b
+
+
+def _stage_bounds(layers: int, pp: int) -> list[tuple[int, int]]:
+    """vLLM's get_pp_indices: layers // pp per stage, the remainder to the last stages."""
+    base, extra = divmod(layers, pp)
+    sizes = [base + (1 if stage >= pp - extra else 0) for stage in range(pp)]
+    bounds, start = [], 0
+    for size in sizes:
+        bounds.append((start, start + size))
+        start += size
+    return bounds
+
+
+def stage_layer_counts(layers: int, pp: int) -> list[int]:
+    return [stop - start for start, stop in _stage_bounds(layers, pp)]
