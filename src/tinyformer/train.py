@@ -152,12 +152,22 @@ def train(
 # ----- recipes: a preset trained with its settings, and what later lessons load --------------------
 
 
-def train_preset(preset: str, path: str | Path, *, seed: int = 0, steps: int | None = None, progress: bool = True):
+def train_preset(
+    preset: str,
+    path: str | Path,
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    progress: bool = True,
+    **architecture,
+):
     """Train a preset on the shipped corpus with its recipe, save it to ``path``; return
-    (model, tokenizer, TrainResult). Seeded: the same call gives the same weights on one machine."""
+    (model, tokenizer, TrainResult). Seeded: the same call gives the same weights on one machine.
+    ``architecture``: ModelConfig overrides, e.g. ``arch="llama", n_kv_head=1`` (same sizes, same recipe)."""
     tokenizer = build_tokenizer()
+    config = ModelConfig.preset(preset, vocab_size=len(tokenizer), **architecture)  # refuse bad input before work
     torch.manual_seed(seed)
-    model = Transformer(ModelConfig.preset(preset, vocab_size=len(tokenizer)))
+    model = Transformer(config)
     cfg = TrainConfig.for_preset(preset, seed=seed, **({"steps": steps} if steps else {}))
     result = train(model, TokenStream(Corpus(seed=seed), tokenizer), cfg, progress=progress)
     save_checkpoint(

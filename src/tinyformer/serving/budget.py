@@ -31,7 +31,8 @@ class ServingConfigError(ValueError):
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype: str = "float32", tensor_parallel_size: int = 1) -> int:
-    """Bytes of keys and values one token takes in ONE worker: 2 x n_layer x n_embd x dtype bytes / tp.
+    """Bytes of keys and values one token takes in ONE worker: 2 x n_layer x n_kv_head x head_dim x dtype bytes / tp
+    (n_kv_head x head_dim = n_embd for multi-head attention; grouped-query attention divides it by the group size).
 
     The formula is :func:`tinyformer.memory.formulas.kv_bytes_per_token`; this reads the sizes off a
     ModelConfig and refuses vLLM's ``dtype='auto'``, whose size depends on the machine."""
@@ -40,7 +41,7 @@ def kv_bytes_per_token(config: ModelConfig, dtype: str = "float32", tensor_paral
             "dtype='auto' lets vLLM pick bfloat16 on CPU (2 bytes per value, slightly different outputs); "
             "pass dtype='float32' or 'bfloat16' explicitly so the KV budget can be computed."
         )
-    return kv_formula(config.n_layer, config.n_head, config.head_dim, dtype, tensor_parallel_size)
+    return kv_formula(config.n_layer, config.n_kv_head, config.head_dim, dtype, tensor_parallel_size)
 
 
 def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
