@@ -47,8 +47,8 @@ def kv_bytes_per_token(config: ModelConfig, dtype: str = "float32", tensor_paral
 def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
     """The tinyformer ModelConfig of an exported Hugging Face folder (reads its config.json).
 
-    A GPT-2 export (lessons 07-09), or a LLaVA export (lesson 10): then the config of its OPT language model,
-    the part that holds the KV cache and sets the positions."""
+    A GPT-2 export (lessons 07-09), a Llama export (lesson 14), or a LLaVA export (lesson 10): then the config of
+    its OPT language model, the part that holds the KV cache and sets the positions."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -68,11 +68,13 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
             n_layer=text["num_hidden_layers"],
             n_head=text["num_attention_heads"],
         )
+    if isinstance(hf, dict) and hf.get("model_type") == "llama":
+        return _llama_config(hf, path)
     if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
         kind = hf.get("model_type") if isinstance(hf, dict) else type(hf).__name__
         raise ServingConfigError(
-            f"{path} describes a {kind!r} model; tinyformer serves GPT-2 exports and LLaVA exports with an OPT "
-            "language model (tinyformer.vision_export.export_llava)."
+            f"{path} describes a {kind!r} model; tinyformer serves GPT-2 and Llama exports, and LLaVA exports with "
+            "an OPT language model (tinyformer.vision_export.export_llava)."
         )
     missing = [f for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if f not in hf]
     if missing:
@@ -88,6 +90,33 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
         n_head=hf["n_head"],
         layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
     )
+
+
+LLAMA_FIELDS = ("vocab_size", "max_position_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads")
+
+
+def _llama_config(hf: dict, path: Path) -> ModelConfig:
+    """The llama-arch ModelConfig of a LlamaForCausalLM export (its head size must be hidden_size / heads)."""
+    missing = [f for f in LLAMA_FIELDS if f not in hf]
+    if missing:
+        raise ServingConfigError(f"{path} lacks {missing}: export the model again with export_hf.")
+    config = ModelConfig(
+        vocab_size=hf["vocab_size"],
+        n_positions=hf["max_position_embeddings"],
+        n_embd=hf["hidden_size"],
+        n_layer=hf["num_hidden_layers"],
+        n_head=hf["num_attention_heads"],
+        n_kv_head=hf.get("num_key_value_heads", hf["num_attention_heads"]),
+        layer_norm_epsilon=hf.get("rms_norm_eps", 1e-5),
+        tie_word_embeddings=hf.get("tie_word_embeddings", True),
+        arch="llama",
+    )
+    if hf.get("head_dim", config.head_dim) != config.head_dim:
+        raise ServingConfigError(
+            f"{path} has head_dim={hf['head_dim']}, not hidden_size / num_attention_heads = {config.head_dim}: "
+            "tinyformer's KV budget assumes the two agree (every export_hf folder does)."
+        )
+    return config
 
 
 @dataclass(frozen=True)
