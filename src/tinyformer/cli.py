@@ -160,7 +160,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def checkpoint_path(out: Path | None, preset: str, arch: str = "gpt2") -> Path:
     """--out as given when it names a .pt file, else PRESET.pt (PRESET-llama.pt) inside the folder it names."""
-    name = f"{preset}.pt" if arch == "gpt2" else f"{preset}-{arch}.pt"
+    from tinyformer.train import checkpoint_name
+
+    name = checkpoint_name(preset, arch)
     if out is None:
         from tinyformer.paths import artifacts_dir
 
