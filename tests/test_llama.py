@@ -160,3 +160,14 @@ def test_left_padded_batch_equals_each_prompt_alone():
     prompts = [ids_of(1, n, seed=n)[0].tolist() for n in (3, 9, 5)]
     batch = generate_batch(model, prompts, 10)
     assert batch.tokens == [generate(model, p, 10).tokens[0] for p in prompts]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_calculators_spec_counts_the_llama_model(tied):
+    """memory's ModelSpec of a llama config: the model's own parameter count and n_kv_head heads per cached token."""
+    from tinyformer.memory.catalogue import ModelSpec
+
+    config = ModelConfig.preset("micro", vocab_size=50, arch="llama", n_kv_head=2, tie_word_embeddings=tied)
+    spec = ModelSpec.from_tinyformer(config)
+    assert spec.n_params == Transformer(config).num_parameters()
+    assert spec.kv_bytes_per_token("fp32") == 2 * 2 * 2 * 32 * 4  # K and V, 2 layers, 2 K/V heads of 32, fp32
