@@ -10,8 +10,10 @@ model folder and a server's settings, and words the refusals in the lesson's ter
 * :func:`check_serving_config`: the settings vLLM would reject at start-up (or crash on at the first
   request), refused up front with a message in tokens and bytes.
 
-With tensor parallelism each worker keeps the keys and values of n_head / tp heads, so a token costs
-each worker 1/tp of the bytes; the budget is per worker, so the same bytes hold tp times the tokens.
+With tensor parallelism each worker keeps the keys and values of n_kv_head / tp heads, so a token costs
+each worker 1/tp of the bytes; the budget is per worker, so the same bytes hold tp times the tokens. Likewise
+grouped-query attention (a llama export, lesson 14) caches n_kv_head heads instead of n_head: the same bytes hold
+n_head / n_kv_head times the tokens.
 """
 
 from __future__ import annotations
