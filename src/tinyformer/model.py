@@ -241,7 +241,8 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"embeds must have shape [{B}, {T}, {self.config.n_embd}] (one vector per id), got {list(tok.shape)}."
             )
-        x = self.transformer.drop(self.add_positions(tok, position_ids))  # [B, T, d]
+        pos = self.position_vectors(position_ids)  # [B, T, d], or None for rotary positions
+        x = self.transformer.drop(tok if pos is None else tok + pos)  # [B, T, d]
 
         allowed = self.causal[past : past + T, : past + T]  # [T, S], query i sees keys <= past+i
         allowed = allowed.view(1, 1, T, past + T)  # [1, 1, T, S], same for every row and head
@@ -259,12 +260,12 @@ class Transformer(nn.Module):
             cache.advance(T)
         return (logits, attentions) if return_attention else logits
 
-    def add_positions(self, tok: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """GPT-2 adds one row of the position table per position to the token vectors; llama adds nothing
-        (its attention rotates q and k by their positions)."""
+    def position_vectors(self, position_ids: torch.Tensor) -> torch.Tensor | None:
+        """GPT-2: one row of the position table per position, to add to the token vectors; llama: None (its
+        attention rotates q and k by their positions instead)."""
         if not self.learned_positions:
-            return tok
-        return tok + self.transformer.wpe(position_ids)  # [B, T, d], one row of the position table per position
+            return None
+        return self.transformer.wpe(position_ids)  # [..., d], one row of the position table per position
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         if not isinstance(ids, torch.Tensor):

@@ -92,7 +92,8 @@ class ModelRunner:
         """Run one step; return {seq_id: greedy next token} for the requests whose whole sequence is now cached."""
         batch = PackedBatch.build(scheduled, self.cache.block_size, self.model.device)
         t = self.model.transformer
-        x = self.model.add_positions(t.wte(batch.input_ids), batch.positions)  # [N, d]
+        tok, pos = t.wte(batch.input_ids), self.model.position_vectors(batch.positions)  # [N, d], [N, d] or None
+        x = tok if pos is None else tok + pos  # [N, d]
         for layer, block in enumerate(t.h):
             x = x + self.paged_attention(layer, block.attn, block.ln_1(x), batch)  # [N, d]
             x = x + block.mlp(block.ln_2(x))  # [N, d]
