@@ -169,3 +169,14 @@ def test_load_or_train_trains_again_over_a_checkpoint_of_another_recipe(
     monkeypatch.setattr("tinyformer.train.train_preset", lambda *a, **k: calls.append(a) or (model, tokenizer, None))
     load_or_train("nano", path=saved, progress=False)
     assert calls == [("nano", saved)]
+
+
+def test_load_or_train_trains_again_over_a_checkpoint_of_another_architecture(tmp_path, model, tokenizer, monkeypatch):
+    recipe = weights_recipe(TrainConfig.for_preset("nano"))
+    saved = save_checkpoint(tmp_path / "nano.pt", model, tokenizer, preset="nano", recipe=recipe)  # a gpt2 model
+    calls = []
+    monkeypatch.setattr(
+        "tinyformer.train.train_preset", lambda *a, **k: calls.append((a, k)) or (model, tokenizer, None)
+    )
+    load_or_train("nano", path=saved, progress=False, arch="llama")
+    assert calls == [(("nano", saved), {"progress": False, "arch": "llama"})]

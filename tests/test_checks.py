@@ -418,6 +418,44 @@ CASES |= {
     ),
 }
 
+
+def rotary(x, positions, *, sign=1.0, halves=False):
+    """A learner's rotary: pairs (2i, 2i+1), or (i, i + hd/2) with halves=True; sign=-1 rotates backwards."""
+    hd = x.shape[-1]
+    angles = sign * positions.double()[:, None] * 10000.0 ** (-torch.arange(0, hd, 2).double() / hd)  # [T, hd/2]
+    cos, sin = torch.cos(angles).float(), torch.sin(angles).float()
+    even, odd = (x[..., : hd // 2], x[..., hd // 2 :]) if halves else (x[..., 0::2], x[..., 1::2])
+    first, second = even * cos - odd * sin, even * sin + odd * cos
+    if halves:
+        return torch.cat([first, second], dim=-1)
+    return torch.stack([first, second], dim=-1).flatten(-2)
+
+
+CASES |= {
+    checks.check_rotary: (
+        rotary,
+        [
+            (lambda x, positions: rotary(x, positions, sign=-1.0), "wrong way"),
+            (lambda x, positions: rotary(x, positions, halves=True), "rotate-half"),
+            (lambda x, positions: rotary(x, torch.arange(x.shape[-2])), "positions you were given"),
+        ],
+    ),
+    checks.check_kv_head_of: (
+        lambda h, n_head, n_kv_head: h // (n_head // n_kv_head),
+        [
+            (lambda h, n_head, n_kv_head: h % n_kv_head, "in turn"),
+            (lambda h, n_head, n_kv_head: h // n_kv_head, "group size"),
+        ],
+    ),
+    checks.check_kv_bytes_gqa: (
+        lambda c, nbytes: 2 * c.n_layer * c.n_kv_head * c.head_dim * nbytes,
+        [
+            (lambda c, nbytes: 2 * c.n_layer * c.n_head * c.head_dim * nbytes, "every query head"),
+            (lambda c, nbytes: c.n_layer * c.n_kv_head * c.head_dim * nbytes, "key AND a value"),
+        ],
+    ),
+}
+
 CHECKERS = list(CASES)
 
 

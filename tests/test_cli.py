@@ -93,6 +93,30 @@ def test_bad_train_options_are_usage_errors(args: list[str], message: str, capsy
     assert message in capsys.readouterr().err
 
 
+def test_train_and_export_a_llama_with_one_kv_head(tmp_path: Path, capsys) -> None:
+    args = ["--preset", "micro", "--arch", "llama", "--n-kv-head", "1", "--steps", "2", "--quiet"]
+    assert cli.main(["train", *args, "--out", str(tmp_path)]) == 0
+    model, _, _ = load_checkpoint(tmp_path / "micro-llama.pt")
+    assert (model.config.arch, model.config.n_kv_head) == ("llama", 1)
+    assert cli.main(["export", str(tmp_path / "micro-llama.pt"), "--out", str(tmp_path / "hf")]) == 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["num_key_value_heads"] == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arch", "llama", "--n-kv-head", "3"], "n_head=4 is not divisible by n_kv_head=3"),
+        (["--n-kv-head", "2"], "grouped-query attention is part of arch='llama'"),
+    ],
+)
+def test_bad_kv_heads_are_refused_before_training(tmp_path: Path, args: list[str], message: str, capsys) -> None:
+    assert cli.main(["train", "--preset", "micro", *args, "--out", str(tmp_path), "--quiet"]) == 1
+    err = capsys.readouterr()
+    assert message in err.err and "Traceback" not in err.err and "training" not in err.out
+    assert not any(tmp_path.iterdir())
+
+
 # -- export --------------------------------------------------------------------------------------------------
 
 

@@ -98,7 +98,8 @@ def test_dict_round_trip_through_json():
     config = ModelConfig(**sizes(dropout=0.25, layer_norm_epsilon=1e-6))
     restored = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert restored == config
-    assert config.to_dict() == {**sizes(), "dropout": 0.25, "layer_norm_epsilon": 1e-6}
+    defaults = {"arch": "gpt2", "n_kv_head": sizes()["n_head"], "tie_word_embeddings": True}
+    assert config.to_dict() == {**sizes(), "dropout": 0.25, "layer_norm_epsilon": 1e-6, **defaults}
 
 
 def test_from_dict_rejects_foreign_fields():

@@ -123,6 +123,26 @@ def test_every_request_gets_what_it_gets_alone(model, trace, budget):
     assert e.stats.generated_tokens == MAX_NEW * len(prompts)
 
 
+@pytest.mark.parametrize("n_kv_head", [1, 2], ids=["mqa", "gqa"])
+def test_a_llama_model_with_shared_kv_heads_gets_what_generate_gives(n_kv_head):
+    """Rotary positions and grouped-query attention through the paged cache: the pool holds n_kv_head heads."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=VOCAB, n_positions=128, n_embd=128, n_layer=2, n_head=4, arch="llama", n_kv_head=n_kv_head
+    )
+    model = Transformer(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(40.0 / p.shape[1] ** 0.5)  # as spread_model: far-apart logits, no greedy ties
+    model.eval()
+    prompts = prompts_of(8)
+    e = engine(model, num_blocks=12, block_size=16)  # tight: requests are preempted and recomputed
+    assert tuple(e.cache.keys[0].shape) == (12, 16, n_kv_head, 32)
+    assert [o.tokens for o in e.generate(prompts, 20)] == [generate(model, p, 20).tokens[0] for p in prompts]
+    assert e.stats.preemptions > 0
+
+
 def test_max_new_tokens_per_request(model, trace):
     prompts, alone = trace
     lengths = [1 + i % 7 for i in range(len(prompts))]

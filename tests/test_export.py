@@ -209,3 +209,51 @@ def test_tokenizer_larger_than_the_vocabulary_is_refused(tokenizer, tmp_path: Pa
     with pytest.raises(ValueError, match="vocab_size is 10"):
         export_hf(small, tokenizer, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the llama architecture -----------------------------------------------------------------------------------
+
+LLAMA_ATOL = 1e-5  # the issue's bar: transformers' LlamaForCausalLM reproduces our logits to 1e-5
+
+
+def make_llama(tokenizer, seed: int, n_kv_head: int, tie_word_embeddings: bool = True) -> Transformer:
+    """A random micro-sized llama (head_dim 32, which vLLM's CPU kernel runs), norm gains random too."""
+    config = ModelConfig.preset(
+        "micro", vocab_size=len(tokenizer), arch="llama", n_kv_head=n_kv_head, tie_word_embeddings=tie_word_embeddings
+    )
+    torch.manual_seed(seed)
+    model = Transformer(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            # Gains around 1, matrices around 0, logits up to ~2.6: at 0.1 (logits up to ~5) transformers' float32
+            # rotation angles (ours are float64) alone put its logits ~1e-5 away, in float64 arithmetic too.
+            p.normal_(1.0 if p.dim() == 1 else 0.0, 0.05)
+    return model.eval()
+
+
+@pytest.mark.parametrize("n_kv_head, tied", [(4, True), (2, True), (1, False)], ids=["mha", "gqa", "mqa-untied"])
+def test_llama_exports_as_llama_for_causal_lm_with_the_same_logits(tokenizer, tmp_path, n_kv_head, tied) -> None:
+    model = make_llama(tokenizer, seed=n_kv_head, n_kv_head=n_kv_head, tie_word_embeddings=tied)
+    folder = export_hf(model, tokenizer, tmp_path / "llama")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (4, n_kv_head, 32)
+    assert config["rope_parameters"]["rope_theta"] == 10000.0 and config["rms_norm_eps"] == 1e-5
+    assert config["tie_word_embeddings"] is tied and config["intermediate_size"] == model.config.mlp_hidden
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        assert ("lm_head.weight" in f.keys()) is not tied
+
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    assert type(hf_model).__name__ == "LlamaForCausalLM"
+    ids = sample_ids(model.config)
+    with torch.no_grad():
+        gap = (hf_model(ids).logits - model(ids)).abs().max().item()
+    assert gap <= LLAMA_ATOL, gap
+
+
+def test_llama_export_without_reordering_q_and_k_fails_verification(tokenizer, tmp_path, monkeypatch) -> None:
+    """The reordering of q/k rows is what makes the rotations agree: without it the export is refused."""
+    monkeypatch.setattr(export_module, "pairs_to_halves", lambda weight, head_dim: weight)
+    with pytest.raises(ExportVerificationError, match="LlamaForCausalLM"):
+        export_hf(make_llama(tokenizer, seed=0, n_kv_head=2), tokenizer, tmp_path / "wrong")
+    assert not (tmp_path / "wrong").exists()

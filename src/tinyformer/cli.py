@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyformer.config import PRESETS
+from tinyformer.config import ARCHS, PRESETS, ModelConfig
 
 # Modules that each define ``COMMAND``; their commands are listed after this module's own.
 COMMAND_MODULES: tuple[str, ...] = ("tinyformer.serving.cli", "tinyformer.workshop.cli", "tinyformer.memory.doctor")
@@ -140,30 +140,49 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="checkpoint file (NAME.pt) or a folder to put PRESET.pt in (default: the artifacts folder)",
     )
+    parser.add_argument(
+        "--arch",
+        choices=ARCHS,
+        default="gpt2",
+        help="gpt2 (learned positions, LayerNorm, GELU) or llama (RoPE, RMSNorm, SwiGLU) (default: gpt2)",
+    )
+    parser.add_argument(
+        "--n-kv-head",
+        type=positive_int,
+        metavar="K",
+        help="key/value heads shared by the query heads (llama only; must divide the preset's n_head; default: n_head)",
+    )
     parser.add_argument("--steps", type=positive_int, help="training steps (default: the preset's own number)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the data (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def checkpoint_path(out: Path | None, preset: str) -> Path:
-    """--out as given when it names a .pt file, else PRESET.pt inside the folder it names."""
+def checkpoint_path(out: Path | None, preset: str, arch: str = "gpt2") -> Path:
+    """--out as given when it names a .pt file, else PRESET.pt (PRESET-llama.pt) inside the folder it names."""
+    from tinyformer.train import checkpoint_name
+
+    name = checkpoint_name(preset, arch)
     if out is None:
         from tinyformer.paths import artifacts_dir
 
-        return artifacts_dir() / f"{preset}.pt"
-    return out if out.suffix == ".pt" else out / f"{preset}.pt"
+        return artifacts_dir() / name
+    return out if out.suffix == ".pt" else out / name
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from tinyformer.data import Corpus
     from tinyformer.train import train_preset
 
-    path = checkpoint_path(args.out, args.preset)
+    path = checkpoint_path(args.out, args.preset, args.arch)
     if path.exists() and not args.overwrite:
         raise FileExistsError(f"{path} already exists; add --overwrite to replace it, or choose another --out.")
-    print(f"training the {args.preset} model on the shipped corpus (seed {args.seed})")
-    _, _, result = train_preset(args.preset, path, seed=args.seed, steps=args.steps, progress=not args.quiet)
+    architecture = dict(arch=args.arch, n_kv_head=args.n_kv_head)
+    ModelConfig.preset(args.preset, vocab_size=1, **architecture)  # a bad --n-kv-head stops here, before any work
+    print(f"training the {args.preset} {args.arch} model on the shipped corpus (seed {args.seed})")
+    _, _, result = train_preset(
+        args.preset, path, seed=args.seed, steps=args.steps, progress=not args.quiet, **architecture
+    )
     print(f"validation loss {result.final_val_loss:.3f} nats (the corpus's floor: {Corpus.entropy_rate():.3f})")
     print(f"saved {path}\nnext: tinyformer export {path} --out DIR")
     return 0
@@ -179,7 +198,8 @@ TRAIN = Command(
     epilog=(
         "examples:\n"
         "  tinyformer train --preset nano --out checkpoints/     # -> checkpoints/nano.pt\n"
-        "  tinyformer train --preset micro --out micro.pt --steps 500"
+        "  tinyformer train --preset micro --out micro.pt --steps 500\n"
+        "  tinyformer train --preset micro --arch llama --n-kv-head 1   # -> micro-llama.pt, multi-query attention"
     ),
     add_arguments=_train_arguments,
     run=_run_train,

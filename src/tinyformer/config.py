@@ -1,4 +1,9 @@
-"""Model configuration: one dataclass, a few named presets, and validation with clear errors."""
+"""Model configuration: one dataclass, a few named presets, and validation with clear errors.
+
+Two architectures share it: ``arch="gpt2"`` (GPT-2 of 2019: learned position table, LayerNorm, GELU MLP, biases)
+and ``arch="llama"`` (Llama/Qwen/Mistral: rotary positions, RMSNorm, SwiGLU MLP, no biases), each with
+``n_kv_head`` key/value heads shared by groups of ``n_head / n_kv_head`` query heads (grouped-query attention;
+``n_kv_head=1`` is multi-query attention, ``n_kv_head=n_head`` plain multi-head attention)."""
 
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ class HeadSizeWarning(UserWarning):
     """The head size works in PyTorch but vLLM's CPU attention kernel cannot run it."""
 
 
+ARCHS = ("gpt2", "llama")
+SWIGLU_MULTIPLE = 8  # SwiGLU widths are rounded up to a multiple of this (Llama rounds to 256 at full size)
+
 # Architecture sizes only: the vocabulary size comes from the tokenizer.
 PRESETS: dict[str, dict[str, int]] = {
     # ~0.1M parameters: trains to the corpus floor in under a minute on 2 CPU cores.
@@ -28,7 +36,7 @@ PRESETS: dict[str, dict[str, int]] = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Sizes of a GPT-2 style transformer (names follow Hugging Face's GPT2Config)."""
+    """Sizes of a GPT-2 or Llama style transformer (names follow Hugging Face's GPT2Config)."""
 
     vocab_size: int
     n_positions: int  # rows of the position table = the longest sequence the model can read
@@ -36,13 +44,21 @@ class ModelConfig:
     n_layer: int
     n_head: int
     dropout: float = 0.0
-    layer_norm_epsilon: float = 1e-5
+    layer_norm_epsilon: float = 1e-5  # LayerNorm's eps (gpt2), RMSNorm's eps (llama)
+    arch: str = "gpt2"  # "gpt2" or "llama"
+    n_kv_head: int | None = None  # key/value heads; None: one per query head (n_head)
+    tie_word_embeddings: bool = True  # lm_head reads the token table (llama may have its own head)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+        if self.n_kv_head is None:
+            object.__setattr__(self, "n_kv_head", self.n_head)  # frozen: set the default once, here
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; choose one of {list(ARCHS)}.")
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_kv_head"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}.")
+        self._check_arch_fields()
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: each head gets "
@@ -57,9 +73,39 @@ class ModelConfig:
         if self.head_dim not in VLLM_CPU_HEAD_SIZES:
             warnings.warn(self.vllm_head_size_message(), HeadSizeWarning, stacklevel=3)
 
+    def _check_arch_fields(self) -> None:
+        if self.n_head % self.n_kv_head != 0:
+            divisors = [k for k in range(1, self.n_head + 1) if self.n_head % k == 0]
+            raise ValueError(
+                f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}: each key/value head serves "
+                f"a group of n_head / n_kv_head query heads. Pick n_kv_head from {divisors} (1 = multi-query)."
+            )
+        if self.arch == "gpt2" and self.n_kv_head != self.n_head:
+            raise ValueError(
+                f"arch='gpt2' has one key/value head per query head (n_kv_head={self.n_head}), got "
+                f"n_kv_head={self.n_kv_head}: grouped-query attention is part of arch='llama'."
+            )
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(f"tie_word_embeddings must be True or False, got {self.tie_word_embeddings!r}.")
+        if self.arch == "gpt2" and not self.tie_word_embeddings:
+            raise ValueError("arch='gpt2' reads its head from the token table (tie_word_embeddings=True).")
+
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def group_size(self) -> int:
+        """Query heads that share one key/value head: n_head / n_kv_head (1 = multi-head attention)."""
+        return self.n_head // self.n_kv_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        """The MLP's inner width: 4 x d for GPT-2's GELU MLP; 8/3 x d (rounded up) for SwiGLU, whose three
+        matrices then hold about as many numbers as GELU's two (3 x d x 8d/3 = 2 x d x 4d)."""
+        if self.arch == "gpt2":
+            return 4 * self.n_embd
+        return SWIGLU_MULTIPLE * math.ceil(8 * self.n_embd / 3 / SWIGLU_MULTIPLE)
 
     def vllm_head_size_message(self) -> str:
         good = [h for h in (32, 64, 128) if self.n_embd % h == 0]
@@ -77,7 +123,8 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str, *, vocab_size: int, **overrides) -> ModelConfig:
-        """A named preset (``"nano"`` or ``"micro"``) sized for a vocabulary of ``vocab_size``."""
+        """A named preset (``"nano"`` or ``"micro"``) sized for a vocabulary of ``vocab_size``; ``overrides``
+        change any field, e.g. ``arch="llama", n_kv_head=1``."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(vocab_size=vocab_size, **{**PRESETS[name], **overrides})

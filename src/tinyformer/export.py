@@ -1,11 +1,17 @@
-"""Export a tinyformer model as a Hugging Face GPT-2 folder that transformers and vLLM load offline.
+"""Export a tinyformer model as a Hugging Face folder that transformers and vLLM load offline: GPT-2
+(``GPT2LMHeadModel``) for ``arch="gpt2"``, Llama (``LlamaForCausalLM``) for ``arch="llama"``.
 
-The model already uses GPT-2's parameter names, so the export is mostly bookkeeping:
+The model already uses GPT-2's parameter names, so the GPT-2 export is mostly bookkeeping:
 
 * weights: the same names, but GPT-2 stores its projections as ``Conv1D`` with weight
   ``[in, out]`` where ``nn.Linear`` stores ``[out, in]``, so those four matrices are transposed;
   ``lm_head.weight`` is not written because it is tied to ``transformer.wte.weight``;
 * config, generation config and tokenizer files come from transformers' own classes.
+
+The Llama export renames (``c_attn`` splits into ``q_proj``, ``k_proj``, ``v_proj``) and reorders the rows of
+``q_proj`` and ``k_proj`` within each head: our rotation (lesson 01) turns the pairs of dimensions (0, 1), (2, 3),
+..., Hugging Face's and vLLM's Llama turn (0, hd/2), (1, hd/2 + 1), ... Listing each head's even dimensions first
+then its odd ones makes their pairs ours; queries and keys are reordered alike, so every score q . k is unchanged.
 
 The folder is written into a temp folder beside ``out_dir``, loaded back with transformers and
 compared with the tinyformer model, and only then renamed into place.
@@ -27,6 +33,7 @@ from transformers import (
     GenerationConfig,
     GPT2Config,
     GPT2LMHeadModel,
+    LlamaConfig,
     PreTrainedTokenizerBase,
 )
 from transformers.utils import logging as hf_logging
@@ -34,6 +41,7 @@ from transformers.utils import logging as hf_logging
 from tinyformer.config import ModelConfig
 from tinyformer.model import Transformer, eval_mode
 from tinyformer.paths import current_umask
+from tinyformer.positions import ROPE_BASE
 
 # nn.Linear weights that GPT-2 keeps in Conv1D layout [in, out].
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -52,6 +60,18 @@ class ExportVerificationError(RuntimeError):
 
 
 def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """The Hugging Face state dict of ``model``'s architecture (GPT-2 or Llama)."""
+    if model.config.arch == "llama":
+        return llama_state_dict(model)
+    return gpt2_state_dict(model)
+
+
+def hf_config(config: ModelConfig, tokenizer=None) -> GPT2Config | LlamaConfig:
+    """The transformers config of ``config``'s architecture (GPT-2 or Llama)."""
+    return llama_config(config, tokenizer) if config.arch == "llama" else gpt2_config(config, tokenizer)
+
+
+def gpt2_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     """GPT2LMHeadModel's state dict for ``model``: Linear weights transposed to Conv1D, tied head dropped."""
     state = {}
     for name, tensor in model.state_dict().items():
@@ -85,6 +105,65 @@ def gpt2_config(config: ModelConfig, tokenizer=None) -> GPT2Config:
         eos_token_id=ids.get("eos_token_id"),
         pad_token_id=ids.get("pad_token_id"),
     )
+
+
+def llama_config(config: ModelConfig, tokenizer=None) -> LlamaConfig:
+    """The LlamaConfig describing the same llama-arch model (token ids taken from ``tokenizer`` if given)."""
+    ids = special_token_ids(tokenizer, config.vocab_size) if tokenizer is not None else {}
+    return LlamaConfig(
+        architectures=["LlamaForCausalLM"],
+        vocab_size=config.vocab_size,
+        hidden_size=config.n_embd,
+        intermediate_size=config.mlp_hidden,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=config.n_kv_head,
+        head_dim=config.head_dim,
+        max_position_embeddings=config.n_positions,  # RoPE has no table; this is the context vLLM serves
+        rms_norm_eps=config.layer_norm_epsilon,
+        rope_parameters={"rope_type": "default", "rope_theta": ROPE_BASE},
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        attention_dropout=config.dropout,
+        tie_word_embeddings=config.tie_word_embeddings,
+        dtype="float32",
+        bos_token_id=ids.get("bos_token_id"),
+        eos_token_id=ids.get("eos_token_id"),
+        pad_token_id=ids.get("pad_token_id"),
+    )
+
+
+def llama_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """LlamaForCausalLM's state dict for a llama-arch ``model``: renamed, q/k rows reordered to rotate-half pairs."""
+    config = model.config
+    q_dim, kv_dim = config.n_embd, config.n_kv_head * config.head_dim
+    t = model.transformer
+    state = {"model.embed_tokens.weight": t.wte.weight, "model.norm.weight": t.ln_f.weight}
+    if not config.tie_word_embeddings:
+        state["lm_head.weight"] = model.lm_head.weight
+    for i, block in enumerate(t.h):
+        q, k, v = block.attn.c_attn.weight.split([q_dim, kv_dim, kv_dim])
+        layer = f"model.layers.{i}"
+        state |= {
+            f"{layer}.input_layernorm.weight": block.ln_1.weight,
+            f"{layer}.self_attn.q_proj.weight": pairs_to_halves(q, config.head_dim),
+            f"{layer}.self_attn.k_proj.weight": pairs_to_halves(k, config.head_dim),
+            f"{layer}.self_attn.v_proj.weight": v,
+            f"{layer}.self_attn.o_proj.weight": block.attn.c_proj.weight,
+            f"{layer}.post_attention_layernorm.weight": block.ln_2.weight,
+            f"{layer}.mlp.gate_proj.weight": block.mlp.w_gate.weight,
+            f"{layer}.mlp.up_proj.weight": block.mlp.w_up.weight,
+            f"{layer}.mlp.down_proj.weight": block.mlp.c_proj.weight,
+        }
+    return {name: tensor.detach().cpu().contiguous().clone() for name, tensor in state.items()}
+
+
+def pairs_to_halves(weight: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Rows [heads x hd, d] of a q or k projection, each head's rows reordered 0, 2, 4, ..., 1, 3, 5, ...: our
+    rotated pair (2i, 2i+1) becomes Hugging Face's rotate-half pair (i, i + hd/2), with the same frequency i."""
+    order = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])  # [hd]
+    return weight.view(-1, head_dim, weight.shape[-1])[:, order].reshape(weight.shape)
 
 
 def special_token_ids(tokenizer, vocab_size: int) -> dict[str, int | None]:
@@ -177,7 +256,7 @@ def _check_inputs(model, tokenizer) -> None:
 
 def write_hf_folder(model: Transformer, tokenizer, folder: Path) -> None:
     """config.json, generation_config.json, model.safetensors and the tokenizer files."""
-    config = gpt2_config(model.config, tokenizer)
+    config = hf_config(model.config, tokenizer)
     config.save_pretrained(folder)
     GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
@@ -210,7 +289,7 @@ def verify_export(model: Transformer, tokenizer, folder: Path, atol: float = VER
     with eval_mode(model):
         expected = model(ids.to(model.device)).float().cpu()  # [2, n_positions, V]
     got = hf_model(ids).logits.float()  # [2, n_positions, V]
-    return check_logits_match(expected, got, atol, "GPT2LMHeadModel")
+    return check_logits_match(expected, got, atol, type(hf_model).__name__)
 
 
 def check_logits_match(expected: torch.Tensor, got: torch.Tensor, atol: float, hf_class: str) -> float:

@@ -1,10 +1,16 @@
-"""A GPT-2 style transformer written out by hand.
+"""A GPT-2 style transformer written out by hand, and its Llama-style variant (lesson 14).
 
 Shapes use B = batch, T = new tokens in this call, S = all tokens attended to (cached + new),
-d = n_embd, nh = n_head, hd = head_dim = d / nh, V = vocab_size.
+d = n_embd, nh = n_head, nkv = n_kv_head, hd = head_dim = d / nh, V = vocab_size.
 
 Parameter names follow Hugging Face's GPT-2 (transformer.wte, transformer.h.0.attn.c_attn, ...),
 so exporting to `GPT2LMHeadModel` is a rename plus a transpose of the Linear weights.
+
+``config.arch="llama"`` changes four things, each in one place below, and keeps the names:
+no position table, the rotation of lesson 01 applied to queries and keys in every layer instead
+(:func:`tinyformer.positions.apply_rotary`); RMSNorm for LayerNorm; a gated SwiGLU MLP for GELU;
+no biases. Both archs may share each key/value head among a group of query heads (``n_kv_head``,
+grouped-query attention); GPT-2 keeps one per query head.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch.nn.functional as F
 
 from tinyformer.config import ModelConfig
 from tinyformer.kv_cache import KVCache
+from tinyformer.positions import ROPE_BASE, apply_rotary
 
 
 class CausalSelfAttention(nn.Module):
@@ -26,23 +33,48 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.n_head = config.n_head
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
         self.head_dim = config.head_dim
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # x -> q, k, v in one matmul
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)  # heads merged -> back to d
+        self.rotary = config.arch == "llama"
+        bias = config.arch == "gpt2"
+        # x -> q [nh x hd], k and v [nkv x hd] each, in one matmul (3 x d wide when nkv = nh)
+        self.split_sizes = [config.n_embd, config.n_kv_head * self.head_dim, config.n_kv_head * self.head_dim]
+        self.c_attn = nn.Linear(config.n_embd, sum(self.split_sizes), bias=bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)  # heads merged -> back to d
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, allowed, cache: KVCache | None = None, layer: int = 0, need_weights: bool = False):
+    def heads(self, x: torch.Tensor, positions: torch.Tensor | None):
+        """x [..., T, d] -> q [..., T, nh, hd], k and v [..., T, nkv, hd]; with rotary positions, q and k are
+        rotated by ``positions`` (broadcast against [..., T, heads]), so the keys go into a cache already rotated.
+        The engine (lesson 13) calls this on its packed tokens too."""
+        q, k, v = self.c_attn(x).split(self.split_sizes, dim=-1)
+        q = q.unflatten(-1, (self.n_head, self.head_dim))  # [..., T, nh, hd]
+        k = k.unflatten(-1, (self.n_kv_head, self.head_dim))  # [..., T, nkv, hd]
+        v = v.unflatten(-1, (self.n_kv_head, self.head_dim))  # [..., T, nkv, hd]
+        if self.rotary:
+            # apply_rotary rotates along the second-to-last axis: put heads first, then back.
+            q = apply_rotary(q.transpose(-3, -2), positions, ROPE_BASE).transpose(-3, -2)
+            k = apply_rotary(k.transpose(-3, -2), positions, ROPE_BASE).transpose(-3, -2)
+        return q, k, v
+
+    def forward(
+        self,
+        x,
+        allowed,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        need_weights: bool = False,
+        positions: torch.Tensor | None = None,
+    ):
         B, T, d = x.shape
-        q, k, v = self.c_attn(x).split(d, dim=2)  # 3 x [B, T, d]
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, nh, T, hd]
-        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, nh, T, hd]
-        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, nh, T, hd]
+        rotary_positions = positions[:, None, :] if positions is not None else None  # [B, 1, T]: same for all heads
+        q, k, v = (t.transpose(1, 2) for t in self.heads(x, rotary_positions))  # [B, nh, T, hd], [B, nkv, T, hd] x 2
         if cache is not None:
             # Keys and values of earlier tokens never change, so we keep them instead of
             # recomputing them: append this call's rows and attend over everything cached.
-            k, v = cache.append(layer, k, v)  # [B, nh, S, hd]
+            k, v = cache.append(layer, k, v)  # [B, nkv, S, hd]
+        k, v = share_kv_heads(k, self.n_head), share_kv_heads(v, self.n_head)  # [B, nh, S, hd]
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # [B, nh, T, S]
         # A very negative number rather than -inf: a padding row that may see nothing still
         # gets a finite (uniform, ignored) softmax instead of NaN.
@@ -52,6 +84,13 @@ class CausalSelfAttention(nn.Module):
         mixed = mixed.transpose(1, 2).contiguous().view(B, T, d)  # [B, T, d], heads merged
         # Hand the [B, nh, T, S] weights back only when asked, so they are freed as soon as possible.
         return self.resid_dropout(self.c_proj(mixed)), (weights if need_weights else None)
+
+
+def share_kv_heads(kv: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Grouped-query attention: kv [B, nkv, S, hd] -> [B, nh, S, hd], each key/value head repeated for the
+    n_head / nkv query heads of its group (query head h reads kv head h // group, as in Llama and vLLM)."""
+    group = n_head // kv.shape[1]
+    return kv if group == 1 else kv.repeat_interleave(group, dim=1)
 
 
 class MLP(nn.Module):
@@ -68,18 +107,54 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # [B, T, d] -> [B, T, 4d] -> [B, T, d]
 
 
+class SwiGLU(nn.Module):
+    """Llama's MLP: two expansions, one gating the other through SiLU, then project back; no biases.
+
+    Three matrices of d x h instead of two of d x 4d, so h = 8/3 d keeps the parameter count (config.mlp_hidden)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.w_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
+        self.w_up = nn.Linear(config.n_embd, config.mlp_hidden, bias=False)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        gated = F.silu(self.w_gate(x)) * self.w_up(x)  # [B, T, h]: SiLU(gate) scales each unit of up
+        return self.dropout(self.c_proj(gated))  # [B, T, d]
+
+
+class RMSNorm(nn.Module):
+    """LayerNorm without the centring and the bias: x / sqrt(mean(x^2) + eps) x weight."""
+
+    def __init__(self, n_embd: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n_embd))
+        self.eps = eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight  # [B, T, d]
+
+
+def norm(config: ModelConfig) -> nn.Module:
+    """The block's normalisation: LayerNorm (gpt2) or RMSNorm (llama)."""
+    if config.arch == "llama":
+        return RMSNorm(config.n_embd, eps=config.layer_norm_epsilon)
+    return nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+
+
 class Block(nn.Module):
     """Pre-LN transformer block: x + attention(ln(x)), then x + mlp(ln(x))."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_1 = norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.mlp = MLP(config)
+        self.ln_2 = norm(config)
+        self.mlp = SwiGLU(config) if config.arch == "llama" else MLP(config)
 
-    def forward(self, x, allowed, cache=None, layer=0, need_weights=False):
-        attn_out, weights = self.attn(self.ln_1(x), allowed, cache, layer, need_weights)
+    def forward(self, x, allowed, cache=None, layer=0, need_weights=False, positions=None):
+        attn_out, weights = self.attn(self.ln_1(x), allowed, cache, layer, need_weights, positions)
         x = x + attn_out  # [B, T, d], residual keeps the token's own vector
         x = x + self.mlp(self.ln_2(x))  # [B, T, d]
         return x, weights
@@ -91,17 +166,21 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        self.learned_positions = config.arch == "gpt2"  # llama rotates q and k instead (no table)
+        tables = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))  # token table [V, d]
+        if self.learned_positions:
+            tables["wpe"] = nn.Embedding(config.n_positions, config.n_embd)  # position table [n_positions, d]
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token table [V, d]
-                wpe=nn.Embedding(config.n_positions, config.n_embd),  # position table [n_positions, d]
+                **tables,
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+                ln_f=norm(config),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied: one [V, d] table read both ways
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # tied: one [V, d] table read both ways
         # causal[i, j] is True when position i may look at position j (j <= i).
         causal = torch.tril(torch.ones(config.n_positions, config.n_positions, dtype=torch.bool))
         self.register_buffer("causal", causal, persistent=False)  # [n_positions, n_positions]
@@ -162,8 +241,8 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"embeds must have shape [{B}, {T}, {self.config.n_embd}] (one vector per id), got {list(tok.shape)}."
             )
-        pos = self.transformer.wpe(position_ids)  # [B, T, d], one row of the position table per position
-        x = self.transformer.drop(tok + pos)  # [B, T, d]
+        pos = self.position_vectors(position_ids)  # [B, T, d], or None for rotary positions
+        x = self.transformer.drop(tok if pos is None else tok + pos)  # [B, T, d]
 
         allowed = self.causal[past : past + T, : past + T]  # [T, S], query i sees keys <= past+i
         allowed = allowed.view(1, 1, T, past + T)  # [1, 1, T, S], same for every row and head
@@ -173,13 +252,20 @@ class Transformer(nn.Module):
 
         attentions = []
         for layer, block in enumerate(self.transformer.h):
-            x, weights = block(x, allowed, cache, layer, return_attention)  # [B, T, d]
+            x, weights = block(x, allowed, cache, layer, return_attention, position_ids)  # [B, T, d]
             attentions.append(weights)
         x = self.transformer.ln_f(x)  # [B, T, d]
         logits = self.lm_head(x)  # [B, T, V], a score for every token of the vocabulary
         if cache is not None:
             cache.advance(T)
         return (logits, attentions) if return_attention else logits
+
+    def position_vectors(self, position_ids: torch.Tensor) -> torch.Tensor | None:
+        """GPT-2: one row of the position table per position, to add to the token vectors; llama: None (its
+        attention rotates q and k by their positions instead)."""
+        if not self.learned_positions:
+            return None
+        return self.transformer.wpe(position_ids)  # [..., d], one row of the position table per position
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         if not isinstance(ids, torch.Tensor):
@@ -214,9 +300,9 @@ class Transformer(nn.Module):
             )
         first = int(position_ids.min())
         if first < 0:
-            raise ValueError(f"position {first} has no row in the position table: positions start at 0.")
+            raise ValueError(f"position {first} is negative: positions start at 0.")
         last = int(position_ids.max())
-        if last >= self.config.n_positions:
+        if self.learned_positions and last >= self.config.n_positions:  # rotary positions have no table to outgrow
             raise ValueError(
                 f"position {last} has no row in the position table (wpe has n_positions="
                 f"{self.config.n_positions} rows, positions 0..{self.config.n_positions - 1}). "

@@ -1,13 +1,16 @@
 """Position signals other than a learned table: sinusoidal (added to the input) and rotary (applied to q, k).
 
-Our model learns its position table (`wpe`). These two schemes compute positions from a formula
+The GPT-2 model learns its position table (`wpe`). These two schemes compute positions from a formula
 instead, so they have no weights and no fixed number of rows. Small pure functions, for plotting
-and comparing in the notebooks.
+and comparing in the notebooks; :func:`apply_rotary` is also the rotation the llama model applies to its
+queries and keys in every layer (lesson 14).
 """
 
 from __future__ import annotations
 
 import torch
+
+ROPE_BASE = 10000.0  # rotary's "theta": the slowest pair turns once every 2 pi x base positions (Llama 2: 10000)
 
 
 def _frequencies(dim: int, base: float) -> torch.Tensor:
@@ -35,19 +38,22 @@ def sinusoidal_table(n_positions: int, dim: int, base: float = 10000.0) -> torch
     return table.float()  # [P, dim]
 
 
-def rotary_angles(n_positions: int, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+def rotary_angles(n_positions: int, head_dim: int, base: float = ROPE_BASE) -> torch.Tensor:
     """The rotation angle [n_positions, head_dim / 2] that rotary encoding applies to each pair of dims."""
     return _angles(n_positions, head_dim, base).float()
 
 
-def apply_rotary(x: torch.Tensor, positions: torch.Tensor | None = None, base: float = 10000.0) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, positions: torch.Tensor | None = None, base: float = ROPE_BASE) -> torch.Tensor:
     """Rotate each pair of dimensions (x[..., 2i], x[..., 2i+1]) of x [..., T, hd] by position x frequency_i.
 
     Applied to queries and keys (not added to the input), so q_m . k_n depends on m - n only:
-    rotating both by their own positions leaves just the difference in their dot product."""
+    rotating both by their own positions leaves just the difference in their dot product.
+    positions: [T] (default 0..T-1), or any shape that broadcasts against x's leading dims: the llama model
+    passes [B, 1, T] for x [B, heads, T, hd], the engine [N, 1] for its packed tokens x [N, heads, hd]."""
     T, hd = x.shape[-2], x.shape[-1]
-    positions = torch.arange(T) if positions is None else positions  # [T]
-    angles = positions.to(torch.float64)[:, None] * _frequencies(hd, base)[None, :]  # [T, hd / 2]
+    positions = torch.arange(T, device=x.device) if positions is None else positions  # [T]
+    frequencies = _frequencies(hd, base).to(x.device)  # [hd / 2]
+    angles = positions.to(torch.float64)[..., None] * frequencies  # [..., hd / 2], angle = position x frequency
     cos, sin = torch.cos(angles).to(x.dtype), torch.sin(angles).to(x.dtype)
     even, odd = x[..., 0::2], x[..., 1::2]  # [..., T, hd / 2] each: the two coordinates of each pair
     rotated = torch.empty_like(x)

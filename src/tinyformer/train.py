@@ -152,12 +152,22 @@ def train(
 # ----- recipes: a preset trained with its settings, and what later lessons load --------------------
 
 
-def train_preset(preset: str, path: str | Path, *, seed: int = 0, steps: int | None = None, progress: bool = True):
+def train_preset(
+    preset: str,
+    path: str | Path,
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    progress: bool = True,
+    **architecture,
+):
     """Train a preset on the shipped corpus with its recipe, save it to ``path``; return
-    (model, tokenizer, TrainResult). Seeded: the same call gives the same weights on one machine."""
+    (model, tokenizer, TrainResult). Seeded: the same call gives the same weights on one machine.
+    ``architecture``: ModelConfig overrides, e.g. ``arch="llama", n_kv_head=1`` (same sizes, same recipe)."""
     tokenizer = build_tokenizer()
+    config = ModelConfig.preset(preset, vocab_size=len(tokenizer), **architecture)  # refuse bad input before work
     torch.manual_seed(seed)
-    model = Transformer(ModelConfig.preset(preset, vocab_size=len(tokenizer)))
+    model = Transformer(config)
     cfg = TrainConfig.for_preset(preset, seed=seed, **({"steps": steps} if steps else {}))
     result = train(model, TokenStream(Corpus(seed=seed), tokenizer), cfg, progress=progress)
     save_checkpoint(
@@ -172,17 +182,26 @@ def train_preset(preset: str, path: str | Path, *, seed: int = 0, steps: int | N
     return model, tokenizer, result
 
 
-def load_or_train(preset: str = "nano", *, path: str | Path | None = None, progress: bool = True):
+def checkpoint_name(preset: str, arch: str = "gpt2") -> str:
+    """The file name a preset's checkpoint gets in a folder: ``nano.pt``, or ``nano-llama.pt`` for another arch."""
+    return f"{preset}.pt" if arch == "gpt2" else f"{preset}-{arch}.pt"
+
+
+def load_or_train(preset: str = "nano", *, path: str | Path | None = None, progress: bool = True, **architecture):
     """(model, tokenizer): the checkpoint notebook 04 saved, or the same seeded training run now.
 
     Later lessons call this so each notebook also runs on its own in a fresh kernel. A checkpoint saved
-    by an older recipe (e.g. nano before it trained all 128 positions) is trained again, not reused."""
-    path = Path(path) if path is not None else artifacts_dir() / f"{preset}.pt"
+    by an older recipe (e.g. nano before it trained all 128 positions) is trained again, not reused.
+    ``architecture``: ModelConfig overrides (lesson 14: ``arch="llama"``, saved as ``nano-llama.pt``); a checkpoint
+    of another architecture is trained again too."""
+    wanted = ModelConfig.preset(preset, vocab_size=1, **architecture)  # the architecture fields to match
+    path = Path(path) if path is not None else artifacts_dir() / checkpoint_name(preset, wanted.arch)
     with one_writer(path):
         if path.is_file():
             model, tokenizer, meta = load_checkpoint(path)
-            if meta.get("recipe") == weights_recipe(TrainConfig.for_preset(preset)):
+            same_arch = (model.config.arch, model.config.group_size) == (wanted.arch, wanted.group_size)
+            if same_arch and meta.get("recipe") == weights_recipe(TrainConfig.for_preset(preset)):
                 return model, tokenizer
-            print(f"{path} was trained with another recipe than today's {preset!r} recipe: training it again.")
-        model, tokenizer, _ = train_preset(preset, path, progress=progress)
+            print(f"{path} was trained with another recipe or architecture than asked for: training it again.")
+        model, tokenizer, _ = train_preset(preset, path, progress=progress, **architecture)
     return model.eval(), tokenizer

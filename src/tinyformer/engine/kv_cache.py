@@ -1,7 +1,9 @@
 """The paged KV cache: per layer, one preallocated tensor of blocks for keys and one for values.
 
-    keys[layer]   [num_blocks, block_size, nh, hd]
-    values[layer] [num_blocks, block_size, nh, hd]
+    keys[layer]   [num_blocks, block_size, nkv, hd]
+    values[layer] [num_blocks, block_size, nkv, hd]
+
+(nkv = n_kv_head: with grouped-query attention a block holds only the shared key/value heads.)
 
 A token's keys and values live in a *slot*: slot = block_id x block_size + offset in the block. A request
 finds its slots through its block table, so its blocks can be anywhere in the pool, in any order; and a
@@ -31,26 +33,26 @@ def slots_of(block_table: list[int], start: int, stop: int, block_size: int) -> 
 
 class PagedKVCache:
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, dtype=torch.float32, device="cpu"):
-        shape = (num_blocks, block_size, config.n_head, config.head_dim)
+        shape = (num_blocks, block_size, config.n_kv_head, config.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.block_size = block_size
 
     @property
     def nbytes(self) -> int:
-        """2 x n_layer x num_blocks x block_size x n_head x head_dim x dtype bytes: the whole pool, used or not."""
+        """2 x n_layer x num_blocks x block_size x n_kv_head x head_dim x dtype bytes: the whole pool, used or not."""
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store the keys and values [N, nh, hd] of this step's N tokens in their slots [N]."""
-        self.keys[layer].flatten(0, 1)[slots] = k  # [num_blocks * block_size, nh, hd] viewed as rows of slots
+        """Store the keys and values [N, nkv, hd] of this step's N tokens in their slots [N]."""
+        self.keys[layer].flatten(0, 1)[slots] = k  # [num_blocks * block_size, nkv, hd] viewed as rows of slots
         self.values[layer].flatten(0, 1)[slots] = v
 
     def gather(self, layer: int, block_tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values [R, nh, S, hd] of R requests, read block by block through their block tables
+        """Keys and values [R, nkv, S, hd] of R requests, read block by block through their block tables
         [R, max_blocks] and laid out in token order (S = max_blocks x block_size): the blocks themselves may be
         anywhere in the pool."""
         R = block_tables.shape[0]
-        keys = self.keys[layer][block_tables].flatten(1, 2)  # [R, max_blocks, bs, nh, hd] -> [R, S, nh, hd]
+        keys = self.keys[layer][block_tables].flatten(1, 2)  # [R, max_blocks, bs, nkv, hd] -> [R, S, nkv, hd]
         values = self.values[layer][block_tables].flatten(1, 2)
-        return keys.view(R, -1, *keys.shape[2:]).transpose(1, 2), values.transpose(1, 2)  # [R, nh, S, hd]
+        return keys.view(R, -1, *keys.shape[2:]).transpose(1, 2), values.transpose(1, 2)  # [R, nkv, S, hd]

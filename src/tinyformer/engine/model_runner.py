@@ -4,13 +4,14 @@ The batch is not a [B, T] rectangle. It is N tokens in a row (a 40-token prefill
 then one decode token of each of 15 others, ...), with metadata saying which request and position each
 token belongs to and where its keys and values go. Nothing is padded.
 
-The runner calls the model's own weights (``wte``, ``wpe``, each block's ``ln_1``, ``c_attn``, ``c_proj``,
-``ln_2``, ``mlp``, then ``ln_f`` and ``lm_head``); only attention is different: per layer, the new keys
-and values are written into their cache slots first, then every query reads its request's keys and
-values back through its block table (a gather, block by block) and attends causally. Decodes (one query
-each) attend together, their block tables padded with the null block and the padding masked out, as vLLM
-pads its block tables; each prefill chunk attends on its own. Writing before reading lets a request reuse,
-in the same step, blocks that another request scheduled before it is filling (prefix caching).
+The runner calls the model's own weights (``wte``, the positions, each block's ``ln_1``, ``attn.heads``,
+``c_proj``, ``ln_2``, ``mlp``, then ``ln_f`` and ``lm_head``), so a llama model (rotary positions, grouped-query
+attention: the pool holds only its n_kv_head heads) runs as a GPT-2 one does. Only attention is different:
+per layer, the new keys (rotated, for llama) and values are written into their cache slots first, then every
+query reads its request's keys and values back through its block table (a gather, block by block) and attends
+causally. Decodes (one query each) attend together, their block tables padded with the null block and the
+padding masked out, as vLLM pads its block tables; each prefill chunk attends on its own. Writing before reading
+lets a request reuse, in the same step, blocks that another request scheduled before it is filling (prefix caching).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from tinyformer.engine.block_manager import NULL_BLOCK_ID
 from tinyformer.engine.kv_cache import PagedKVCache, slots_of
 from tinyformer.engine.scheduler import Scheduled
-from tinyformer.model import Transformer
+from tinyformer.model import Transformer, share_kv_heads
 
 
 @dataclass
@@ -84,14 +85,15 @@ class ModelRunner:
     def __init__(self, model: Transformer, cache: PagedKVCache):
         self.model = model
         self.cache = cache
-        self.n_head, self.head_dim = model.config.n_head, model.config.head_dim
+        self.n_head = model.config.n_head
 
     @torch.inference_mode()
     def run(self, scheduled: Scheduled) -> dict[int, int]:
         """Run one step; return {seq_id: greedy next token} for the requests whose whole sequence is now cached."""
         batch = PackedBatch.build(scheduled, self.cache.block_size, self.model.device)
         t = self.model.transformer
-        x = t.wte(batch.input_ids) + t.wpe(batch.positions)  # [N, d]
+        tok, pos = t.wte(batch.input_ids), self.model.position_vectors(batch.positions)  # [N, d], [N, d] or None
+        x = tok if pos is None else tok + pos  # [N, d]
         for layer, block in enumerate(t.h):
             x = x + self.paged_attention(layer, block.attn, block.ln_1(x), batch)  # [N, d]
             x = x + block.mlp(block.ln_2(x))  # [N, d]
@@ -103,18 +105,16 @@ class ModelRunner:
     def paged_attention(self, layer: int, attn, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         """Causal self-attention of N packed tokens, each request over its own cached keys and values."""
         N, d = x.shape
-        q, k, v = attn.c_attn(x).split(d, dim=1)  # 3 x [N, d]
-        heads = (N, self.n_head, self.head_dim)
-        self.cache.write(layer, batch.slots, k.view(heads), v.view(heads))  # into the blocks, first
-        q = q.view(heads)  # [N, nh, hd]
+        q, k, v = attn.heads(x, batch.positions)  # [N, nh, hd], [N, nkv, hd] x 2
+        self.cache.write(layer, batch.slots, k, v)  # into the blocks, first
         mixed = torch.empty_like(q)  # [N, nh, hd]
         if len(batch.decode_rows):  # one query per request, over its cache (padded slots masked out)
-            keys, values = self.cache.gather(layer, batch.decode_tables)  # [D, nh, S, hd] each
+            keys, values = self.gather(layer, batch.decode_tables)  # [D, nh, S, hd] each
             one = q[batch.decode_rows][:, :, None, :]  # [D, nh, 1, hd]
             out = F.scaled_dot_product_attention(one, keys, values, attn_mask=batch.decode_seen)  # [D, nh, 1, hd]
             mixed[batch.decode_rows] = out[:, :, 0, :]
         for row, start, stop, table in batch.prefills:  # n queries at positions start..stop-1, over 0..stop-1
-            keys, values = self.cache.gather(layer, table[None, :])  # [1, nh, S, hd] each
+            keys, values = self.gather(layer, table[None, :])  # [1, nh, S, hd] each
             rows = slice(row, row + stop - start)
             query = q[rows].transpose(0, 1)[None]  # [1, nh, n, hd]
             out = F.scaled_dot_product_attention(
@@ -122,6 +122,12 @@ class ModelRunner:
             )
             mixed[rows] = out[0].transpose(0, 1)  # [n, nh, hd]
         return attn.c_proj(mixed.reshape(N, d))  # [N, d], heads merged
+
+    def gather(self, layer: int, block_tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The requests' cached keys and values [R, nkv, S, hd], each key/value head repeated for its group of
+        query heads -> [R, nh, S, hd]."""
+        keys, values = self.cache.gather(layer, block_tables)
+        return share_kv_heads(keys, self.n_head), share_kv_heads(values, self.n_head)
 
 
 def causal(start: int, stop: int, device=None) -> torch.Tensor:

@@ -94,23 +94,24 @@ class ModelSpec:
 
     @classmethod
     def from_tinyformer(cls, config, name: str = "tinyformer") -> ModelSpec:
-        """The spec of a ``tinyformer.ModelConfig`` (GPT-2 architecture)."""
+        """The spec of a ``tinyformer.ModelConfig`` (GPT-2 or Llama architecture)."""
+        gpt2 = config.arch == "gpt2"
         return cls(
             name=name,
             n_layer=config.n_layer,
             hidden_size=config.n_embd,
             n_head=config.n_head,
-            n_kv_heads=config.n_head,
+            n_kv_heads=config.n_kv_head,
             head_dim=config.head_dim,
-            intermediate_size=4 * config.n_embd,
+            intermediate_size=config.mlp_hidden,
             vocab_size=config.vocab_size,
             max_position_embeddings=config.n_positions,
-            tie_word_embeddings=True,
-            mlp="gelu",
-            norm="layernorm",
-            learned_positions=True,
-            qkv_bias=True,
-            linear_bias=True,
+            tie_word_embeddings=config.tie_word_embeddings,
+            mlp="gelu" if gpt2 else "gated",
+            norm="layernorm" if gpt2 else "rmsnorm",
+            learned_positions=gpt2,
+            qkv_bias=gpt2,
+            linear_bias=gpt2,
             notes="the model this course builds and trains",
         )
 

@@ -140,9 +140,9 @@ def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
 
 
 def kv_cache_formula_bytes(cache, config) -> int:
-    """The formula's bytes for a tinyformer KVCache: 2 x n_layer x n_head x head_dim x dtype x B x S."""
+    """The formula's bytes for a tinyformer KVCache: 2 x n_layer x n_kv_head x head_dim x dtype x B x S."""
     keys = [k for k in cache.keys if k is not None]
     if not keys:
         return 0
     batch, dtype = keys[0].shape[0], keys[0].dtype
-    return kv_cache_bytes(len(cache), config.n_layer, config.n_head, config.head_dim, dtype, batch=batch)
+    return kv_cache_bytes(len(cache), config.n_layer, config.n_kv_head, config.head_dim, dtype, batch=batch)

@@ -10,8 +10,10 @@ model folder and a server's settings, and words the refusals in the lesson's ter
 * :func:`check_serving_config`: the settings vLLM would reject at start-up (or crash on at the first
   request), refused up front with a message in tokens and bytes.
 
-With tensor parallelism each worker keeps the keys and values of n_head / tp heads, so a token costs
-each worker 1/tp of the bytes; the budget is per worker, so the same bytes hold tp times the tokens.
+With tensor parallelism each worker keeps the keys and values of n_kv_head / tp heads, so a token costs
+each worker 1/tp of the bytes; the budget is per worker, so the same bytes hold tp times the tokens. Likewise
+grouped-query attention (a llama export, lesson 14) caches n_kv_head heads instead of n_head: the same bytes hold
+n_head / n_kv_head times the tokens.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class ServingConfigError(ValueError):
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype: str = "float32", tensor_parallel_size: int = 1) -> int:
-    """Bytes of keys and values one token takes in ONE worker: 2 x n_layer x n_embd x dtype bytes / tp.
+    """Bytes of keys and values one token takes in ONE worker: 2 x n_layer x n_kv_head x head_dim x dtype bytes / tp
+    (n_kv_head x head_dim = n_embd for multi-head attention; grouped-query attention divides it by the group size).
 
     The formula is :func:`tinyformer.memory.formulas.kv_bytes_per_token`; this reads the sizes off a
     ModelConfig and refuses vLLM's ``dtype='auto'``, whose size depends on the machine."""
@@ -40,14 +43,14 @@ def kv_bytes_per_token(config: ModelConfig, dtype: str = "float32", tensor_paral
             "dtype='auto' lets vLLM pick bfloat16 on CPU (2 bytes per value, slightly different outputs); "
             "pass dtype='float32' or 'bfloat16' explicitly so the KV budget can be computed."
         )
-    return kv_formula(config.n_layer, config.n_head, config.head_dim, dtype, tensor_parallel_size)
+    return kv_formula(config.n_layer, config.n_kv_head, config.head_dim, dtype, tensor_parallel_size)
 
 
 def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
     """The tinyformer ModelConfig of an exported Hugging Face folder (reads its config.json).
 
-    A GPT-2 export (lessons 07-09), or a LLaVA export (lesson 10): then the config of its OPT language model,
-    the part that holds the KV cache and sets the positions."""
+    A GPT-2 export (lessons 07-09), a Llama export (lesson 14), or a LLaVA export (lesson 10): then the config of
+    its OPT language model, the part that holds the KV cache and sets the positions."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -67,11 +70,13 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
             n_layer=text["num_hidden_layers"],
             n_head=text["num_attention_heads"],
         )
+    if isinstance(hf, dict) and hf.get("model_type") == "llama":
+        return _llama_config(hf, path)
     if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
         kind = hf.get("model_type") if isinstance(hf, dict) else type(hf).__name__
         raise ServingConfigError(
-            f"{path} describes a {kind!r} model; tinyformer serves GPT-2 exports and LLaVA exports with an OPT "
-            "language model (tinyformer.vision_export.export_llava)."
+            f"{path} describes a {kind!r} model; tinyformer serves GPT-2 and Llama exports, and LLaVA exports with "
+            "an OPT language model (tinyformer.vision_export.export_llava)."
         )
     missing = [f for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if f not in hf]
     if missing:
@@ -87,6 +92,33 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
         n_head=hf["n_head"],
         layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
     )
+
+
+LLAMA_FIELDS = ("vocab_size", "max_position_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads")
+
+
+def _llama_config(hf: dict, path: Path) -> ModelConfig:
+    """The llama-arch ModelConfig of a LlamaForCausalLM export (its head size must be hidden_size / heads)."""
+    missing = [f for f in LLAMA_FIELDS if f not in hf]
+    if missing:
+        raise ServingConfigError(f"{path} lacks {missing}: export the model again with export_hf.")
+    config = ModelConfig(
+        vocab_size=hf["vocab_size"],
+        n_positions=hf["max_position_embeddings"],
+        n_embd=hf["hidden_size"],
+        n_layer=hf["num_hidden_layers"],
+        n_head=hf["num_attention_heads"],
+        n_kv_head=hf.get("num_key_value_heads", hf["num_attention_heads"]),
+        layer_norm_epsilon=hf.get("rms_norm_eps", 1e-5),
+        tie_word_embeddings=hf.get("tie_word_embeddings", True),
+        arch="llama",
+    )
+    if hf.get("head_dim", config.head_dim) != config.head_dim:
+        raise ServingConfigError(
+            f"{path} has head_dim={hf['head_dim']}, not hidden_size / num_attention_heads = {config.head_dim}: "
+            "tinyformer's KV budget assumes the two agree (every export_hf folder does)."
+        )
+    return config
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def trace_generation(model, prompt_ids: list[int], max_new_tokens: int = 12) -> 
             )
             ids = torch.tensor([[next_id]])  # decode: only the newest token goes in
     dtype = next(model.parameters()).dtype
-    per_token = memory.kv_bytes_per_token(config.n_layer, config.n_head, config.head_dim, dtype)
+    per_token = memory.kv_bytes_per_token(config.n_layer, config.n_kv_head, config.head_dim, dtype)
     return KVTrace(list(prompt_ids), steps, config.n_layer, config.n_head, config.head_dim, per_token)
 
 
