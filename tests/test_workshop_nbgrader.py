@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ast
 import html
+import os
 import re
+import stat
 from pathlib import Path
 
 import nbformat
@@ -182,6 +184,69 @@ def test_the_course_command_writes_one_assignment_per_lesson_and_keeps_an_edited
     assert (course / "nbgrader_config.py").read_text().endswith("c.Execute.timeout = 60\n")
     assert cli.main(["workshop", "nbgrader-course", str(lessons / "course"), "--source", str(lessons)]) == 1
     assert "inside the lessons' folder" in capsys.readouterr().err
+
+
+def test_course_solutions_and_gradebook_are_not_readable_by_others(tmp_path, monkeypatch):
+    lessons = tmp_path / "notebooks"
+    lessons.mkdir()
+    nbformat.write(synthetic_lesson(), lessons / "01_tiny.ipynb")
+    previous = os.umask(0o022)  # the usual umask, under which new files are world-readable
+    try:
+        (target,) = write_course(tmp_path / "course", lessons)
+    finally:
+        os.umask(previous)
+    assert BEGIN in target.read_text()
+    folders = [tmp_path / "course", tmp_path / "course" / "source", target.parent]
+    assert [stat.S_IMODE(path.stat().st_mode) for path in [*folders, target]] == [0o700, 0o700, 0o700, 0o600]
+    assert "os.umask(0o077)" in (tmp_path / "course" / "nbgrader_config.py").read_text()  # gradebook, submissions
+
+
+def test_a_rerun_never_drops_the_instructors_edits_without_the_flag(tmp_path, capsys):
+    lessons = tmp_path / "notebooks"
+    lessons.mkdir()
+    nbformat.write(synthetic_lesson(), lessons / "01_tiny.ipynb")
+    nbformat.write(synthetic_lesson(), lessons / "02_tiny.ipynb")
+    course = tmp_path / "course"
+    command = ["workshop", "nbgrader-course", str(course), "--source", str(lessons)]
+    assert cli.main(command) == 0
+    edited = course / "source" / "02_tiny" / "02_tiny.ipynb"
+    notebook = nbformat.read(edited, as_version=4)
+    notebook.cells[0].source = "# A tiny lesson, reworded by the instructor"
+    nbformat.write(notebook, edited)
+    mine = edited.read_bytes()
+    (lessons / "01_tiny.ipynb").write_text((lessons / "01_tiny.ipynb").read_text().replace("tiny", "small"))
+    untouched = (course / "source" / "01_tiny" / "01_tiny.ipynb").read_bytes()
+    capsys.readouterr()
+
+    assert cli.main(command) == 1
+    err = capsys.readouterr().err
+    assert f"1 source notebook(s) changed since `nbgrader-course` wrote them: {edited}." in err
+    assert "--discard-edits" in err and "01_tiny" not in err
+    assert edited.read_bytes() == mine  # nothing written: the edit, and the other lesson's old copy, both stay
+    assert (course / "source" / "01_tiny" / "01_tiny.ipynb").read_bytes() == untouched
+
+    assert cli.main([*command, "--discard-edits"]) == 0
+    assert "reworded" not in edited.read_text()
+    assert "small" in (course / "source" / "01_tiny" / "01_tiny.ipynb").read_text()
+    assert cli.main(command) == 0  # what it wrote itself is refreshed without asking
+
+
+def test_a_syntax_error_in_an_exercise_names_the_notebook_and_cell_and_writes_nothing(tmp_path, capsys):
+    lessons = tmp_path / "notebooks"
+    lessons.mkdir()
+    nbformat.write(synthetic_lesson(), lessons / "01_tiny.ipynb")
+    broken = synthetic_lesson()
+    broken.cells[2].source = SOLUTION.replace("return torch.tril(allowed)", "return torch.tril(allowed")
+    nbformat.write(broken, lessons / "02_broken.ipynb")
+    course = tmp_path / "course"
+    assert cli.main(["workshop", "nbgrader-course", str(course), "--source", str(lessons)]) == 1
+    err = capsys.readouterr().err
+    assert f"{lessons / '02_broken.ipynb'}: cell 2 (an exercise) is not valid Python: '(' was never closed" in err
+    assert "Traceback" not in err and not course.exists()
+    unmarked = (lessons / "01_tiny.ipynb").read_bytes()
+    assert cli.main(["workshop", "nbgrader-metadata", "--source", str(lessons)]) == 1
+    assert "02_broken.ipynb: cell 2 (an exercise) is not valid Python" in capsys.readouterr().err
+    assert (lessons / "01_tiny.ipynb").read_bytes() == unmarked  # the good lesson was not marked either
 
 
 # ----- real nbgrader ------------------------------------------------------------------------------

@@ -47,12 +47,19 @@ def add_workshop_arguments(parser: argparse.ArgumentParser) -> None:
         "nbgrader-course",
         help="set up an nbgrader course folder: one assignment per lesson, and its nbgrader_config.py",
         description="Write DIR/source/<lesson>/<lesson>.ipynb for every notebook and DIR/nbgrader_config.py (kept\n"
-        "if it exists). Then, in DIR: nbgrader generate_assignment --assignment='*', autograde, generate_feedback.",
+        "if it exists). DIR holds the solutions and the gradebook: it is made owner-only. A source notebook\n"
+        "edited since the last run stops the run (--discard-edits replaces it). Then, in DIR: nbgrader\n"
+        "generate_assignment --assignment='*', autograde, generate_feedback.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     course.add_argument("course_dir", type=Path, metavar="DIR", help="the course folder (created if missing)")
     add_source_argument(course)
     course.add_argument("--course-id", default="tinyformer", help="nbgrader's course id (default: tinyformer)")
+    course.add_argument(
+        "--discard-edits",
+        action="store_true",
+        help="replace source notebooks edited since this command wrote them (without it, such edits stop the run)",
+    )
 
     serve = sub.add_parser(
         "serve",
@@ -142,7 +149,7 @@ def _run_nbgrader_metadata(args: argparse.Namespace) -> int:
 def _run_nbgrader_course(args: argparse.Namespace) -> int:
     from tinyformer.workshop.nbgrader_course import CONFIG_NAME, write_course
 
-    written = write_course(args.course_dir, args.source, args.course_id)
+    written = write_course(args.course_dir, args.source, args.course_id, discard_edits=args.discard_edits)
     print(f"{len(written)} assignments under {args.course_dir / 'source'}; settings in {args.course_dir / CONFIG_NAME}")
     print(f"next: cd {args.course_dir} && nbgrader generate_assignment --assignment='*'   (docs/workshop.md)")
     return 0
