@@ -243,6 +243,11 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.group_size is not None and args.quantize != "int4":
         raise ValueError("--group-size applies to --quantize int4 only (int8 has one scale per output channel).")
     checkpoint = checkpoint_in(args.checkpoint)
+    if args.out is not None and args.out.resolve() in checkpoint.resolve().parents:
+        raise ValueError(
+            f"--out {args.out} holds the checkpoint being exported ({checkpoint}); an export replaces its folder. "
+            f"Choose a folder of its own, e.g. --out {args.out / (checkpoint.stem + '-hf')}."
+        )
     model, tokenizer, _ = load_checkpoint(checkpoint)
     if args.out is None:
         from tinyformer.paths import artifacts_dir
