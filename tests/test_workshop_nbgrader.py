@@ -7,6 +7,7 @@ import ast
 import html
 import os
 import re
+import shutil
 import stat
 from pathlib import Path
 
@@ -357,3 +358,50 @@ def test_a_student_copy_runs_every_cell_but_the_failing_checks(graded):
         if cell.source in failed:
             shown = "".join(o.get("text", "") for o in cell.outputs)
             assert "❌" in shown and "Traceback" not in shown
+
+
+TRAINING_LESSON = "04_training_with_sgd"  # saves nano.pt in its artifacts folder; trains for about a minute
+
+
+@pytest.mark.slow
+def test_autograding_a_lesson_that_saves_the_model_leaves_the_class_files_as_they_were(tmp_path, monkeypatch):
+    """The class's artifacts (the model its server serves and new learners are seeded from) are byte-identical
+    after nbgrader autogrades lesson 04, which saves nano.pt: the grading kernels wrote into a scratch copy."""
+    import torch
+
+    from tinyformer.checkpoint import save_checkpoint
+    from tinyformer.config import ModelConfig
+    from tinyformer.export import export_hf
+    from tinyformer.model import Transformer
+    from tinyformer.tokenizer import build_tokenizer
+
+    class_artifacts = tmp_path / "class-artifacts"
+    tokenizer = build_tokenizer()
+    torch.manual_seed(7)  # not lesson 04's model: an overwrite would change the bytes
+    model = Transformer(ModelConfig.preset("nano", vocab_size=len(tokenizer))).eval()
+    save_checkpoint(class_artifacts / "nano.pt", model, tokenizer, preset="nano")
+    export_hf(model, tokenizer, class_artifacts / "nano-hf", verify=False)
+    before = {p: p.read_bytes() for p in sorted(class_artifacts.rglob("*")) if p.is_file()}
+
+    monkeypatch.setenv("TINYFORMER_ARTIFACTS", str(class_artifacts))  # as on the class's machine
+    course = tmp_path / "course"
+    lessons = tmp_path / "notebooks"
+    lessons.mkdir()
+    (lessons / f"{TRAINING_LESSON}.ipynb").write_bytes((NOTEBOOKS / f"{TRAINING_LESSON}.ipynb").read_bytes())
+    write_course(course, lessons)
+    assert repr(str(class_artifacts.resolve())) in (course / "nbgrader_config.py").read_text()
+    env = {"PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmp_path)}  # the scratch copy goes under tmp_path
+    run_nbgrader(course, "generate_assignment", TRAINING_LESSON, extra_env=env)
+    submitted = course / "submitted" / "ada" / TRAINING_LESSON
+    submitted.mkdir(parents=True)
+    shutil.copy(course / "source" / TRAINING_LESSON / f"{TRAINING_LESSON}.ipynb", submitted)
+    run_nbgrader(course, "autograde", TRAINING_LESSON, extra_env=env)
+
+    assert scores(course, TRAINING_LESSON) == {"ada": {"check_lm_loss": 1.0, "check_sgd_step": 1.0}}
+    graded = nbformat.read(course / "autograded" / "ada" / TRAINING_LESSON / f"{TRAINING_LESSON}.ipynb", 4)
+    saved = [o.text for c in graded.cells if "save_checkpoint(" in c.source for o in c.outputs if "text" in o]
+    after = {p: p.read_bytes() for p in sorted(class_artifacts.rglob("*")) if p.is_file()}
+    assert after == before
+    assert saved and f"{tmp_path}/tinyformer-grading-" in saved[0] and "nano.pt" in saved[0]  # it did save
+    assert list(tmp_path.glob("tinyformer-grading-*")) == []  # the scratch copy is gone with nbgrader
+    assert stat.S_IMODE((course / "gradebook.db").stat().st_mode) & 0o077 == 0  # the grades are the instructor's

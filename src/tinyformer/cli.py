@@ -157,11 +157,13 @@ def checkpoint_path(out: Path | None, preset: str) -> Path:
 
 def _run_train(args: argparse.Namespace) -> int:
     from tinyformer.data import Corpus
+    from tinyformer.paths import check_writable
     from tinyformer.train import train_preset
 
     path = checkpoint_path(args.out, args.preset)
     if path.exists() and not args.overwrite:
         raise FileExistsError(f"{path} already exists; add --overwrite to replace it, or choose another --out.")
+    check_writable(path)
     print(f"training the {args.preset} model on the shipped corpus (seed {args.seed})")
     _, _, result = train_preset(args.preset, path, seed=args.seed, steps=args.steps, progress=not args.quiet)
     print(f"validation loss {result.final_val_loss:.3f} nats (the corpus's floor: {Corpus.entropy_rate():.3f})")

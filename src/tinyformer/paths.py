@@ -45,6 +45,19 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def check_writable(path: str | Path) -> None:
+    """Raise ValueError if no file can be written at ``path`` (its folder can't be made or written): called
+    before the work that produces the file, so a typo in an output path costs nothing."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _new_temp_file(path).unlink()
+    except OSError as error:
+        raise ValueError(
+            f"cannot write {path}: {error.strerror} ({error.filename}). Choose a path in a folder you can write."
+        ) from None
+
+
 def _new_temp_file(path: Path) -> Path:
     """An empty new file beside ``path``, created with mode 0666 so that the umask decides its permissions
     (``tempfile.mkstemp`` would make it 0600 whatever the umask)."""

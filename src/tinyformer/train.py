@@ -16,7 +16,7 @@ from tinyformer.checkpoint import load_checkpoint, save_checkpoint
 from tinyformer.config import ModelConfig
 from tinyformer.data import Corpus, TokenStream
 from tinyformer.model import Transformer, eval_mode
-from tinyformer.paths import artifacts_dir
+from tinyformer.paths import artifacts_dir, check_writable
 from tinyformer.tokenizer import build_tokenizer
 
 
@@ -155,6 +155,7 @@ def train(
 def train_preset(preset: str, path: str | Path, *, seed: int = 0, steps: int | None = None, progress: bool = True):
     """Train a preset on the shipped corpus with its recipe, save it to ``path``; return
     (model, tokenizer, TrainResult). Seeded: the same call gives the same weights on one machine."""
+    check_writable(path)  # before the minutes of training, not after
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
     model = Transformer(ModelConfig.preset(preset, vocab_size=len(tokenizer)))

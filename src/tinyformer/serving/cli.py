@@ -23,6 +23,10 @@ def read_or_create_key(path: Path) -> tuple[str, bool]:
     """(the API key in ``path``, whether it was just created). A missing file gets a new random key, written
     with mode 0600 (created exclusively, so an existing file is never overwritten). Keys travel in files and
     environment variables, never on a command line, where `ps` shows them to every user of the machine."""
+    if path.is_dir():
+        raise ValueError(
+            f"--api-key-file {path} is a folder; give a file, e.g. {path / 'api-key'} (made with a new key if missing)."
+        )
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
     except FileExistsError:
