@@ -158,8 +158,8 @@ class VLLMServer:
         self.api_key = os.environ.get(API_KEY_ENV) if self.shared else api_key
         self._guard_every_route = guard_every_route
         if not self.shared:
-            check_host(host)
             _check_key_policy(host, self.api_key, guard_every_route)
+            check_host(host)
         self.model = self.model_dir.name  # the name clients pass as model=...
         self.log_path = Path(log_path) if log_path is not None else None
         self.reported: vllm_log.ReportedKV | None = None
