@@ -232,6 +232,23 @@ def test_a_rerun_never_drops_the_instructors_edits_without_the_flag(tmp_path, ca
     assert cli.main(command) == 0  # what it wrote itself is refreshed without asking
 
 
+def test_a_course_config_that_grades_in_the_class_artifacts_is_pointed_out(tmp_path, capsys):
+    lessons = tmp_path / "notebooks"
+    lessons.mkdir()
+    nbformat.write(synthetic_lesson(), lessons / "01_tiny.ipynb")
+    course = tmp_path / "course"
+    command = ["workshop", "nbgrader-course", str(course), "--source", str(lessons)]
+    assert cli.main(command) == 0 and "warning" not in capsys.readouterr().err
+    old = 'os.environ.setdefault("TINYFORMER_ARTIFACTS", "/srv/class/artifacts")\n'  # what earlier versions wrote
+    config = course / "nbgrader_config.py"
+    config.write_text(config.read_text().split("# Lessons 05-13")[0] + old)
+    assert cli.main(command) == 0
+    assert "predates grading in a scratch copy: autograding would write into the class's artifacts" in (
+        capsys.readouterr().err
+    )
+    assert config.read_text().endswith(old)  # kept: it is the instructor's file
+
+
 def test_a_syntax_error_in_an_exercise_names_the_notebook_and_cell_and_writes_nothing(tmp_path, capsys):
     lessons = tmp_path / "notebooks"
     lessons.mkdir()

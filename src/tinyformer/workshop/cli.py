@@ -8,6 +8,7 @@ Heavy imports (torch, vLLM) happen inside the subcommands, so ``--help`` stays i
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tinyformer.cli import Command, non_negative_float, port_number, positive_float, positive_int
@@ -147,10 +148,17 @@ def _run_nbgrader_metadata(args: argparse.Namespace) -> int:
 
 
 def _run_nbgrader_course(args: argparse.Namespace) -> int:
-    from tinyformer.workshop.nbgrader_course import CONFIG_NAME, write_course
+    from tinyformer.workshop.nbgrader_course import CONFIG_NAME, grades_in_class_artifacts, write_course
 
     written = write_course(args.course_dir, args.source, args.course_id, discard_edits=args.discard_edits)
     print(f"{len(written)} assignments under {args.course_dir / 'source'}; settings in {args.course_dir / CONFIG_NAME}")
+    if grades_in_class_artifacts(args.course_dir):
+        print(
+            f"warning: {args.course_dir / CONFIG_NAME} predates grading in a scratch copy: autograding would write "
+            "into the class's artifacts (lesson 04 replaces nano.pt). Move it aside and run this command again to "
+            "get the new one, then copy your own settings back.",
+            file=sys.stderr,
+        )
     print(f"next: cd {args.course_dir} && nbgrader generate_assignment --assignment='*'   (docs/workshop.md)")
     return 0
 

@@ -10,10 +10,11 @@ time limit, where the autograder's kernels find the trained model); nbgrader its
     nbgrader autograde 02_self_attention                # runs submitted/<student>/02_self_attention/*.ipynb
     nbgrader generate_feedback 02_self_attention        # feedback/<student>/02_self_attention/*.html
 
-The course folder holds the solutions (source/) and the gradebook: it is made owner-only (0700), the source
-notebooks 0600, and the config sets umask 077 for everything nbgrader writes there. Autograding runs learners'
-code; the config points its kernels at a scratch copy of the class's artifacts (:func:`grading_artifacts`),
-so a lesson that saves a model (lesson 04 writes nano.pt) cannot replace the one the class serves.
+The course folder holds the solutions (source/) and the gradebook: it is made owner-only (0700) when created,
+new source notebooks 0600, and the config sets umask 077 for everything nbgrader writes there. Autograding
+runs learners' code; the config points its kernels at a scratch copy of the class's artifacts
+(:func:`grading_artifacts`), so a lesson that saves a model (lesson 04 writes nano.pt) cannot replace the one
+the class serves.
 """
 
 from __future__ import annotations
@@ -156,8 +157,16 @@ def grading_artifacts(class_artifacts: str | Path) -> str:
     scratch = Path(tempfile.mkdtemp(prefix="tinyformer-grading-"))
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     if Path(class_artifacts).is_dir():
+        # vLLM's server logs are no lesson's input, and the class's logs may name its API key's file
         shutil.copytree(class_artifacts, scratch, dirs_exist_ok=True, ignore=shutil.ignore_patterns("logs"))
     return str(scratch)
+
+
+def grades_in_class_artifacts(course_dir: str | Path) -> bool:
+    """True when the course's nbgrader_config.py predates :func:`grading_artifacts`: its grading kernels write
+    into the class's own artifacts folder. (Kept, like every existing config; the command says how to fix it.)"""
+    config = Path(course_dir) / CONFIG_NAME
+    return config.is_file() and "grading_artifacts(" not in config.read_text(encoding="utf-8")
 
 
 def course_config(course_id: str) -> str:
