@@ -253,6 +253,13 @@ def test_a_host_this_machine_cannot_listen_on_is_refused(export_config, capsys, 
     assert re.search(problem, err) and "uses the port" not in err
 
 
+def test_a_port_that_cannot_be_bound_for_another_reason_does_not_blame_another_program():
+    from tinyformer.serving.server import check_port_free
+
+    with raises_value_error(r"^cannot listen on 192.0.2.1:8000 \(Cannot assign requested address\)\. Pass another"):
+        check_port_free("192.0.2.1", 8000)
+
+
 def test_a_kv_cache_larger_than_the_machine_is_refused_before_vllm_starts(export_config, capsys):
     import psutil
 
@@ -304,6 +311,10 @@ def test_a_vector_store_path_that_is_not_a_store_is_refused(tmp_path, content):
     with raises_value_error(r"other.db is not a vector store written by VectorStore.build \(.*no such table"):
         VectorStore(other)
     assert path.read_bytes() == content  # opening it changed nothing
+    empty_meta = tmp_path / "meta.db"
+    apsw.Connection(str(empty_meta)).execute("CREATE TABLE meta(key TEXT PRIMARY KEY, value)")
+    with raises_value_error(r"meta.db is not a vector store written by VectorStore.build \(no dimension recorded\)"):
+        VectorStore(empty_meta)
 
 
 # ----- the shared server's address -----------------------------------------------------------------------------

@@ -53,8 +53,9 @@ def check_writable(path: str | Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         _new_temp_file(path).unlink()
     except OSError as error:
+        where = f" ({error.filename})" if error.filename else ""
         raise ValueError(
-            f"cannot write {path}: {error.strerror} ({error.filename}). Choose a path in a folder you can write."
+            f"cannot write {path}: {error.strerror}{where}. Choose a path in a folder you can write."
         ) from None
 
 

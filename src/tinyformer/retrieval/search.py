@@ -113,13 +113,18 @@ class VectorStore:
         import apsw
 
         try:
-            return self.db.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()[0]
-        except (apsw.NotADBError, apsw.SQLError, TypeError) as error:  # not SQLite; no meta table; no dim row
-            self.db.close()
-            raise ValueError(
-                f"{self.path} is not a vector store written by VectorStore.build ({error or 'no dimension recorded'}); "
-                "pass the file build wrote, or build one with VectorStore.build(path, vectors)."
-            ) from None
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()
+        except (apsw.NotADBError, apsw.SQLError) as error:  # not SQLite at all; SQLite without our tables
+            problem = str(error)
+        else:
+            if row is not None:
+                return row[0]
+            problem = "no dimension recorded"
+        self.db.close()
+        raise ValueError(
+            f"{self.path} is not a vector store written by VectorStore.build ({problem}); pass the file build "
+            "wrote, or build one with VectorStore.build(path, vectors)."
+        )
 
     def search(self, query: torch.Tensor, k: int) -> list[tuple[int, float]]:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= VEC0_MAX_K:
