@@ -406,7 +406,11 @@ def test_autograding_a_lesson_that_saves_the_model_leaves_the_class_files_as_the
     lessons.mkdir()
     (lessons / f"{TRAINING_LESSON}.ipynb").write_bytes((NOTEBOOKS / f"{TRAINING_LESSON}.ipynb").read_bytes())
     write_course(course, lessons)
-    assert repr(str(class_artifacts.resolve())) in (course / "nbgrader_config.py").read_text()
+    config = course / "nbgrader_config.py"
+    assert repr(str(class_artifacts.resolve())) in config.read_text()
+    # Measured on the 2-core box: the whole test took 128 s at a load average of ~5, but lesson 04's training cell
+    # outran the course's 600 s cell limit three times at a load of 10-13. This test is about files, not time.
+    config.write_text(config.read_text() + "c.Execute.timeout = 1800\n")
     env = {"PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmp_path)}  # the scratch copy goes under tmp_path
     run_nbgrader(course, "generate_assignment", TRAINING_LESSON, extra_env=env)
     submitted = course / "submitted" / "ada" / TRAINING_LESSON
