@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -187,7 +188,25 @@ def test_export_takes_the_folder_that_train_filled(model, tokenizer, tmp_path, c
     assert "no checkpoint (*.pt) in it" in capsys.readouterr().err
 
 
-# ----- the shared server's address -----------------------------------------------------------------------------
+def test_train_refuses_an_output_it_cannot_write_before_training(tmp_path, monkeypatch, capsys):
+    import tinyformer.train
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before the output path was checked")
+
+    monkeypatch.setattr(tinyformer.train, "train", no_training)
+    assert main(["train", "--out", "/dev/null/x.pt", "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "tinyformer train: error: cannot write /dev/null/x.pt: File exists (/dev/null). "
+        "Choose a path in a folder you can write.\n"
+    )
+    assert "training" not in captured.out
+    with raises_value_error("cannot write /dev/null/x.pt"):
+        tinyformer.train.train_preset("nano", "/dev/null/x.pt")
+
+
+# ----- serving: the command line and the server's settings ---------------------------------------------------
 
 
 @pytest.fixture
@@ -195,6 +214,110 @@ def export_config(tmp_path):
     config = {"model_type": "gpt2", "vocab_size": 55, "n_positions": 128, "n_embd": 64, "n_layer": 2, "n_head": 2}
     (tmp_path / "config.json").write_text(json.dumps(config))
     return tmp_path
+
+
+def test_an_api_key_file_that_is_a_folder_is_refused(export_config, tmp_path, capsys):
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    assert main(["serve", str(export_config), "--api-key-file", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tinyformer serve: error: --api-key-file {folder} is a folder; give a file, e.g. ")
+    assert str(folder / "api-key") in err and list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("content, kind", [("5", "int"), ("[1, 2]", "list"), ('"gpt2"', "str"), ("null", "NoneType")])
+def test_a_config_json_that_is_not_an_object_is_refused(tmp_path, capsys, content, kind):
+    (tmp_path / "config.json").write_text(content)
+    assert main(["serve", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tinyformer serve: error: {tmp_path / 'config.json'} holds a JSON {kind}, not the object")
+    assert "Export the model again" in err or "export the model again" in err
+
+
+@pytest.mark.parametrize(
+    "host, problem",
+    [
+        ("999.1.1.1", r"host='999.1.1.1' is not an IPv4 address \(four numbers from 0 to 255\)"),
+        ("192.0.2.1", r"cannot listen on host='192.0.2.1' \(Cannot assign requested address\)"),
+    ],
+)
+def test_a_host_this_machine_cannot_listen_on_is_refused(export_config, capsys, host, problem):
+    """999.1.1.1 is no address; 192.0.2.1 is one (RFC 5737's documentation range) but not this machine's."""
+    from tinyformer.serving import VLLMServer
+
+    with raises_value_error(rf"{problem}: give an address of this machine, 127.0.0.1"):
+        VLLMServer(export_config, host=host, api_key="k" * 32)
+    key_file = export_config / "key"  # a host beyond loopback needs one: that check comes first
+    assert main(["serve", str(export_config), "--host", host, "--port", "8000", "--api-key-file", str(key_file)]) == 1
+    err = capsys.readouterr().err
+    assert re.search(problem, err) and "uses the port" not in err
+
+
+def test_a_port_that_cannot_be_bound_for_another_reason_does_not_blame_another_program():
+    from tinyformer.serving.server import check_port_free
+
+    with raises_value_error(r"^cannot listen on 192.0.2.1:8000 \(Cannot assign requested address\)\. Pass another"):
+        check_port_free("192.0.2.1", 8000)
+
+
+def test_a_kv_cache_larger_than_the_machine_is_refused_before_vllm_starts(export_config, capsys):
+    import psutil
+
+    from tinyformer.serving import VLLMServer
+
+    total = psutil.virtual_memory().total
+    with raises_value_error(rf"is more than this machine's RAM \({total:,} bytes = .* GiB\)\. At 1,024 bytes per"):
+        VLLMServer(export_config, kv_cache_tokens=99999999999999999999)
+    with raises_value_error("is more than this machine's RAM"):
+        VLLMServer(export_config, kv_cache_bytes=total + 1)
+    assert main(["serve", str(export_config), "--kv-cache-tokens", "99999999999999999999"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "a KV cache of 102,400,000,000,000,000,000,000 bytes" in err
+    )  # 1e20 tokens x 1,024 B and "this machine's RAM" in err
+
+
+# ----- the vector store ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def vector_store(tmp_path):
+    from tinyformer.retrieval.search import VectorStore
+
+    store = VectorStore.build(tmp_path / "index.db", torch.randn(5, 8, generator=torch.Generator().manual_seed(0)))
+    yield store
+    store.close()
+
+
+@pytest.mark.parametrize("k", [-1, 0, 4097, 2.5, True])
+def test_a_vector_search_for_a_number_of_neighbours_sqlite_vec_refuses(vector_store, k):
+    with raises_value_error(rf"k must be a whole number from 1 to 4096 \(sqlite-vec's limit\), got {k!r}; the store"):
+        vector_store.search(torch.ones(8), k)
+    assert [row for row, _ in vector_store.search(torch.ones(8), 4096)] != []  # the limit itself is served
+
+
+@pytest.mark.parametrize("content", [b"these are my notes, not a database" * 4, b""])
+def test_a_vector_store_path_that_is_not_a_store_is_refused(tmp_path, content):
+    import apsw
+
+    from tinyformer.retrieval.search import VectorStore
+
+    path = tmp_path / "notes.db"
+    path.write_bytes(content)
+    with raises_value_error(rf"{path} is not a vector store written by VectorStore.build \(.*\); pass the file"):
+        VectorStore(path)
+    other = tmp_path / "other.db"
+    apsw.Connection(str(other)).execute("CREATE TABLE t(x)")  # a real SQLite database, but not a store
+    with raises_value_error(r"other.db is not a vector store written by VectorStore.build \(.*no such table"):
+        VectorStore(other)
+    assert path.read_bytes() == content  # opening it changed nothing
+    empty_meta = tmp_path / "meta.db"
+    apsw.Connection(str(empty_meta)).execute("CREATE TABLE meta(key TEXT PRIMARY KEY, value)")
+    with raises_value_error(r"meta.db is not a vector store written by VectorStore.build \(no dimension recorded\)"):
+        VectorStore(empty_meta)
+
+
+# ----- the shared server's address -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("url", ["10.0.0.5:8000", "localhost:8000", "ftp://10.0.0.5", "http://"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 
@@ -9,6 +12,7 @@ from tinyformer.checkpoint import load_checkpoint, save_checkpoint
 from tinyformer.config import ModelConfig
 from tinyformer.data import Corpus
 from tinyformer.model import Transformer
+from tinyformer.paths import atomic_file
 from tinyformer.tokenizer import build_tokenizer
 from tinyformer.train import TrainConfig, load_or_train, weights_recipe
 
@@ -80,6 +84,31 @@ def test_save_creates_folders_and_overwrites(tmp_path, model, tokenizer):
     save_checkpoint(path, model, tokenizer, step=2)
     assert load_checkpoint(path)[2] == {"step": 2}
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test; the previous one comes back after."""
+    previous = os.umask(0o022)
+    yield os.umask
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o077, 0o600), (0o022, 0o644), (0o027, 0o640)])
+def test_a_new_file_gets_the_mode_the_umask_allows(tmp_path, model, tokenizer, umask, mask, mode):
+    umask(mask)
+    path = save_checkpoint(tmp_path / "model.pt", model, tokenizer)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+def test_a_rewrite_keeps_the_mode_the_owner_chose(saved, model, tokenizer, umask):
+    umask(0o022)
+    saved.chmod(0o600)  # an instructor who keeps this checkpoint private
+    save_checkpoint(saved, model, tokenizer, step=2)
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600 and load_checkpoint(saved)[2] == {"step": 2}
+    with atomic_file(saved.with_name("notes.txt")) as tmp:
+        tmp.write_text("new")
+    assert stat.S_IMODE(saved.with_name("notes.txt").stat().st_mode) == 0o644
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.9, 0.0])

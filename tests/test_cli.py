@@ -140,6 +140,22 @@ def test_export_needs_overwrite_to_replace(checkpoint: Path, tmp_path: Path, cap
     assert cli.main(["export", str(checkpoint), "--out", str(out), "--overwrite"]) == 0
 
 
+def test_export_refuses_to_write_over_the_folder_of_its_own_checkpoint(checkpoint: Path, tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "nano.pt").write_bytes(checkpoint.read_bytes())  # what `tinyformer train --out run` leaves
+    (run / "config.json").write_text("{}")  # a folder with a config.json was enough to be deleted
+    for source in (run, run / "nano.pt"):
+        assert cli.main(["export", str(source), "--out", str(run), "--overwrite"]) == 1
+        err = capsys.readouterr().err
+        assert f"tinyformer export: error: --out {run} holds the checkpoint being exported ({run / 'nano.pt'})" in err
+        assert f"--out {run / 'nano-hf'}" in err
+    assert (run / "nano.pt").read_bytes() == checkpoint.read_bytes() and sorted(p.name for p in run.iterdir()) == [
+        "config.json",
+        "nano.pt",
+    ]
+
+
 def test_export_quantize_int4_writes_an_awq_folder(checkpoint: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "nano-int4"
     assert cli.main(["export", str(checkpoint), "--out", str(out), "--quantize", "int4"]) == 0

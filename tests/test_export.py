@@ -204,6 +204,36 @@ def test_overwrite_never_deletes_a_folder_that_is_not_an_export(model, tokenizer
     assert (precious / "thesis.txt").read_text() == "keep me"
 
 
+@pytest.mark.parametrize(
+    "stranger",
+    ["thesis.txt", "nano.pt", "model.safetensors.bak", "link"],  # notes, the checkpoint, a backup, a symlink
+)
+def test_overwrite_never_deletes_a_file_an_export_does_not_write(model, tokenizer, tmp_path: Path, stranger):
+    out = export_hf(model, tokenizer, tmp_path / "out", verify=False)
+    if stranger == "link":
+        (tmp_path / "outside.txt").write_text("keep me")
+        (out / "tokenizer.json").unlink()
+        (out / "tokenizer.json").symlink_to(tmp_path / "outside.txt")
+    else:
+        (out / stranger).write_text("keep me")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    shown = "tokenizer.json" if stranger == "link" else stranger
+    with pytest.raises(FileExistsError, match=rf"refusing to replace {out}: it holds {shown}, so it does not look"):
+        export_hf(model, tokenizer, out, overwrite=True, verify=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out", *(["outside.txt"] if stranger == "link" else [])]
+    )
+
+
+def test_every_file_an_export_writes_is_one_overwrite_may_replace(model, tokenizer, tmp_path: Path) -> None:
+    from tinyformer.export_quantised import export_quantised
+
+    for folder in (export_hf(model, tokenizer, tmp_path / "hf"), export_quantised(model, tokenizer, tmp_path / "q")):
+        assert {p.name for p in folder.iterdir()} <= export_module.EXPORT_FILES
+        export_hf(model, tokenizer, folder, overwrite=True, verify=False)  # so each can be exported over
+
+
 def test_tokenizer_larger_than_the_vocabulary_is_refused(tokenizer, tmp_path: Path) -> None:
     small = Transformer(ModelConfig(vocab_size=10, n_positions=8, n_embd=32, n_layer=1, n_head=1))
     with pytest.raises(ValueError, match="vocab_size is 10"):

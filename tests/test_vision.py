@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tinyformer import checks, vision
+from tinyformer.export import EXPORT_FILES
 from tinyformer.vision_export import export_llava, verify_llava_export
 
 
@@ -86,6 +87,7 @@ def test_dataset_scores_only_the_caption(tokenizer):
 def test_export_reproduces_the_model_in_transformers(vlm, tokenizer, tmp_path):
     folder = export_llava(vlm, tokenizer, tmp_path / "vlm")
     assert verify_llava_export(vlm, tokenizer, folder) < 1e-4
+    assert {p.name for p in folder.iterdir()} <= EXPORT_FILES  # what --overwrite may replace
     from tinyformer.serving import model_config_from_dir
 
     assert model_config_from_dir(folder) == vlm.lm.config

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import ast
 import html
+import os
 import re
+import shutil
+import stat
 from pathlib import Path
 
 import nbformat
@@ -184,6 +187,86 @@ def test_the_course_command_writes_one_assignment_per_lesson_and_keeps_an_edited
     assert "inside the lessons' folder" in capsys.readouterr().err
 
 
+def test_course_solutions_and_gradebook_are_not_readable_by_others(tmp_path, monkeypatch):
+    lessons = tmp_path / "notebooks"
+    lessons.mkdir()
+    nbformat.write(synthetic_lesson(), lessons / "01_tiny.ipynb")
+    previous = os.umask(0o022)  # the usual umask, under which new files are world-readable
+    try:
+        (target,) = write_course(tmp_path / "course", lessons)
+    finally:
+        os.umask(previous)
+    assert BEGIN in target.read_text()
+    folders = [tmp_path / "course", tmp_path / "course" / "source", target.parent]
+    assert [stat.S_IMODE(path.stat().st_mode) for path in [*folders, target]] == [0o700, 0o700, 0o700, 0o600]
+    assert "os.umask(0o077)" in (tmp_path / "course" / "nbgrader_config.py").read_text()  # gradebook, submissions
+
+
+def test_a_rerun_never_drops_the_instructors_edits_without_the_flag(tmp_path, capsys):
+    lessons = tmp_path / "notebooks"
+    lessons.mkdir()
+    nbformat.write(synthetic_lesson(), lessons / "01_tiny.ipynb")
+    nbformat.write(synthetic_lesson(), lessons / "02_tiny.ipynb")
+    course = tmp_path / "course"
+    command = ["workshop", "nbgrader-course", str(course), "--source", str(lessons)]
+    assert cli.main(command) == 0
+    edited = course / "source" / "02_tiny" / "02_tiny.ipynb"
+    notebook = nbformat.read(edited, as_version=4)
+    notebook.cells[0].source = "# A tiny lesson, reworded by the instructor"
+    nbformat.write(notebook, edited)
+    mine = edited.read_bytes()
+    (lessons / "01_tiny.ipynb").write_text((lessons / "01_tiny.ipynb").read_text().replace("tiny", "small"))
+    untouched = (course / "source" / "01_tiny" / "01_tiny.ipynb").read_bytes()
+    capsys.readouterr()
+
+    assert cli.main(command) == 1
+    err = capsys.readouterr().err
+    assert f"1 source notebook(s) changed since `nbgrader-course` wrote them: {edited}." in err
+    assert "--discard-edits" in err and "01_tiny" not in err
+    assert edited.read_bytes() == mine  # nothing written: the edit, and the other lesson's old copy, both stay
+    assert (course / "source" / "01_tiny" / "01_tiny.ipynb").read_bytes() == untouched
+
+    assert cli.main([*command, "--discard-edits"]) == 0
+    assert "reworded" not in edited.read_text()
+    assert "small" in (course / "source" / "01_tiny" / "01_tiny.ipynb").read_text()
+    assert cli.main(command) == 0  # what it wrote itself is refreshed without asking
+
+
+def test_a_course_config_that_grades_in_the_class_artifacts_is_pointed_out(tmp_path, capsys):
+    lessons = tmp_path / "notebooks"
+    lessons.mkdir()
+    nbformat.write(synthetic_lesson(), lessons / "01_tiny.ipynb")
+    course = tmp_path / "course"
+    command = ["workshop", "nbgrader-course", str(course), "--source", str(lessons)]
+    assert cli.main(command) == 0 and "warning" not in capsys.readouterr().err
+    old = 'os.environ.setdefault("TINYFORMER_ARTIFACTS", "/srv/class/artifacts")\n'  # what earlier versions wrote
+    config = course / "nbgrader_config.py"
+    config.write_text(config.read_text().split("# Lessons 05-13")[0] + old)
+    assert cli.main(command) == 0
+    assert "predates grading in a scratch copy: autograding would write into the class's artifacts" in (
+        capsys.readouterr().err
+    )
+    assert config.read_text().endswith(old)  # kept: it is the instructor's file
+
+
+def test_a_syntax_error_in_an_exercise_names_the_notebook_and_cell_and_writes_nothing(tmp_path, capsys):
+    lessons = tmp_path / "notebooks"
+    lessons.mkdir()
+    nbformat.write(synthetic_lesson(), lessons / "01_tiny.ipynb")
+    broken = synthetic_lesson()
+    broken.cells[2].source = SOLUTION.replace("return torch.tril(allowed)", "return torch.tril(allowed")
+    nbformat.write(broken, lessons / "02_broken.ipynb")
+    course = tmp_path / "course"
+    assert cli.main(["workshop", "nbgrader-course", str(course), "--source", str(lessons)]) == 1
+    err = capsys.readouterr().err
+    assert f"{lessons / '02_broken.ipynb'}: cell 2 (an exercise) is not valid Python: '(' was never closed" in err
+    assert "Traceback" not in err and not course.exists()
+    unmarked = (lessons / "01_tiny.ipynb").read_bytes()
+    assert cli.main(["workshop", "nbgrader-metadata", "--source", str(lessons)]) == 1
+    assert "02_broken.ipynb: cell 2 (an exercise) is not valid Python" in capsys.readouterr().err
+    assert (lessons / "01_tiny.ipynb").read_bytes() == unmarked  # the good lesson was not marked either
+
+
 # ----- real nbgrader ------------------------------------------------------------------------------
 
 
@@ -292,3 +375,54 @@ def test_a_student_copy_runs_every_cell_but_the_failing_checks(graded):
         if cell.source in failed:
             shown = "".join(o.get("text", "") for o in cell.outputs)
             assert "❌" in shown and "Traceback" not in shown
+
+
+TRAINING_LESSON = "04_training_with_sgd"  # saves nano.pt in its artifacts folder; trains for about a minute
+
+
+@pytest.mark.slow
+def test_autograding_a_lesson_that_saves_the_model_leaves_the_class_files_as_they_were(tmp_path, monkeypatch):
+    """The class's artifacts (the model its server serves and new learners are seeded from) are byte-identical
+    after nbgrader autogrades lesson 04, which saves nano.pt: the grading kernels wrote into a scratch copy."""
+    import torch
+
+    from tinyformer.checkpoint import save_checkpoint
+    from tinyformer.config import ModelConfig
+    from tinyformer.export import export_hf
+    from tinyformer.model import Transformer
+    from tinyformer.tokenizer import build_tokenizer
+
+    class_artifacts = tmp_path / "class-artifacts"
+    tokenizer = build_tokenizer()
+    torch.manual_seed(7)  # not lesson 04's model: an overwrite would change the bytes
+    model = Transformer(ModelConfig.preset("nano", vocab_size=len(tokenizer))).eval()
+    save_checkpoint(class_artifacts / "nano.pt", model, tokenizer, preset="nano")
+    export_hf(model, tokenizer, class_artifacts / "nano-hf", verify=False)
+    before = {p: p.read_bytes() for p in sorted(class_artifacts.rglob("*")) if p.is_file()}
+
+    monkeypatch.setenv("TINYFORMER_ARTIFACTS", str(class_artifacts))  # as on the class's machine
+    course = tmp_path / "course"
+    lessons = tmp_path / "notebooks"
+    lessons.mkdir()
+    (lessons / f"{TRAINING_LESSON}.ipynb").write_bytes((NOTEBOOKS / f"{TRAINING_LESSON}.ipynb").read_bytes())
+    write_course(course, lessons)
+    config = course / "nbgrader_config.py"
+    assert repr(str(class_artifacts.resolve())) in config.read_text()
+    # Measured on the 2-core box: the whole test took 128 s at a load average of ~5, but lesson 04's training cell
+    # outran the course's 600 s cell limit three times at a load of 10-13. This test is about files, not time.
+    config.write_text(config.read_text() + "c.Execute.timeout = 1800\n")
+    env = {"PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmp_path)}  # the scratch copy goes under tmp_path
+    run_nbgrader(course, "generate_assignment", TRAINING_LESSON, extra_env=env)
+    submitted = course / "submitted" / "ada" / TRAINING_LESSON
+    submitted.mkdir(parents=True)
+    shutil.copy(course / "source" / TRAINING_LESSON / f"{TRAINING_LESSON}.ipynb", submitted)
+    run_nbgrader(course, "autograde", TRAINING_LESSON, extra_env=env)
+
+    assert scores(course, TRAINING_LESSON) == {"ada": {"check_lm_loss": 1.0, "check_sgd_step": 1.0}}
+    graded = nbformat.read(course / "autograded" / "ada" / TRAINING_LESSON / f"{TRAINING_LESSON}.ipynb", 4)
+    saved = [o.text for c in graded.cells if "save_checkpoint(" in c.source for o in c.outputs if "text" in o]
+    after = {p: p.read_bytes() for p in sorted(class_artifacts.rglob("*")) if p.is_file()}
+    assert after == before
+    assert saved and f"{tmp_path}/tinyformer-grading-" in saved[0] and "nano.pt" in saved[0]  # it did save
+    assert list(tmp_path.glob("tinyformer-grading-*")) == []  # the scratch copy is gone with nbgrader
+    assert stat.S_IMODE((course / "gradebook.db").stat().st_mode) & 0o077 == 0  # the grades are the instructor's

@@ -139,6 +139,15 @@ def test_refuses_to_overwrite_the_instructor_notebooks(lesson_dir):
         build_student_notebooks(lesson_dir / "missing", lesson_dir.parent / "out")
 
 
+def test_a_syntax_error_in_an_exercise_names_the_notebook_and_writes_no_copy(lesson_dir, tmp_path):
+    broken = synthetic_notebook()
+    broken.cells[3].source = SOLUTION.replace("return torch.tril(allowed)", "return torch.tril(allowed")
+    nbformat.write(broken, lesson_dir / "02_broken.ipynb")
+    with pytest.raises(ValueError, match=r"02_broken.ipynb: cell 3 \(an exercise\) is not valid Python: '\(' was"):
+        build_student_notebooks(lesson_dir, tmp_path / "class")
+    assert not (tmp_path / "class").exists()  # not even 01_tiny's copy: nothing or everything
+
+
 def test_the_command_line(lesson_dir, tmp_path):
     out = tmp_path / "class"
     result = subprocess.run(

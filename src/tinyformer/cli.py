@@ -172,11 +172,13 @@ def checkpoint_path(out: Path | None, preset: str, arch: str = "gpt2") -> Path:
 
 def _run_train(args: argparse.Namespace) -> int:
     from tinyformer.data import Corpus
+    from tinyformer.paths import check_writable
     from tinyformer.train import train_preset
 
     path = checkpoint_path(args.out, args.preset, args.arch)
     if path.exists() and not args.overwrite:
         raise FileExistsError(f"{path} already exists; add --overwrite to replace it, or choose another --out.")
+    check_writable(path)
     architecture = dict(arch=args.arch, n_kv_head=args.n_kv_head)
     ModelConfig.preset(args.preset, vocab_size=1, **architecture)  # a bad --n-kv-head stops here, before any work
     print(f"training the {args.preset} {args.arch} model on the shipped corpus (seed {args.seed})")
@@ -263,6 +265,11 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.group_size is not None and args.quantize != "int4":
         raise ValueError("--group-size applies to --quantize int4 only (int8 has one scale per output channel).")
     checkpoint = checkpoint_in(args.checkpoint)
+    if args.out is not None and args.out.resolve() in checkpoint.resolve().parents:
+        raise ValueError(
+            f"--out {args.out} holds the checkpoint being exported ({checkpoint}); an export replaces its folder. "
+            f"Choose a folder of its own, e.g. --out {args.out / (checkpoint.stem + '-hf')}."
+        )
     model, tokenizer, _ = load_checkpoint(checkpoint)
     if args.out is None:
         from tinyformer.paths import artifacts_dir

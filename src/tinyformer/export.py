@@ -51,6 +51,27 @@ TIED_WEIGHTS = ("lm_head.weight",)  # same tensor as transformer.wte.weight; GPT
 # continues it. Enough for /v1/chat/completions to accept requests.
 CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] | trim }} {% endfor %}"
 
+# What an export folder may hold: the files save_pretrained writes for our GPT-2, AWQ and LLaVA exports (the
+# set differs a little between transformers versions). `--overwrite` replaces only a folder of these files, so
+# it never deletes a checkpoint, notes, or a folder that merely happens to contain a config.json.
+EXPORT_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "merges.txt",
+        "chat_template.jinja",
+        "chat_template.json",
+        "processor_config.json",
+        "preprocessor_config.json",
+    }
+)
+
 PROBE_SEED = 1234
 VERIFY_ATOL = 1e-4  # float32: the same maths in a different order differs by ~1e-6
 
@@ -322,11 +343,18 @@ def _check_destination(out_dir: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True (CLI: --overwrite) or pick a new folder.")
     if not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} is a file, not an export folder; remove it or pick another path.")
-    if any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILES or not _is_plain_file(p))
+    if foreign or (any(out_dir.iterdir()) and not (out_dir / "config.json").is_file()):
+        what = f"it holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}" if foreign else "no config.json"
         raise FileExistsError(
-            f"refusing to replace {out_dir}: it is not empty and has no config.json, so it does not look "
-            "like a model export. Pick a new folder."
+            f"refusing to replace {out_dir}: {what}, so it does not look like a model export (an export holds "
+            "only files such as config.json, model.safetensors and tokenizer.json). Pick a new folder, or move "
+            "what you want to keep out of it."
         )
+
+
+def _is_plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:

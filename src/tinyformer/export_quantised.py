@@ -61,9 +61,11 @@ def awq_state_dict(model: Transformer, layers: dict[str, quantize.QuantisedLinea
 
 def serve_dtype(model_dir: str | Path) -> str:
     """The --dtype to serve an export with: float32 for a plain one, SERVE_DTYPE for a quantised one."""
-    config = Path(model_dir) / "config.json"
-    quantised = config.is_file() and "quantization_config" in json.loads(config.read_text())
-    return SERVE_DTYPE if quantised else "float32"
+    from tinyformer.serving.budget import read_config_json
+
+    if not (Path(model_dir) / "config.json").is_file():
+        return "float32"  # not an export: the server reports what is missing
+    return SERVE_DTYPE if "quantization_config" in read_config_json(model_dir) else "float32"
 
 
 def check_servable(model: Transformer, scheme: str, group_size: int) -> None:

@@ -16,7 +16,7 @@ from tinyformer.checkpoint import load_checkpoint, save_checkpoint
 from tinyformer.config import ModelConfig
 from tinyformer.data import Corpus, TokenStream
 from tinyformer.model import Transformer, eval_mode
-from tinyformer.paths import artifacts_dir, one_writer
+from tinyformer.paths import artifacts_dir, check_writable, one_writer
 from tinyformer.tokenizer import build_tokenizer
 
 
@@ -164,6 +164,7 @@ def train_preset(
     """Train a preset on the shipped corpus with its recipe, save it to ``path``; return
     (model, tokenizer, TrainResult). Seeded: the same call gives the same weights on one machine.
     ``architecture``: ModelConfig overrides, e.g. ``arch="llama", n_kv_head=1`` (same sizes, same recipe)."""
+    check_writable(path)  # before the minutes of training, not after
     tokenizer = build_tokenizer()
     config = ModelConfig.preset(preset, vocab_size=len(tokenizer), **architecture)  # refuse bad input before work
     torch.manual_seed(seed)

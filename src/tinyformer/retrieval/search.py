@@ -73,6 +73,9 @@ def tfidf_scores(queries: list[str], texts: list[str]) -> torch.Tensor:
     return torch.from_numpy((vectorizer.transform(queries) @ keys.T).toarray()).float()
 
 
+VEC0_MAX_K = 4096  # sqlite-vec's vec0 refuses a KNN query for more neighbours than this
+
+
 class VectorStore:
     """An embedded vector index on disk: a sqlite-vec ``vec0`` table with cosine distance, one row per vector.
 
@@ -87,7 +90,7 @@ class VectorStore:
                 f"no vector store at {self.path}; create one with VectorStore.build(path, vectors)."
             )
         self.db = _connect(self.path)
-        self.dim = self.db.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()[0]
+        self.dim = self._read_dim()
 
     @classmethod
     def build(cls, path: str | Path, vectors: torch.Tensor) -> VectorStore:
@@ -106,7 +109,29 @@ class VectorStore:
             db.close()
         return cls(path)
 
+    def _read_dim(self) -> int:
+        import apsw
+
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()
+        except (apsw.NotADBError, apsw.SQLError) as error:  # not SQLite at all; SQLite without our tables
+            problem = str(error)
+        else:
+            if row is not None:
+                return row[0]
+            problem = "no dimension recorded"
+        self.db.close()
+        raise ValueError(
+            f"{self.path} is not a vector store written by VectorStore.build ({problem}); pass the file build "
+            "wrote, or build one with VectorStore.build(path, vectors)."
+        )
+
     def search(self, query: torch.Tensor, k: int) -> list[tuple[int, float]]:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= VEC0_MAX_K:
+            raise ValueError(
+                f"k must be a whole number from 1 to {VEC0_MAX_K} (sqlite-vec's limit), got {k!r}; the store "
+                f"holds {len(self)} vectors."
+            )
         if query.shape != (self.dim,):
             raise ValueError(f"query must be one vector of {self.dim} numbers, got shape {list(query.shape)}.")
         sql = "SELECT rowid, distance FROM vectors WHERE embedding MATCH ? AND k = ? ORDER BY distance"

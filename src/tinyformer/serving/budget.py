@@ -46,11 +46,8 @@ def kv_bytes_per_token(config: ModelConfig, dtype: str = "float32", tensor_paral
     return kv_formula(config.n_layer, config.n_kv_head, config.head_dim, dtype, tensor_parallel_size)
 
 
-def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
-    """The tinyformer ModelConfig of an exported Hugging Face folder (reads its config.json).
-
-    A GPT-2 export (lessons 07-09), a Llama export (lesson 14), or a LLaVA export (lesson 10): then the config of
-    its OPT language model, the part that holds the KV cache and sets the positions."""
+def read_config_json(model_dir: str | Path) -> dict:
+    """The JSON object in ``model_dir/config.json``; a missing, unreadable or non-object file says what to do."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -61,7 +58,22 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
         hf = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ServingConfigError(f"{path} is not valid JSON ({error}); export the model again.") from None
-    text = hf.get("text_config", {}) if isinstance(hf, dict) and hf.get("model_type") == "llava" else {}
+    if not isinstance(hf, dict):
+        raise ServingConfigError(
+            f"{path} holds a JSON {type(hf).__name__}, not the object of settings an export writes; export the model "
+            "again (`tinyformer export CHECKPOINT --out DIR --overwrite`)."
+        )
+    return hf
+
+
+def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
+    """The tinyformer ModelConfig of an exported Hugging Face folder (reads its config.json).
+
+    A GPT-2 export (lessons 07-09), a Llama export (lesson 14), or a LLaVA export (lesson 10): then the config of
+    its OPT language model, the part that holds the KV cache and sets the positions."""
+    path = Path(model_dir) / "config.json"
+    hf = read_config_json(model_dir)
+    text = hf.get("text_config", {}) if hf.get("model_type") == "llava" else {}
     if text.get("model_type") == "opt":  # a LLaVA export (lesson 10): its language model holds the KV cache
         return ModelConfig(
             vocab_size=text["vocab_size"],
@@ -70,10 +82,10 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
             n_layer=text["num_hidden_layers"],
             n_head=text["num_attention_heads"],
         )
-    if isinstance(hf, dict) and hf.get("model_type") == "llama":
+    if hf.get("model_type") == "llama":
         return _llama_config(hf, path)
-    if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
-        kind = hf.get("model_type") if isinstance(hf, dict) else type(hf).__name__
+    if hf.get("model_type") != "gpt2":
+        kind = hf.get("model_type")
         raise ServingConfigError(
             f"{path} describes a {kind!r} model; tinyformer serves GPT-2 and Llama exports, and LLaVA exports with "
             "an OPT language model (tinyformer.vision_export.export_llava)."

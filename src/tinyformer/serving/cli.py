@@ -25,6 +25,10 @@ def read_or_create_key(path: Path) -> tuple[str, bool]:
     with mode 0600 (created exclusively, so an existing file is never overwritten); an existing one that others
     could read or change is refused, with the fix (chmod 600). Keys travel in files and
     environment variables, never on a command line, where `ps` shows them to every user of the machine."""
+    if path.is_dir():
+        raise ValueError(
+            f"--api-key-file {path} is a folder; give a file, e.g. {path / 'api-key'} (made with a new key if missing)."
+        )
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
     except FileExistsError:

@@ -16,6 +16,7 @@ server instead of starting one, and never stops it.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
@@ -150,6 +151,7 @@ class VLLMServer:
         )
         if check:
             check_serving_config(self.predicted)
+            check_kv_fits_machine(self.predicted)
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.pooling = _check_pooling(pooling, max_num_batched_tokens, self.max_model_len, check)
         self.host, self.port = host, port
@@ -165,6 +167,7 @@ class VLLMServer:
         self._guard_every_route = guard_every_route
         if not self.shared:
             _check_key_policy(host, self.api_key, guard_every_route)
+            check_host(host)
         self.model = self.model_dir.name  # the name clients pass as model=...
         self.log_path = Path(log_path) if log_path is not None else None
         self.reported: vllm_log.ReportedKV | None = None
@@ -525,6 +528,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_host(host: str) -> None:
+    """Raise ServingConfigError when this machine cannot listen on ``host``: not an address at all (999.1.1.1, a
+    typo) or another machine's address."""
+    advice = "give an address of this machine, 127.0.0.1 (this machine only, the default) or 0.0.0.0 (every network "
+    advice += "interface, with an API key)."
+    if host.replace(".", "").isdigit() and not _is_ip_address(host):  # else the resolver would look it up as a name
+        raise ServingConfigError(f"host={host!r} is not an IPv4 address (four numbers from 0 to 255): {advice}")
+    try:
+        with socket.socket(_family(host)) as s:
+            s.bind((host, 0))
+    except OSError as error:  # socket.gaierror for a name that does not resolve, EADDRNOTAVAIL for a foreign one
+        raise ServingConfigError(f"cannot listen on host={host!r} ({error.strerror or error}): {advice}") from None
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def check_port_free(host: str, port: int) -> None:
     """Raise ServingConfigError, naming the program that holds it, when ``host:port`` cannot be bound."""
     with socket.socket(_family(host)) as s:
@@ -532,11 +557,40 @@ def check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as error:
+            if error.errno != errno.EADDRINUSE:  # e.g. a port below 1024 without root: nobody else holds it
+                raise ServingConfigError(
+                    f"cannot listen on {host}:{port} ({error.strerror}). Pass another port (or none: a free one is "
+                    "chosen)."
+                ) from None
             owners = ", ".join(port_owners(port)) or "another program"
             raise ServingConfigError(
                 f"cannot listen on {host}:{port} ({error.strerror}): {owners} uses the port. "
                 "Pass another port (or none: a free one is chosen), or stop the other server."
             ) from None
+
+
+def check_kv_fits_machine(budget: KVBudget) -> None:
+    """Raise ServingConfigError when the KV cache asked for is larger than this machine's memory: vLLM would
+    try to allocate it at start-up and fail (or be killed) after a minute of loading."""
+    total, where = machine_memory(budget.device)
+    workers = budget.tensor_parallel_size if budget.device == "cpu" else 1  # CPU workers share the RAM
+    wanted = budget.kv_cache_bytes * workers
+    if wanted > total:
+        fits = total // (budget.bytes_per_token * workers)
+        raise ServingConfigError(
+            f"a KV cache of {wanted:,} bytes ({wanted / 2**30:,.1f} GiB) is more than this machine's {where} "
+            f"({total:,} bytes = {total / 2**30:,.1f} GiB). At {budget.bytes_per_token:,} bytes per token, fewer "
+            f"than {fits:,} tokens fit: ask for a KV cache of a few requests of max_model_len={budget.max_model_len}."
+        )
+
+
+def machine_memory(device: str) -> tuple[int, str]:
+    """(bytes, what they are): one GPU's memory on CUDA, else the machine's RAM."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory, "GPU memory"
+    return psutil.virtual_memory().total, "RAM"
 
 
 def listening_ports(pgid: int) -> set[int]:

@@ -8,6 +8,7 @@ Heavy imports (torch, vLLM) happen inside the subcommands, so ``--help`` stays i
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tinyformer.cli import Command, non_negative_float, port_number, positive_float, positive_int
@@ -47,12 +48,19 @@ def add_workshop_arguments(parser: argparse.ArgumentParser) -> None:
         "nbgrader-course",
         help="set up an nbgrader course folder: one assignment per lesson, and its nbgrader_config.py",
         description="Write DIR/source/<lesson>/<lesson>.ipynb for every notebook and DIR/nbgrader_config.py (kept\n"
-        "if it exists). Then, in DIR: nbgrader generate_assignment --assignment='*', autograde, generate_feedback.",
+        "if it exists). DIR holds the solutions and the gradebook: it is made owner-only. A source notebook\n"
+        "edited since the last run stops the run (--discard-edits replaces it). Then, in DIR: nbgrader\n"
+        "generate_assignment --assignment='*', autograde, generate_feedback.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     course.add_argument("course_dir", type=Path, metavar="DIR", help="the course folder (created if missing)")
     add_source_argument(course)
     course.add_argument("--course-id", default="tinyformer", help="nbgrader's course id (default: tinyformer)")
+    course.add_argument(
+        "--discard-edits",
+        action="store_true",
+        help="replace source notebooks edited since this command wrote them (without it, such edits stop the run)",
+    )
 
     serve = sub.add_parser(
         "serve",
@@ -140,10 +148,17 @@ def _run_nbgrader_metadata(args: argparse.Namespace) -> int:
 
 
 def _run_nbgrader_course(args: argparse.Namespace) -> int:
-    from tinyformer.workshop.nbgrader_course import CONFIG_NAME, write_course
+    from tinyformer.workshop.nbgrader_course import CONFIG_NAME, grades_in_class_artifacts, write_course
 
-    written = write_course(args.course_dir, args.source, args.course_id)
+    written = write_course(args.course_dir, args.source, args.course_id, discard_edits=args.discard_edits)
     print(f"{len(written)} assignments under {args.course_dir / 'source'}; settings in {args.course_dir / CONFIG_NAME}")
+    if grades_in_class_artifacts(args.course_dir):
+        print(
+            f"warning: {args.course_dir / CONFIG_NAME} predates grading in a scratch copy: autograding would write "
+            "into the class's artifacts (lesson 04 replaces nano.pt). Move it aside and run this command again to "
+            "get the new one, then copy your own settings back.",
+            file=sys.stderr,
+        )
     print(f"next: cd {args.course_dir} && nbgrader generate_assignment --assignment='*'   (docs/workshop.md)")
     return 0
 

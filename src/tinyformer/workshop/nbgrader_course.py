@@ -9,19 +9,30 @@ time limit, where the autograder's kernels find the trained model); nbgrader its
     nbgrader generate_assignment --assignment='*'     # release/<lesson>/<lesson>.ipynb, the student versions
     nbgrader autograde 02_self_attention                # runs submitted/<student>/02_self_attention/*.ipynb
     nbgrader generate_feedback 02_self_attention        # feedback/<student>/02_self_attention/*.html
+
+The course folder holds the solutions (source/) and the gradebook: it is made owner-only (0700) when created,
+new source notebooks 0600, and the config sets umask 077 for everything nbgrader writes there. Autograding
+runs learners' code; the config points its kernels at a scratch copy of the class's artifacts
+(:func:`grading_artifacts`), so a lesson that saves a model (lesson 04 writes nano.pt) cannot replace the one
+the class serves.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
 
 from tinyformer.paths import artifacts_dir, atomic_file
-from tinyformer.workshop.nbgrader_meta import BEGIN, END, mark_notebook, write_notebook_atomically
+from tinyformer.workshop.nbgrader_meta import BEGIN, END, mark_file, notebook_text
 from tinyformer.workshop.student import STUB_BODY
 
 CONFIG_NAME = "nbgrader_config.py"
@@ -43,16 +54,29 @@ c.CourseDirectory.course_id = {course_id!r}
 c.ClearSolutions.code_stub = {{"python": {stub!r}}}
 # Seconds one cell may run while autograding (nbgrader's default, 30 s, is shorter than lesson 04's training).
 c.Execute.timeout = {timeout}
-# Lessons 05-13 load the model trained once by the instructor (docs/workshop.md, "The day before").
-os.environ.setdefault("TINYFORMER_ARTIFACTS", {artifacts!r})
+# The solutions, submissions and gradebook here are the instructor's alone: nothing nbgrader writes is
+# readable by others on a shared machine (nbgrader's exchange sets its own permissions on what it releases).
+os.umask(0o077)
+# Lessons 05-13 load the model trained once by the instructor (docs/workshop.md, "The day before"). The
+# grading kernels get a scratch copy of it, removed when nbgrader exits: lesson 04 saves nano.pt and later
+# lessons export nano-hf, and a learner's code must not replace what the class serves.
+from tinyformer.workshop.nbgrader_course import grading_artifacts  # noqa: E402
+
+os.environ["TINYFORMER_ARTIFACTS"] = grading_artifacts(os.environ.get("TINYFORMER_ARTIFACTS") or {artifacts!r})
 '''
+MANIFEST_NAME = ".tinyformer-course.json"  # what write_course last wrote to source/: {path: sha256}
+PRIVATE_FOLDER, PRIVATE_FILE = 0o700, 0o600  # solutions and gradebook: the instructor's account only
 
 
-def write_course(course_dir: str | Path, source_dir: str | Path, course_id: str = "tinyformer") -> list[Path]:
+def write_course(
+    course_dir: str | Path, source_dir: str | Path, course_id: str = "tinyformer", *, discard_edits: bool = False
+) -> list[Path]:
     """Put every lesson of ``source_dir`` under ``course_dir/source/<lesson>/`` (marked, atomically) and write
     ``course_dir/nbgrader_config.py`` unless one is there (an instructor's edits are kept).
 
-    Returns the source notebooks written. Re-running refreshes them from ``source_dir``."""
+    Every lesson is marked before anything is written, so a bad exercise cell writes nothing. Re-running
+    refreshes source/ from ``source_dir``, but a source notebook edited since this function wrote it is only
+    replaced with ``discard_edits=True``. Returns the source notebooks written."""
     course_dir, source_dir = Path(course_dir), Path(source_dir)
     notebooks = sorted(source_dir.glob("*.ipynb"))
     if not notebooks:
@@ -62,17 +86,87 @@ def write_course(course_dir: str | Path, source_dir: str | Path, course_id: str 
             f"the course folder {course_dir} is inside the lessons' folder {source_dir}: nbgrader would write "
             "its release/, submitted/ and gradebook there. Choose a folder outside it, e.g. artifacts/course."
         )
-    written = []
-    for path in notebooks:
-        target = course_dir / "source" / path.stem / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_notebook_atomically(mark_notebook(nbformat.read(path, as_version=4)), target)
-        written.append(target)
+    texts = {course_dir / "source" / path.stem / path.name: notebook_text(mark_file(path)[1]) for path in notebooks}
+    written_before = _read_manifest(course_dir)
+    if not discard_edits:
+        _refuse_to_drop_edits(course_dir, texts, written_before)
+    _make_private_folder(course_dir)
+    _make_private_folder(course_dir / "source")
+    for target, text in texts.items():
+        _make_private_folder(target.parent)
+        new = not target.exists()
+        with atomic_file(target) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        if new:
+            target.chmod(PRIVATE_FILE)  # a copy with the solutions; an existing one keeps the mode its owner set
+    manifest = {**written_before, **{_key(course_dir, t): _digest(text) for t, text in texts.items()}}
+    with atomic_file(course_dir / MANIFEST_NAME) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     config = course_dir / CONFIG_NAME
     if not config.exists():
         with atomic_file(config) as tmp:
             tmp.write_text(course_config(course_id), encoding="utf-8")
-    return written
+    return list(texts)
+
+
+def _refuse_to_drop_edits(course_dir: Path, texts: dict[Path, str], written_before: dict[str, str]) -> None:
+    """Raise naming every source notebook that differs both from what write_course last wrote there and from
+    what it would write now: an instructor's edit (or a course from before the record was kept)."""
+    edited = []
+    for target, text in texts.items():
+        if not target.exists():
+            continue
+        now = _digest(target.read_text(encoding="utf-8"))
+        if now not in (written_before.get(_key(course_dir, target)), _digest(text)):
+            edited.append(str(target))
+    if edited:
+        raise FileExistsError(
+            f"{len(edited)} source notebook(s) changed since `nbgrader-course` wrote them: {', '.join(edited)}. "
+            "Refreshing would lose those edits: copy them into the lessons' notebooks first, or add "
+            "--discard-edits to replace them."
+        )
+
+
+def _make_private_folder(folder: Path) -> None:
+    """``folder`` (made if missing) with no access for others; a folder that exists keeps its mode."""
+    if not folder.exists():
+        folder.mkdir(parents=True, mode=PRIVATE_FOLDER)
+        folder.chmod(PRIVATE_FOLDER)  # mkdir's mode is masked by the umask; say exactly what we mean
+
+
+def _read_manifest(course_dir: Path) -> dict[str, str]:
+    path = course_dir / MANIFEST_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _key(course_dir: Path, target: Path) -> str:
+    return target.relative_to(course_dir).as_posix()
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def grading_artifacts(class_artifacts: str | Path) -> str:
+    """A new scratch folder holding a copy of ``class_artifacts`` (the trained model the lessons load), removed
+    when this process exits; what the course's nbgrader_config.py gives the grading kernels as their artifacts.
+
+    Autograding runs each learner's notebook with the grader's rights, and lessons write to their artifacts
+    folder (lesson 04 saves nano.pt, later lessons export nano-hf): in a copy, nothing a submission does reaches
+    the files the class's server serves and new learners are seeded from."""
+    scratch = Path(tempfile.mkdtemp(prefix="tinyformer-grading-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    if Path(class_artifacts).is_dir():
+        # vLLM's server logs are no lesson's input, and the class's logs may name its API key's file
+        shutil.copytree(class_artifacts, scratch, dirs_exist_ok=True, ignore=shutil.ignore_patterns("logs"))
+    return str(scratch)
+
+
+def grades_in_class_artifacts(course_dir: str | Path) -> bool:
+    """True when the course's nbgrader_config.py predates :func:`grading_artifacts`: its grading kernels write
+    into the class's own artifacts folder. (Kept, like every existing config; the command says how to fix it.)"""
+    config = Path(course_dir) / CONFIG_NAME
+    return config.is_file() and "grading_artifacts(" not in config.read_text(encoding="utf-8")
 
 
 def course_config(course_id: str) -> str:

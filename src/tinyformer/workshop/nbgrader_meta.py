@@ -85,7 +85,7 @@ def mark_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
                     f"cell {index} is a {cell.cell_type} cell tagged `solution`: exercises here are code (a function "
                     "and its checker). nbgrader would need a manually graded answer; remove the tag or make it code."
                 )
-            cell.source = mark_solution_source(cell.source)
+            cell.source = _marked_exercise(cell.source, index)
             names = [n.name for n in ast.parse(cell.source).body]
             exercises.update(names)
             meta = {"solution": True, "grade": False, "locked": False}
@@ -106,6 +106,28 @@ def mark_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return marked
 
 
+def _marked_exercise(source: str, index: int) -> str:
+    """mark_solution_source on cell ``index``, any problem reported as a ValueError that names the cell."""
+    try:
+        return mark_solution_source(source)
+    except SyntaxError as error:
+        raise ValueError(
+            f"cell {index} (an exercise) is not valid Python: {error.msg} at its line {error.lineno} "
+            f"(`{(error.text or '').strip()}`). Fix the cell so the notebook runs, then try again."
+        ) from None
+    except ValueError as error:
+        raise ValueError(f"cell {index} (an exercise): {error}") from None
+
+
+def mark_file(path: Path) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode]:
+    """(the notebook at ``path``, a marked copy); a bad exercise cell is a ValueError naming the file and cell."""
+    notebook = nbformat.read(path, as_version=4)
+    try:
+        return notebook, mark_notebook(notebook)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
 def mark_notebooks(folder: str | Path, check: bool = False) -> list[Path]:
     """Mark every ``*.ipynb`` in ``folder`` in place (atomically); returns the notebooks that changed.
     With ``check``, writes nothing and only reports which notebooks are out of date."""
@@ -113,20 +135,23 @@ def mark_notebooks(folder: str | Path, check: bool = False) -> list[Path]:
     paths = sorted(folder.glob("*.ipynb"))
     if not paths:
         raise FileNotFoundError(f"{folder} holds no .ipynb files; pass the folder that holds the lessons.")
-    changed = []
-    for path in paths:
-        notebook = nbformat.read(path, as_version=4)
-        marked = mark_notebook(notebook)
-        if marked != notebook:
-            changed.append(path)
-            if not check:
-                write_notebook_atomically(marked, path)
+    marked = [(path, *mark_file(path)) for path in paths]  # every notebook checked before any is written
+    changed = [path for path, notebook, copy in marked if copy != notebook]
+    if not check:
+        for path, notebook, copy in marked:
+            if copy != notebook:
+                write_notebook_atomically(copy, path)
     return changed
+
+
+def notebook_text(notebook: nbformat.NotebookNode) -> str:
+    """What a notebook file written by this suite holds (nbformat's JSON and a final newline)."""
+    return nbformat.writes(notebook) + "\n"
 
 
 def write_notebook_atomically(notebook: nbformat.NotebookNode, path: Path) -> None:
     with atomic_file(path) as tmp:
-        tmp.write_text(nbformat.writes(notebook) + "\n", encoding="utf-8")
+        tmp.write_text(notebook_text(notebook), encoding="utf-8")
 
 
 # ----- helpers ------------------------------------------------------------------------------------

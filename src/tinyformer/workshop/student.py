@@ -77,16 +77,25 @@ def build_student_notebooks(source_dir: str | Path, out_dir: str | Path) -> list
             f"the output folder {out_dir} is the instructor notebooks' own folder: writing there would replace "
             "the solutions. Choose another folder, e.g. artifacts/student-notebooks."
         )
+    students = {path: _student_copy_of(path) for path in notebooks}  # every lesson checked before any is written
     out_dir.mkdir(parents=True, exist_ok=True)
     copies = []
-    for path in notebooks:
-        notebook = nbformat.read(path, as_version=4)
-        student = student_notebook(notebook)
-        nbformat.validate(student)
+    for path, (notebook, student) in students.items():
         write_notebook_atomically(student, out_dir / path.name)
         exercises = sum(is_solution(cell) for cell in notebook.cells)
         copies.append(StudentCopy(path, out_dir / path.name, exercises))
     return copies
+
+
+def _student_copy_of(path: Path) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode]:
+    """(the lesson at ``path``, its student copy); a bad exercise cell is a ValueError naming the file and cell."""
+    notebook = nbformat.read(path, as_version=4)
+    try:
+        student = student_notebook(notebook)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    nbformat.validate(student)
+    return notebook, student
 
 
 def find_leaks(instructor: nbformat.NotebookNode, student: nbformat.NotebookNode) -> list[str]:
