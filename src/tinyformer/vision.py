@@ -26,6 +26,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -128,9 +129,19 @@ class VisionConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}.")
 
+    arch: ClassVar[str] = "gpt2"  # the ViT block is GPT-2's: LayerNorm, a GELU MLP, a K/V head per query head
+
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def n_kv_head(self) -> int:
+        return self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        return 4 * self.n_embd  # GPT-2's MLP width, as ModelConfig.mlp_hidden gives for arch="gpt2"
 
     @property
     def n_patches(self) -> int:
