@@ -98,13 +98,6 @@ def check_resolution(requirements: list[str], chosen: dict[str, str]) -> None:
     assert chosen["transformers"] in transformers
 
 
-def test_the_record_is_a_resolution_of_the_pins_it_names():
-    """The record can only come from a resolve that met today's pin checks (a hand-edited one fails here)."""
-    record = recorded()
-    assert record, f"{RECORD} is missing: run `make check-gpu-install` to resolve the GPU set and record it."
-    check_resolution(record["requirements"], record["resolved"])
-
-
 @pytest.mark.slow
 def test_the_gpu_requirement_set_resolves_with_pips_resolver(tmp_path):
     resolve_only_when_asked_or_changed()
@@ -125,3 +118,10 @@ def test_a_vllm_release_that_needs_another_torch_does_not_resolve(tmp_path):
     done, _ = resolve(["vllm==0.33.0", torch], tmp_path)  # vllm 0.33.0 requires torch==2.14.0
     assert done.returncode != 0
     assert "ResolutionImpossible" in done.stderr and "conflicting dependencies" in done.stderr, done.stderr[-3000:]
+
+
+def test_the_record_is_a_resolution_of_the_pins_it_names():
+    """The record can only come from a resolve that met today's pin checks (a hand-edited one fails here)."""
+    record = recorded()
+    assert record, f"{RECORD} is missing: run `make check-gpu-install` to resolve the GPU set and record it."
+    check_resolution(record["requirements"], record["resolved"])
