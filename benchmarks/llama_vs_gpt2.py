@@ -31,8 +31,8 @@ def loss_vs_floor(stream: TokenStream, name: str, steps: int | None) -> dict:
     torch.manual_seed(cfg.seed)
     model = Transformer(ModelConfig.preset("nano", vocab_size=len(stream.tokenizer), **ARCHS[name]))
     result = train(model, stream, cfg, progress=False)
-    # train() validates on stream.val_windows(block_size, eval_windows): the floor of those same windows.
-    floor = stream.bayes_loss(stream.val_windows(cfg.block_size, cfg.eval_windows))
+    # train() validates on stream.val_windows(context_len, eval_windows): the floor of those same windows.
+    floor = stream.bayes_loss(stream.val_windows(cfg.context_len, cfg.eval_windows))
     gap = result.final_val_loss - floor
     return {
         "arch": name,

@@ -34,8 +34,8 @@ def loss_vs_floor(stream: TokenStream, preset: str = "nano") -> dict:
     torch.manual_seed(cfg.seed)
     model = Transformer(ModelConfig.preset(preset, vocab_size=len(stream.tokenizer)))
     result = train(model, stream, cfg, progress=False)
-    # train() validates on stream.val_windows(block_size, eval_windows): the floor of those same windows.
-    floor = stream.bayes_loss(stream.val_windows(cfg.block_size, cfg.eval_windows))
+    # train() validates on stream.val_windows(context_len, eval_windows): the floor of those same windows.
+    floor = stream.bayes_loss(stream.val_windows(cfg.context_len, cfg.eval_windows))
     gap = result.final_val_loss - floor
     return {
         "preset": preset,
@@ -73,7 +73,7 @@ def step_time_vs_gpt2(stream: TokenStream, preset: str, repeats: int, steps: int
     ours = Transformer(ModelConfig.preset(preset, vocab_size=len(stream.tokenizer)))
     hf = to_hf_gpt2(ours)  # a copy of the same weights
     hf.set_attn_implementation("eager")
-    x, y = stream.batch("train", cfg.batch_size, cfg.block_size, torch.Generator().manual_seed(0))
+    x, y = stream.batch("train", cfg.batch_size, cfg.context_len, torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(ours(x), hf(x).logits, atol=1e-4, rtol=0)  # really the same model
     timers = {"tinyformer": step_timer(ours, x, y, cfg), "gpt2": step_timer(hf, x, y, cfg)}
@@ -87,7 +87,7 @@ def step_time_vs_gpt2(stream: TokenStream, preset: str, repeats: int, steps: int
     ours_ms, hf_ms = (statistics.median(times[name]) * 1e3 for name in timers)
     return {
         "preset": preset,
-        "batch": f"{cfg.batch_size}x{cfg.block_size}",
+        "batch": f"{cfg.batch_size}x{cfg.context_len}",
         "tinyformer_ms": ours_ms,
         "gpt2_ms": hf_ms,
         "ratio": ours_ms / hf_ms,

@@ -111,7 +111,7 @@ def test_model_config_from_a_dict_missing_a_field():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("eval_every", 0), ("steps", 0), ("steps", -5), ("batch_size", 0), ("block_size", 2.5), ("lr", 0.0)],
+    [("eval_every", 0), ("steps", 0), ("steps", -5), ("batch_size", 0), ("context_len", 2.5), ("lr", 0.0)],
 )
 def test_train_config_refuses_counts_that_cannot_run(field, value):
     from tinyformer.train import TrainConfig
@@ -131,9 +131,9 @@ def test_token_stream_needs_a_validation_fraction_strictly_between_0_and_1(token
 
 def test_a_corpus_too_small_for_one_window_says_so(tokenizer):
     stream = TokenStream(Corpus(seed=0), tokenizer, n_sentences=10)
-    with raises_value_error(r"no train window of block_size \+ 1 = 501 tokens fits .* Use more sentences"):
+    with raises_value_error(r"no train window of context_len \+ 1 = 501 tokens fits .* Use more sentences"):
         stream.batch("train", 4, 500, torch.Generator().manual_seed(0))
-    with raises_value_error(r"no val window of block_size \+ 1 = 501 tokens fits"):
+    with raises_value_error(r"no val window of context_len \+ 1 = 501 tokens fits"):
         stream.val_windows(500)
     x, _ = stream.batch("train", 4, 4, torch.Generator().manual_seed(0))  # a window that fits is served
     assert x.shape == (4, 4)

@@ -189,7 +189,19 @@ def test_load_or_train_loads_a_checkpoint_of_todays_recipe(tmp_path, model, toke
     assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
 
 
-@pytest.mark.parametrize("recipe", [None, {"steps": 2500, "block_size": 64}])  # no recipe saved; nano's old recipe
+def saved_before_the_rename(recipe: dict) -> dict:
+    """A recipe as checkpoints saved it while the training window was still called block_size."""
+    return {("block_size" if key == "context_len" else key): value for key, value in recipe.items()}
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        None,  # no recipe saved
+        {"steps": 2500, "block_size": 64},  # nano's old recipe
+        saved_before_the_rename(weights_recipe(TrainConfig.for_preset("nano"))),  # today's numbers, old name
+    ],
+)
 def test_load_or_train_trains_again_over_a_checkpoint_of_another_recipe(
     tmp_path, model, tokenizer, monkeypatch, recipe
 ):

@@ -168,7 +168,7 @@ def window_positions(stream: TokenStream, x: torch.Tensor, y: torch.Tensor) -> l
 
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_batches_are_shifted_windows_at_sentence_starts(stream, split):
-    x, y = stream.batch(split, batch_size=16, block_size=20, generator=torch.Generator().manual_seed(0))
+    x, y = stream.batch(split, batch_size=16, context_len=20, generator=torch.Generator().manual_seed(0))
     assert x.shape == y.shape == (16, 20) and x.dtype == torch.long
     assert torch.equal(y[:, :-1], x[:, 1:])
     starts = set((stream.train_starts if split == "train" else stream.val_starts).tolist())
@@ -193,14 +193,14 @@ def test_train_and_val_are_disjoint(stream):
     assert train + val == starts
     assert max(train) < stream.split == min(val)
     assert len(val) == pytest.approx(0.1 * len(starts), abs=1)
-    windows = stream.val_windows(block_size=20)
+    windows = stream.val_windows(context_len=20)
     assert windows.min() >= stream.split
 
 
 def test_val_windows_are_fixed_and_start_at_val_sentences(stream):
-    windows = stream.val_windows(block_size=12, max_windows=50)
+    windows = stream.val_windows(context_len=12, max_windows=50)
     assert windows.shape == (50, 13)
-    assert torch.equal(windows, stream.val_windows(block_size=12, max_windows=50))
+    assert torch.equal(windows, stream.val_windows(context_len=12, max_windows=50))
     assert set(windows[:, 0].tolist()) <= set(stream.val_starts.tolist())
     assert torch.equal(windows - windows[:, :1], torch.arange(13).expand(50, 13))
 
@@ -223,11 +223,11 @@ def bayes_logits(stream: TokenStream, windows: torch.Tensor) -> torch.Tensor:
 
 
 def test_bayes_loss_is_the_loss_of_the_generators_own_predictions(stream):
-    windows = stream.val_windows(block_size=24, max_windows=64)
+    windows = stream.val_windows(context_len=24, max_windows=64)
     floor = stream.bayes_loss(windows)
     targets = stream.ids[windows[:, 1:]]  # [N, T]
     assert float(lm_loss(bayes_logits(stream, windows), targets)) == pytest.approx(floor, abs=1e-9)
     uniform = math.log(len(stream.tokenizer))
     assert 0.5 * Corpus.entropy_rate() < floor < uniform
     # Long windows average over many sentences, so the floor approaches the entropy rate.
-    assert stream.bayes_loss(stream.val_windows(block_size=120)) == pytest.approx(Corpus.entropy_rate(), abs=0.1)
+    assert stream.bayes_loss(stream.val_windows(context_len=120)) == pytest.approx(Corpus.entropy_rate(), abs=0.1)

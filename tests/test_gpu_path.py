@@ -49,7 +49,7 @@ def test_training_on_the_gpu_learns_the_corpus():
     stream = TokenStream(Corpus(seed=0), tokenizer)
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset("nano", vocab_size=len(tokenizer))).cuda()
-    before = evaluate(model, stream, block_size=64)
+    before = evaluate(model, stream, context_len=64)
     result = train(model, stream, TrainConfig.for_preset("nano", steps=300), progress=False)
     assert next(model.parameters()).device.type == "cuda"
     assert result.val_loss[-1] < before - 1.0  # 300 SGD steps on the GPU: well below the untrained loss

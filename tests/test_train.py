@@ -16,7 +16,7 @@ from tinyformer.train import TrainConfig, evaluate, lm_loss, train
 
 # A few dozen steps of a one-layer model: well under a second of compute. lr 0.1 because the
 # default lr is tuned for the nano preset's batch, not for this one.
-TINY = TrainConfig(steps=40, batch_size=8, block_size=32, lr=0.1, momentum=0.9, eval_every=20, eval_windows=16)
+TINY = TrainConfig(steps=40, batch_size=8, context_len=32, lr=0.1, momentum=0.9, eval_every=20, eval_windows=16)
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,9 @@ def test_training_leaves_the_model_in_eval_mode(trained):
     assert not model.training
 
 
-def test_block_size_longer_than_position_table(stream):
+def test_context_len_longer_than_position_table(stream):
     model = tiny_model(stream, n_positions=16)
-    with pytest.raises(ValueError, match=r"block_size=32 is longer than the position table \(n_positions=16\)"):
+    with pytest.raises(ValueError, match=r"context_len=32 is longer than the position table \(n_positions=16\)"):
         train(model, stream, TINY, progress=False)
 
 
@@ -97,7 +97,7 @@ def test_adamw_also_trains(stream):
 def test_every_preset_has_a_recipe_that_fits_it(preset):
     cfg = TrainConfig.for_preset(preset, steps=7)
     assert cfg.steps == 7
-    assert cfg.block_size <= PRESETS[preset]["n_positions"]
+    assert cfg.context_len <= PRESETS[preset]["n_positions"]
     assert cfg.optimizer == "sgd"
 
 
@@ -105,8 +105,8 @@ def test_nano_recipe_trains_every_position_the_lessons_serve():
     """Lessons 05-09 generate up to position n_positions - 1 and vLLM serves max_model_len = n_positions: the
     training windows must reach the last row of the position table (a row no window reaches keeps its random init)."""
     cfg = TrainConfig.for_preset("nano")
-    assert cfg.block_size == PRESETS["nano"]["n_positions"]
-    assert cfg.batch_size * cfg.block_size == 2048  # the tokens per step the recipe was tuned with
+    assert cfg.context_len == PRESETS["nano"]["n_positions"]
+    assert cfg.batch_size * cfg.context_len == 2048  # the tokens per step the recipe was tuned with
 
 
 def test_unknown_recipe():
@@ -129,7 +129,7 @@ def test_evaluate_is_forward_only(stream):
     grad_enabled = []
     model.register_forward_hook(lambda *_: grad_enabled.append(torch.is_grad_enabled()))
 
-    loss = evaluate(model, stream, block_size=32, max_windows=16)
+    loss = evaluate(model, stream, context_len=32, max_windows=16)
 
     assert grad_enabled == [False]
     assert all(p.grad is None for p in model.parameters())
@@ -139,7 +139,7 @@ def test_evaluate_is_forward_only(stream):
     windows = stream.ids[stream.val_windows(32, 16)]  # [16, 33]
     with torch.no_grad():
         assert loss == pytest.approx(float(lm_loss(model.eval()(windows[:, :-1]), windows[:, 1:])), abs=1e-6)
-    assert evaluate(model, stream, block_size=32, max_windows=16) == loss
+    assert evaluate(model, stream, context_len=32, max_windows=16) == loss
 
 
 def test_two_workers_asking_for_the_same_checkpoint_train_it_once(tmp_path, monkeypatch):

@@ -173,32 +173,32 @@ class TokenStream:
         dists = Corpus.step_distributions(words)
         return torch.tensor([math.log(d[w]) for d, w in zip(dists, words, strict=True)], dtype=torch.float64)
 
-    def batch(self, split: str, batch_size: int, block_size: int, generator: torch.Generator):
+    def batch(self, split: str, batch_size: int, context_len: int, generator: torch.Generator):
         """(x, y) of shape [B, T]: y is x shifted by one token."""
-        starts = self._starts(split, block_size)
+        starts = self._starts(split, context_len)
         pick = starts[torch.randint(len(starts), (batch_size,), generator=generator)]
-        offsets = torch.arange(block_size + 1)
+        offsets = torch.arange(context_len + 1)
         windows = self.ids[pick[:, None] + offsets]  # [B, T + 1]
         return windows[:, :-1], windows[:, 1:]
 
-    def _starts(self, split: str, block_size: int) -> torch.Tensor:
+    def _starts(self, split: str, context_len: int) -> torch.Tensor:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}.")
         starts = self.train_starts if split == "train" else self.val_starts
         end = self.split if split == "train" else len(self.ids)
-        fitting = starts[starts + block_size + 1 <= end]
+        fitting = starts[starts + context_len + 1 <= end]
         if len(fitting) == 0:
             raise ValueError(
-                f"no {split} window of block_size + 1 = {block_size + 1} tokens fits in the {split} part of the "
+                f"no {split} window of context_len + 1 = {context_len + 1} tokens fits in the {split} part of the "
                 f"corpus ({end if split == 'train' else end - self.split} tokens). Use more sentences (n_sentences) "
-                f"or a smaller block_size."
+                f"or a smaller context_len."
             )
         return fitting
 
-    def val_windows(self, block_size: int, max_windows: int = 256) -> torch.Tensor:
+    def val_windows(self, context_len: int, max_windows: int = 256) -> torch.Tensor:
         """A fixed set of validation windows [N, T + 1] (the same every call)."""
-        starts = self._starts("val", block_size)[:max_windows]
-        return starts[:, None] + torch.arange(block_size + 1)  # positions into self.ids
+        starts = self._starts("val", context_len)[:max_windows]
+        return starts[:, None] + torch.arange(context_len + 1)  # positions into self.ids
 
     def bayes_loss(self, positions: torch.Tensor) -> float:
         """Exact loss of the best possible predictor on the targets of these windows [N, T + 1]."""

@@ -24,7 +24,7 @@ from tinyformer.tokenizer import build_tokenizer
 class TrainConfig:
     steps: int = 2500
     batch_size: int = 32
-    block_size: int = 64  # tokens per training window (at most the model's n_positions)
+    context_len: int = 64  # tokens per training window (at most the model's n_positions)
     lr: float = 0.3
     momentum: float = 0.9
     optimizer: str = "sgd"  # "sgd" (the lesson) or "adamw" (for comparison)
@@ -35,7 +35,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "block_size", "eval_every", "eval_windows"):
+        for name in ("steps", "batch_size", "context_len", "eval_every", "eval_windows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"TrainConfig.{name} must be a whole number above 0, got {value!r}.")
@@ -58,7 +58,7 @@ class TrainConfig:
 # lessons generate at and vLLM serves (max_model_len = n_positions) has a trained row in wpe; 16
 # windows of 128 keep the 2,048 tokens per step of the original 32 x 64.
 RECIPES: dict[str, dict] = {
-    "nano": dict(steps=2500, lr=0.3, block_size=128, batch_size=16),
+    "nano": dict(steps=2500, lr=0.3, context_len=128, batch_size=16),
     "micro": dict(steps=1500, lr=0.2),
 }
 
@@ -95,9 +95,9 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate(model: Transformer, stream: TokenStream, block_size: int, max_windows: int = 128) -> float:
+def evaluate(model: Transformer, stream: TokenStream, context_len: int, max_windows: int = 128) -> float:
     """Validation loss on a fixed set of windows (forward only, weights frozen)."""
-    windows = stream.ids[stream.val_windows(block_size, max_windows)]  # [N, T + 1]
+    windows = stream.ids[stream.val_windows(context_len, max_windows)]  # [N, T + 1]
     windows = windows.to(model.device)  # evaluate where the model is
     with eval_mode(model):  # dropout off; training resumes in the mode it was in
         return lm_loss(model(windows[:, :-1]), windows[:, 1:]).item()
@@ -115,10 +115,10 @@ def train(
 
     on_eval(step, train_loss, val_loss) is called after each validation (e.g. to redraw a plot).
     """
-    if cfg.block_size > model.config.n_positions:
+    if cfg.context_len > model.config.n_positions:
         raise ValueError(
-            f"block_size={cfg.block_size} is longer than the position table (n_positions="
-            f"{model.config.n_positions}); lower block_size or build a model with more positions."
+            f"context_len={cfg.context_len} is longer than the position table (n_positions="
+            f"{model.config.n_positions}); lower context_len or build a model with more positions."
         )
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -128,7 +128,7 @@ def train(
     start = time.perf_counter()
     bar = tqdm(range(1, cfg.steps + 1), disable=not progress, desc="training", unit="step")
     for step in bar:
-        batch = stream.batch("train", cfg.batch_size, cfg.block_size, generator)
+        batch = stream.batch("train", cfg.batch_size, cfg.context_len, generator)
         x, y = (t.to(model.device) for t in batch)  # [B, T] each, moved to the CPU or GPU the model is on
         loss = lm_loss(model(x), y)  # forward + cross-entropy
         optimizer.zero_grad(set_to_none=True)
@@ -138,7 +138,7 @@ def train(
         optimizer.step()  # SGD: w <- w - lr * (momentum-smoothed) gradient
         result.train_loss.append(loss.item())
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            val = evaluate(model, stream, cfg.block_size, cfg.eval_windows)
+            val = evaluate(model, stream, cfg.context_len, cfg.eval_windows)
             result.steps.append(step)
             result.val_loss.append(val)
             bar.set_postfix(train=f"{loss.item():.3f}", val=f"{val:.3f}")
