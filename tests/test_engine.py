@@ -306,6 +306,7 @@ def vllm_run(server, prompts, max_tokens, concurrency):
     return [r.token_ids for r in load.replies], {k: after[k] - before[k] for k in VLLM_COUNTERS}
 
 
+@pytest.mark.solo  # vLLM's side depends on requests arriving together: nothing else on the CPU
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_prefix_cache_hits_equal_vllms_counter(served):
@@ -324,6 +325,7 @@ def test_prefix_cache_hits_equal_vllms_counter(served):
     assert hits == 3 * 64
 
 
+@pytest.mark.solo  # vLLM's side depends on requests arriving together: nothing else on the CPU
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_under_a_tight_budget_both_preempt_and_answer_alike(served):
@@ -336,6 +338,7 @@ def test_under_a_tight_budget_both_preempt_and_answer_alike(served):
     assert counters["vllm:num_preemptions_total"] > 0 and ours.stats.preemptions > before
 
 
+@pytest.mark.solo  # vLLM's side depends on requests arriving together: nothing else on the CPU
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_the_same_most_requests_at_once(served):
