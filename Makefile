@@ -111,13 +111,12 @@ unit: install
 		$(PYTEST_UNIT) -n 2 --dist loadgroup -m "not solo" tests || status=$$?; \
 		$(PYTEST_UNIT) -m solo tests || status=$$?; exit $$status; }
 
-# Each notebook in a fresh kernel, two at a time, the last lessons first: they start vLLM servers and take longest,
-# and the short early lessons fill the gaps at the end. Lessons that need the trained model load or train it
-# under a lock (train.load_or_train), so order does not matter for correctness.
-NOTEBOOKS_LAST_FIRST := $(shell ls -r notebooks/*.ipynb)
+# Each notebook in a fresh kernel, one at a time: two side by side were measured to break what the serving lessons
+# show (lesson 09's 32 requests reached vLLM one by one while lessons 10 and 14 trained beside it: 745 engine steps
+# instead of ~24) and to double the training lessons' time (14: 727 s, 10: 467 s).
 notebooks: install
 	@TIMEFORMAT='== notebooks (nbmake): %1Rs'; time TINYFORMER_VLLM_LOG_DIR=$(VLLM_LOGS)/notebooks \
-		$(BIN)/pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) --durations=0 -n 2 --dist load $(NOTEBOOKS_LAST_FIRST)
+		$(BIN)/pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) --durations=0 notebooks
 
 # pip's resolver over the GPU flavour's requirements (needs the package index; no GPU). `make test` runs it only
 # when the pins differ from tests/gpu_resolution.json; this runs it always and records the result.

@@ -20,7 +20,7 @@ def lesson_export(preset: str = "nano", *, progress: bool = True):
     checkpoint = artifacts_dir() / f"{preset}.pt"
     folder = artifacts_dir() / f"{preset}-hf"
     config = folder / "config.json"
-    with one_writer(folder):  # two notebooks run side by side under `make test`: one of them exports
+    with one_writer(folder):  # two kernels or test workers asking at once: one of them exports
         if not config.is_file() or config.stat().st_mtime < checkpoint.stat().st_mtime:
             folder = export_hf(model, tokenizer, folder, overwrite=True)
     return model, tokenizer, Path(folder)
