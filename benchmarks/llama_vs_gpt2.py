@@ -13,6 +13,7 @@ Target: every arch within 0.05 nats of the floor, as nano is (benchmarks/train_b
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -46,7 +47,7 @@ def loss_vs_floor(stream: TokenStream, name: str, steps: int | None) -> dict:
     }
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, help="training steps (default: nano's recipe)")
@@ -54,14 +55,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     stream = TokenStream(Corpus(seed=0), build_tokenizer())
     print(f"{'arch':<10} {'params':>8} {'steps':>6} {'val loss':>9} {'floor':>7} {'gap':>7} {'seconds':>8}  ok")
+    missed = []
     for name in ARCHS:
         r = loss_vs_floor(stream, name, args.steps)
+        missed += [] if r["ok"] else [name]
         print(
             f"{r['arch']:<10} {r['params']:>8,} {r['steps']:>6} {r['val_loss']:>9.4f} {r['floor']:>7.4f} "
             f"{r['gap']:>7.4f} {r['seconds']:>8.1f}  {'yes' if r['ok'] else 'NO'}",
             flush=True,
         )
+    print(f"target (every arch within 0.05 nats of the floor): {'MISSED by ' + ', '.join(missed) if missed else 'met'}")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
