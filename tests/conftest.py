@@ -182,16 +182,33 @@ def foreign_http_server(tmp_path_factory):
         process.wait()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks we add here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under two workers (`make unit`: pytest-xdist, ``--dist loadgroup``), the tests of a module that share one
     of its module-scoped fixtures (most often a running vLLM server) go to the same worker, so the fixture is made
     once, as in a run without workers. Other tests, and tests marked ``spread`` (each starts servers of its own and
-    shares only cheap fixtures), are spread one by one."""
+    shares only cheap fixtures), are spread one by one.
+
+    Without ``tryfirst`` this ran after xdist had already read the marks (it turns them into a ``@group`` suffix of
+    each test's id): every module-scoped server was started once per worker, and again whenever a worker came back
+    to a module. pytest_runtest_setup below fails a run in which the groups are lost."""
     for item in items:
         if item.get_closest_marker("spread"):
             continue
         if any(_module_scoped_here(item, name) for name in item.fixturenames):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a grouped test, before its fixtures start anything, in a two-worker run in which xdist dropped the
+    groups (see the pytest pin in pyproject.toml): each module-scoped server would start once per worker."""
+    if getattr(item.config.option, "loadgroup", False) and item.get_closest_marker("xdist_group"):
+        if "@" not in item.nodeid:  # xdist's loadgroup appends "@<group>" to the id of each grouped test
+            pytest.fail(
+                "pytest-xdist ignored this test's xdist_group: this pytest and pytest-xdist disagree on where a "
+                "test's id lives; install the versions pyproject.toml allows (make install)",
+                pytrace=False,
+            )
 
 
 def _module_scoped_here(item: pytest.Item, fixture: str) -> bool:
