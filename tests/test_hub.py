@@ -235,7 +235,6 @@ def process_kind(command: str) -> str:
         ("watchdog.py", "vLLM watchdog"),
         ("vllm.entrypoints.openai.api_server", "vLLM API server"),
         ("VLLM::EngineCor", "vLLM engine"),  # the kernel's 15-character process name once it exits
-        ("VLLM::Worker", "vLLM worker"),
         ("multiprocessing.resource_tracker", "vLLM's resource tracker"),
         ("jupyter_builder/yarn", "jupyter-lsp's language-server search"),  # node and npm, at a server's start
         ("npm ", "jupyter-lsp's language-server search"),
@@ -467,11 +466,11 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
             user: next(c for c in servers[user].children() if "ipykernel" in " ".join(c.cmdline())) for user in servers
         }
         learner_memory = {user: (memory(servers[user]), memory(kernels[user])) for user in LEARNERS}
-        vllm_kinds = ("vLLM API server", "vLLM engine", "vLLM worker")
+        vllm_kinds = ("vLLM API server", "vLLM engine")  # the worker runs inside the engine
         vllm_rss = sum(memory(p)[0] for p in hub.tree.alive() if hub.tree.kind(p) in vllm_kinds)
 
         # The class's server runs as its account, not as root like the hub.
-        service_side = ("class server command", "vLLM watchdog", "vLLM API server", "vLLM engine", "vLLM worker")
+        service_side = ("class server command", "vLLM watchdog", "vLLM API server", "vLLM engine")
         service_uids = {hub.tree.kind(p): set(p.uids()) for p in hub.tree.alive() if hub.tree.kind(p) in service_side}
         assert set(service_uids) == set(service_side), f"{service_uids}"
         assert all(uids == {vllm_account.pw_uid} for uids in service_uids.values()), f"{service_uids}"
@@ -506,7 +505,7 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
         print(f"\nprocesses started under the hub: {kinds}")
         print("seconds from the start: " + ", ".join(f"{phase} {seconds:.0f}" for phase, seconds in phases.items()))
         print(f"each learner's completion: {len(prompt_ids)} prompt tokens, {len(instructor)} generated")
-        print(f"the class's vLLM server (API server, engine, worker): RSS {vllm_rss / 2**20:.0f} MiB")
+        print(f"the class's vLLM server (API server, engine): RSS {vllm_rss / 2**20:.0f} MiB")
         for user, ((server_rss, server_uss), (kernel_rss, kernel_uss)) in learner_memory.items():
             print(
                 f"{user}: Jupyter server RSS {server_rss / 2**20:.0f} MiB (USS {server_uss / 2**20:.0f}), kernel after "

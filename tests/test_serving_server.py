@@ -138,6 +138,18 @@ def test_reported_kv_capacity_is_the_prediction(server):
     assert server.log_path.parent == Path(logs) and "KV cache size" in server.log_text()
 
 
+def test_the_one_worker_runs_inside_the_engine_process_on_any_core(server):
+    """Two vLLM processes, not three (VLLMServer.worker_in_engine), and the engine free to use every core: vLLM's
+    own CPU binding would pin it to core 0, where every other server side by side would compute too."""
+    names = [p.name() for p in psutil.Process(server.pid).children(recursive=True)]
+    assert any(name.startswith("VLLM::EngineCor") for name in names), names
+    assert not any(name.startswith("VLLM::Worker") for name in names), names
+    engine = next(p for p in psutil.Process(server.pid).children(recursive=True) if p.name().startswith("VLLM::Eng"))
+    assert engine.cpu_affinity() == sorted(os.sched_getaffinity(0))
+    assert "--distributed-executor-backend=uni" in server.command()
+    assert "'distributed_executor_backend': 'uni'" in server.log_text()  # vLLM kept it (its CPU default is "mp")
+
+
 def test_binds_to_loopback_unless_told_otherwise(server):
     leader = psutil.Process(server.pid)  # the watchdog; vLLM's API server is its child
     listening = [
@@ -264,14 +276,9 @@ def after(seconds: float):
     return lambda server: time.monotonic() - start > seconds
 
 
-def has_process(prefix: str):
-    """True once a descendant of the server is named e.g. VLLM::EngineCore (the engine) or VLLM::Worker."""
-
-    def check(server) -> bool:
-        children = psutil.Process(server.pid).children(recursive=True)
-        return any(child.name().startswith(prefix) for child in children)
-
-    return check
+def logged(text: str):
+    """True once the server's log holds ``text`` (e.g. the engine's "Starting to load model")."""
+    return lambda server: server.log_path is not None and text in server.log_text()
 
 
 def small_server(folder, **kwargs) -> VLLMServer:
@@ -461,7 +468,7 @@ CYCLES = {
     "interrupt after 3 s": lambda f, t: interrupted_start(f, t, after(3)),
     "interrupt after 5 s": lambda f, t: interrupted_start(f, t, after(5)),
     "interrupt after 10 s": lambda f, t: interrupted_start(f, t, after(10)),
-    "interrupt once the worker process runs": lambda f, t: interrupted_start(f, t, has_process("VLLM::Worker")),
+    "interrupt while the engine loads the model": lambda f, t: interrupted_start(f, t, logged("to load model")),
     "start-up timeout 3 s": lambda f, t: timed_out(f, t, 3),
     "start-up timeout 8 s": lambda f, t: timed_out(f, t, 8),
     "second interrupt while stopping": interrupted_twice,
