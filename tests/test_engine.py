@@ -51,12 +51,14 @@ def trace(model):
 
 
 def engine(model, num_blocks=40, block_size=16, max_num_seqs=16, max_num_batched_tokens=256, **kw) -> Engine:
+    """An engine whose unowned cache slots hold NaN: any stray read turns a request's logits to NaN."""
     return Engine(
         model,
         num_blocks=num_blocks,
         block_size=block_size,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
+        poison_unowned_slots=True,
         **kw,
     )
 
@@ -121,6 +123,33 @@ def test_every_request_gets_what_it_gets_alone(model, trace, budget):
     if budget.get("num_blocks") == 10:
         assert e.stats.preemptions > 0 and any(o.num_preemptions for o in outputs)
     assert e.stats.generated_tokens == MAX_NEW * len(prompts)
+
+
+@pytest.mark.parametrize("budget", BUDGETS.values(), ids=BUDGETS.keys())
+def test_a_decode_mask_one_slot_too_wide_fails_every_budget(model, trace, budget, monkeypatch):
+    """Mutation test: with ``lengths + 1`` each decode also reads the slot after its last token, which nobody
+    has written. Zero-filled, that slot passed 4 of the 6 budgets; poisoned with NaN, it fails all of them."""
+    from tinyformer.engine import model_runner
+
+    right = model_runner.decode_mask
+    monkeypatch.setattr(model_runner, "decode_mask", lambda lengths, width: right(lengths + 1, width))
+    prompts, alone = trace
+    outputs = engine(model, **budget).generate(prompts, MAX_NEW)
+    assert [o.tokens for o in outputs] != alone
+
+
+def test_poisoned_slots_are_the_ones_nobody_owns(model):
+    """The pool starts as NaN; a block freed without a hash, or handed out again, is NaN again."""
+    e = engine(model, num_blocks=4, block_size=4, enable_prefix_caching=False)
+    assert all(t.isnan().all() for t in e.cache.keys + e.cache.values)
+    seq = e.add_request([1, 2, 3, 4, 5], 2)
+    e.step()  # the prefill: 5 tokens in blocks 1 and 2
+    owned = list(seq.block_table)
+    assert owned == [1, 2]
+    assert not e.cache.keys[0][1].isnan().any() and e.cache.keys[0][2, 0].isfinite().all()
+    assert e.cache.keys[0][2, 1:].isnan().all()  # the rest of the last block: not written
+    e.step()  # the decode of the 6th token finishes the request: both blocks go back, uncached
+    assert all(t[owned].isnan().all() for t in e.cache.keys + e.cache.values)
 
 
 @pytest.mark.parametrize("n_kv_head", [1, 2], ids=["mqa", "gqa"])
