@@ -74,6 +74,22 @@ KEY_ADVICE = (
 NO_TELEMETRY_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 
 
+def _dtype_for(model_dir: Path, dtype: str | None, check: bool) -> str:
+    """The --dtype to serve ``model_dir`` with: what the export needs unless given; refuse float32 for a quantised
+    export up front (vLLM dies in start-up: "torch.float32 is not supported for quantization method awq")."""
+    from tinyformer.export_quantised import SERVE_DTYPE, serve_dtype
+
+    needed = serve_dtype(model_dir)
+    if dtype is None:
+        return needed
+    if check and needed == SERVE_DTYPE and dtype == "float32":
+        raise ServingConfigError(
+            f"{model_dir} is a quantised (AWQ) export, which vLLM cannot run in float32. Leave dtype out "
+            f"(it picks {SERVE_DTYPE}) or pass dtype={SERVE_DTYPE!r}."
+        )
+    return dtype
+
+
 class VLLMStartupError(RuntimeError):
     """vLLM did not become healthy. ``root_cause`` is vLLM's own line; the message explains it."""
 
@@ -86,8 +102,10 @@ class VLLMStartupError(RuntimeError):
 class VLLMServer:
     """A vLLM OpenAI-compatible server for ``model_dir`` (an ``export_hf`` folder), as a context manager.
 
-    kv_cache_tokens / kv_cache_bytes: the KV budget per worker (give one; default room for
-        64 requests of max_model_len). Tokens are converted with the model's formula and rounded up to blocks.
+    kv_cache_tokens / kv_cache_bytes: the KV budget per worker (give one; default 64 x max_model_len tokens,
+        which vLLM reports as a concurrency of 64x but which runs 63 full-length requests at once: one block is
+        the null block). Tokens are converted with the model's formula and rounded up to blocks.
+    dtype: None picks what the export needs (float32; float16 for an int4/AWQ export, as ``tinyformer serve``).
     block_size: tokens per KV block (default: vLLM's, 128 on CPU; the CPU backend takes multiples of 32).
     check: refuse up front what vLLM would fail on (head size, max_model_len > n_positions, a KV budget
         below one request). ``check=False`` lets vLLM meet the problem itself, to see its real error.
@@ -119,7 +137,7 @@ class VLLMServer:
         guard_every_route: bool | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
-        dtype: str = "float32",
+        dtype: str | None = None,
         enforce_eager: bool = True,
         log_iterations: bool = False,
         extra_args: tuple[str, ...] | list[str] = (),
@@ -137,14 +155,14 @@ class VLLMServer:
         self.device = _device()
         self.block_size = block_size or BLOCK_SIZE[self.device]
         self.tensor_parallel_size = tensor_parallel_size
-        self.dtype = dtype
+        self.dtype = _dtype_for(self.model_dir, dtype, check)
         self._kv_requested = kv_cache_tokens is not None or kv_cache_bytes is not None
         self.kv_cache_bytes = self._kv_budget(kv_cache_tokens, kv_cache_bytes)
         self.predicted = KVBudget(
             self.config,
             max_model_len=self.max_model_len,
             kv_cache_bytes=self.kv_cache_bytes,
-            dtype=dtype,
+            dtype=self.dtype,
             tensor_parallel_size=tensor_parallel_size,
             device=self.device,
             block_size=self.block_size,
