@@ -293,6 +293,27 @@ class VLLMServer:
             raise RuntimeError("start the server with log_iterations=True to log every engine step.")
         return vllm_log.parse_iterations(self.log_text())
 
+    def iterations_covering(self, first: int, tokens: int, timeout: float = 120.0) -> list[vllm_log.Iteration]:
+        """The engine steps logged from step ``first`` on, once they add up to at least ``tokens`` processed
+        tokens. vLLM writes a step's line just after that step's answers go out, so a read right after the answers
+        can miss the last steps; waiting for the work instead of a fixed pause holds on a busy machine too.
+
+        For n requests of P prompt tokens in all and ``max_tokens`` each, pass P + n x (max_tokens - 1): exactly
+        what the steps process without prefix-cache hits or preemption (a recompute after a preemption adds
+        tokens, so the count is then reached early, never late)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            steps = self.iterations()[first:]
+            done = sum(s.tokens for s in steps)
+            if done >= tokens:
+                return steps
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"after {timeout:.0f} s vLLM's log shows {done} of the {tokens} tokens sent since step {first}: "
+                    "prefix-cache hits process fewer tokens than the prompts hold; pass the tokens actually computed."
+                )
+            time.sleep(0.05)
+
     def client(self, **kwargs):
         """An ``openai.OpenAI`` client for this server."""
         from openai import OpenAI
