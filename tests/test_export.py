@@ -167,6 +167,25 @@ def test_a_failed_verification_leaves_nothing(model, tokenizer, tmp_path: Path, 
     assert list(tmp_path.iterdir()) == []
 
 
+def scaled(model: Transformer, factor: float) -> Transformer:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(factor)
+    return model
+
+
+def test_the_tolerance_scales_with_the_logits_and_still_refuses_a_wrong_export(tokenizer, tmp_path, monkeypatch):
+    """Nano with weights x8: transformers computes the same function, 7e-4 away on logits up to 39, more than
+    an absolute 1e-4 (this export was refused before the tolerance scaled). Untransposed, it is still refused."""
+    torch.manual_seed(0)
+    big = scaled(Transformer(ModelConfig.preset("nano", vocab_size=len(tokenizer))).eval(), 8.0)
+    export_hf(big, tokenizer, tmp_path / "big")
+    conv1d = tuple(name for name in export_module.CONV1D_WEIGHTS if name != "attn.c_proj.weight")
+    monkeypatch.setattr(export_module, "CONV1D_WEIGHTS", conv1d)
+    with pytest.raises(ExportVerificationError, match="x the largest logit"):
+        export_hf(big, tokenizer, tmp_path / "wrong")
+
+
 def test_a_failed_overwrite_keeps_the_previous_export(model, tokenizer, tmp_path: Path, monkeypatch) -> None:
     out = export_hf(model, tokenizer, tmp_path / "out")
     before = (out / "model.safetensors").read_bytes()

@@ -35,9 +35,9 @@ def model(tokenizer) -> Transformer:
 
 def test_vllm_serves_the_awq_export_like_the_dequantised_model(model, tokenizer, tmp_path):
     folder = export_quantised(model, tokenizer, tmp_path / "awq", group_size=GROUP)
-    with VLLMServer(
-        folder, dtype=SERVE_DTYPE, max_model_len=64, kv_cache_tokens=512, progress=False, shared=False
-    ) as server:
+    server = VLLMServer(folder, max_model_len=64, kv_cache_tokens=512, progress=False, shared=False)
+    assert server.dtype == SERVE_DTYPE  # the class's defaults pick what the export needs, as `tinyformer serve`
+    with server:
         replies = run_load(server, PROMPTS, concurrency=4, max_tokens=10, ignore_eos=True).replies
         assert "Using CPUWNA16LinearKernel" in server.log_text()
     dequantised = qz.dequantised_model(model, qz.quantise_model(model, "int4", GROUP))

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from tinyformer.config import ModelConfig
+from tinyformer.export_quantised import SERVE_DTYPE, awq_quantization_config
 from tinyformer.serving import KVBudget, ServingConfigError, VLLMServer, bytes_for_tokens, kv_bytes_per_token
 from tinyformer.serving.budget import check_serving_config, model_config_from_dir
 from tinyformer.serving.metrics import metric_labels, parse_metrics
@@ -98,10 +99,25 @@ def test_server_refuses_before_starting_anything(tmp_path):
         VLLMServer(tmp_path / "missing")
 
 
-def test_default_budget_holds_64_full_length_requests(tmp_path):
+def test_default_budget_is_64_full_length_requests_of_which_63_run_at_once(tmp_path):
     server = VLLMServer(write_config(tmp_path), shared=False)
     assert server.max_model_len == 256
     assert server.predicted.max_concurrency == 64.0 and server.predicted.tokens == 64 * 256
+    assert server.predicted.usable_blocks // server.predicted.blocks_per_request == 63  # the null block
+
+
+def test_an_awq_export_is_served_in_the_dtype_it_needs_or_refused_up_front(tmp_path):
+    """Like ``tinyformer serve``: the class's defaults pick float16; float32, which vLLM's AWQ path refuses in
+    start-up, is refused before anything starts, saying what to pass instead."""
+    awq = write_config(tmp_path, quantization_config=awq_quantization_config(32))
+    assert VLLMServer(awq, shared=False).dtype == SERVE_DTYPE
+    assert "--dtype float16" in " ".join(VLLMServer(awq, shared=False).command())
+    with pytest.raises(ServingConfigError, match="Leave dtype out"):
+        VLLMServer(awq, dtype="float32", shared=False)
+    assert VLLMServer(awq, dtype="float32", check=False, shared=False).dtype == "float32"  # vLLM's own error
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert VLLMServer(write_config(plain), shared=False).dtype == "float32"
 
 
 # Lines copied from real vLLM 0.32 logs.

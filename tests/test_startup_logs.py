@@ -222,3 +222,19 @@ def test_a_workers_profiling_line_is_compared_with_a_workers_peak(scores):
     assert log06.worker_line
     assert log06.prediction.activation_peak_gib > log06.predicted("activation_peak_gib")  # the driver samples
     assert abs(log06.error("kv_cache_gib")) < 0.05 and abs(log06.error("kv_cache_tokens")) < 0.05
+
+
+def test_parallel_starts_benchmark_alternates_which_column_runs_first(monkeypatch):
+    """benchmarks/parallel_starts.py: a box that warms up or gets busier must favour neither column."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "parallel_starts.py"
+    spec = importlib.util.spec_from_file_location("parallel_starts", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ran = []
+    monkeypatch.setattr(bench, "two_in_a_row", lambda export_dir: ran.append("row") or 2.0)
+    monkeypatch.setattr(bench, "two_side_by_side", lambda export_dir: ran.append("side") or 1.0)
+    assert [bench.both_orders(r, "x") for r in (1, 2)] == [(2.0, 1.0), (2.0, 1.0)]
+    assert ran == ["row", "side", "side", "row"]

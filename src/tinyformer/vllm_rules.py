@@ -153,10 +153,6 @@ class KVCapacity:
     def bytes_per_block(self) -> int:
         return self.block_size * self.bytes_per_token
 
-    @property
-    def kv_bytes_used(self) -> int:
-        return self.num_blocks * self.bytes_per_block
-
     def log_line(self, device: str = "GPU") -> str:
         """The line vLLM prints, e.g. ``CPU KV cache size: 1,280 tokens, Maximum concurrency for 256
         tokens per request: 5.00x``. ``device``: "CPU"/"cpu" or "GPU"/"cuda"."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 
 from tinyformer.engine.sequence import Sequence
 from tinyformer.vllm_rules import NULL_BLOCKS, usable_blocks
@@ -48,8 +49,18 @@ class Block:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_prefix_caching: bool = True,
+        on_discard: Callable[[int], None] | None = None,
+    ):
+        """``on_discard(block_id)`` is called whenever a block's contents stop belonging to anyone: freed
+        without a hash (nothing can hit it), or handed out again (evicted or reused). The engine passes the
+        cache's :meth:`~tinyformer.engine.kv_cache.PagedKVCache.poison_block`, so tests catch stray reads."""
         self.block_size = block_size
+        self.on_discard = on_discard or (lambda block_id: None)
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
         # Free blocks, least recently freed first. An OrderedDict, so a cached block that gets hit can be taken
@@ -140,6 +151,7 @@ class BlockManager:
                 del self.cached[block.hash]
             block.hash = None
         block.ref_count = 1
+        self.on_discard(block_id)  # the new owner has written none of it yet
         return block
 
     def free_blocks(self, seq: Sequence) -> None:
@@ -153,6 +165,7 @@ class BlockManager:
                 self.free[block_id] = None
                 if block.hash is None:
                     self.free.move_to_end(block_id, last=False)
+                    self.on_discard(block_id)
         seq.block_table = []
         seq.num_computed_tokens = 0
 

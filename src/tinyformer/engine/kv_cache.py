@@ -32,11 +32,31 @@ def slots_of(block_table: list[int], start: int, stop: int, block_size: int) -> 
 
 
 class PagedKVCache:
-    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, dtype=torch.float32, device="cpu"):
+    """``poison=True`` (for tests) fills every slot no request owns with NaN: the pool starts so, and each block
+    is filled again when it changes hands (:meth:`poison_block`). A read of a slot the reader does not own, even
+    one masked out of attention, then turns its request's logits to NaN instead of passing by chance."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        num_blocks: int,
+        block_size: int,
+        dtype=torch.float32,
+        device="cpu",
+        poison: bool = False,
+    ):
         shape = (num_blocks, block_size, config.n_kv_head, config.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
+        fill = float("nan") if poison else 0.0
+        self.keys = [torch.full(shape, fill, dtype=dtype, device=device) for _ in range(config.n_layer)]
+        self.values = [torch.full(shape, fill, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.block_size = block_size
+        self.poison = poison
+
+    def poison_block(self, block_id: int) -> None:
+        """Fill a block whose contents nobody owns any more with NaN (only when the cache was made with poison)."""
+        if self.poison:
+            for t in self.keys + self.values:
+                t[block_id] = float("nan")
 
     @property
     def nbytes(self) -> int:

@@ -46,7 +46,10 @@ class Engine:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         enable_prefix_caching: bool = True,
+        poison_unowned_slots: bool = False,
     ):
+        """``poison_unowned_slots`` (for tests): cache slots no request owns hold NaN, so attention that reads
+        one (a mask off by one, a stale block table) fails loudly; see :class:`PagedKVCache`."""
         if not isinstance(model, Transformer):
             raise ValueError(f"model must be a tinyformer Transformer, got {type(model).__name__}.")
         _check_positive(
@@ -63,10 +66,12 @@ class Engine:
         self.model = model
         self.block_size = block_size
         self.stats = Stats()
-        self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens, self.stats)
         dtype = model.lm_head.weight.dtype
-        self.cache = PagedKVCache(model.config, num_blocks, block_size, dtype=dtype, device=model.device)
+        self.cache = PagedKVCache(
+            model.config, num_blocks, block_size, dtype=dtype, device=model.device, poison=poison_unowned_slots
+        )
+        self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching, self.cache.poison_block)
+        self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens, self.stats)
         self.runner = ModelRunner(model, self.cache)
         self._ids = count()
 

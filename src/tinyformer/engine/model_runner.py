@@ -63,7 +63,7 @@ class PackedBatch:
         widest = max((len(table) for _, _, table in decodes), default=0)
         tables = [table + [NULL_BLOCK_ID] * (widest - len(table)) for _, _, table in decodes]
         lengths = tensor([stop for _, stop, _ in decodes], device)
-        seen = torch.arange(widest * block_size, device=device)[None, :] < lengths[:, None]  # [D, S]
+        seen = decode_mask(lengths, widest * block_size)  # [D, S]
         return cls(
             tensor(ids, device),
             tensor(positions, device),
@@ -75,6 +75,11 @@ class PackedBatch:
             tensor(rows, device),
             sample_ids,
         )
+
+
+def decode_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """[D, width]: True on the slots 0..length-1 each decoding request has cached (its new token included)."""
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def tensor(values, device) -> torch.Tensor:
@@ -110,6 +115,11 @@ class ModelRunner:
         mixed = torch.empty_like(q)  # [N, nh, hd]
         if len(batch.decode_rows):  # one query per request, over its cache (padded slots masked out)
             keys, values = self.gather(layer, batch.decode_tables)  # [D, nh, S, hd] each
+            # Slots a request does not own (null-block padding, the unwritten rest of its last block) are zeroed,
+            # not only masked: a masked-out NaN still spoils the softmax (NaN + -inf is NaN), so the poisoned
+            # slots of tests fail a read exactly when the mask lets one through.
+            unseen = ~batch.decode_seen.transpose(-1, -2)  # [D, 1, S, 1]
+            keys, values = keys.masked_fill(unseen, 0.0), values.masked_fill(unseen, 0.0)
             one = q[batch.decode_rows][:, :, None, :]  # [D, nh, 1, hd]
             out = F.scaled_dot_product_attention(one, keys, values, attn_mask=batch.decode_seen)  # [D, nh, 1, hd]
             mixed[batch.decode_rows] = out[:, :, 0, :]

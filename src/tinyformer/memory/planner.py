@@ -145,11 +145,6 @@ class ServingPlan:
         return self.status == "ok"
 
     @property
-    def kv_per_request(self) -> int:
-        """KV bytes one max_model_len request occupies (whole blocks)."""
-        return vllm_rules.bytes_for_tokens(self.max_model_len, self.bytes_per_token, self.block_size)
-
-    @property
     def offload_seconds_per_step(self) -> float:
         """Time to stream the offloaded weights over PCIe once: added to every forward pass."""
         if not self.offloaded or self.gpu is None:

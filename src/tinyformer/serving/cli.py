@@ -90,7 +90,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from tinyformer.export_quantised import serve_dtype
     from tinyformer.serving.server import VLLMServer
 
     api_key = None
@@ -99,7 +98,6 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"API key {'written to' if created else 'read from'} {args.api_key_file}")
     server = VLLMServer(
         args.model_dir,
-        dtype=serve_dtype(args.model_dir),
         max_model_len=args.max_model_len,
         kv_cache_tokens=args.kv_cache_tokens,
         kv_cache_bytes=args.kv_cache_bytes,

@@ -76,6 +76,22 @@ _EXECUTOR_FLAGS = {"--distributed-executor-backend", "--pipeline-parallel-size",
 NO_TELEMETRY_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 
 
+def _dtype_for(model_dir: Path, dtype: str | None, check: bool) -> str:
+    """The --dtype to serve ``model_dir`` with: what the export needs unless given; refuse float32 for a quantised
+    export up front (vLLM dies in start-up: "torch.float32 is not supported for quantization method awq")."""
+    from tinyformer.export_quantised import SERVE_DTYPE, serve_dtype
+
+    needed = serve_dtype(model_dir)
+    if dtype is None:
+        return needed
+    if check and needed == SERVE_DTYPE and dtype == "float32":
+        raise ServingConfigError(
+            f"{model_dir} is a quantised (AWQ) export, which vLLM cannot run in float32. Leave dtype out "
+            f"(it picks {SERVE_DTYPE}) or pass dtype={SERVE_DTYPE!r}."
+        )
+    return dtype
+
+
 class VLLMStartupError(RuntimeError):
     """vLLM did not become healthy. ``root_cause`` is vLLM's own line; the message explains it."""
 
@@ -88,8 +104,10 @@ class VLLMStartupError(RuntimeError):
 class VLLMServer:
     """A vLLM OpenAI-compatible server for ``model_dir`` (an ``export_hf`` folder), as a context manager.
 
-    kv_cache_tokens / kv_cache_bytes: the KV budget per worker (give one; default room for
-        64 requests of max_model_len). Tokens are converted with the model's formula and rounded up to blocks.
+    kv_cache_tokens / kv_cache_bytes: the KV budget per worker (give one; default 64 x max_model_len tokens,
+        which vLLM reports as a concurrency of 64x but which runs 63 full-length requests at once: one block is
+        the null block). Tokens are converted with the model's formula and rounded up to blocks.
+    dtype: None picks what the export needs (float32; float16 for an int4/AWQ export, as ``tinyformer serve``).
     block_size: tokens per KV block (default: vLLM's, 128 on CPU; the CPU backend takes multiples of 32).
     check: refuse up front what vLLM would fail on (head size, max_model_len > n_positions, a KV budget
         below one request). ``check=False`` lets vLLM meet the problem itself, to see its real error.
@@ -121,7 +139,7 @@ class VLLMServer:
         guard_every_route: bool | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
-        dtype: str = "float32",
+        dtype: str | None = None,
         enforce_eager: bool = True,
         log_iterations: bool = False,
         extra_args: tuple[str, ...] | list[str] = (),
@@ -139,14 +157,14 @@ class VLLMServer:
         self.device = _device()
         self.block_size = block_size or BLOCK_SIZE[self.device]
         self.tensor_parallel_size = tensor_parallel_size
-        self.dtype = dtype
+        self.dtype = _dtype_for(self.model_dir, dtype, check)
         self._kv_requested = kv_cache_tokens is not None or kv_cache_bytes is not None
         self.kv_cache_bytes = self._kv_budget(kv_cache_tokens, kv_cache_bytes)
         self.predicted = KVBudget(
             self.config,
             max_model_len=self.max_model_len,
             kv_cache_bytes=self.kv_cache_bytes,
-            dtype=dtype,
+            dtype=self.dtype,
             tensor_parallel_size=tensor_parallel_size,
             device=self.device,
             block_size=self.block_size,
@@ -286,6 +304,27 @@ class VLLMServer:
         if not self.log_iterations:
             raise RuntimeError("start the server with log_iterations=True to log every engine step.")
         return vllm_log.parse_iterations(self.log_text())
+
+    def iterations_covering(self, first: int, tokens: int, timeout: float = 120.0) -> list[vllm_log.Iteration]:
+        """The engine steps logged from step ``first`` on, once they add up to at least ``tokens`` processed
+        tokens. vLLM writes a step's line just after that step's answers go out, so a read right after the answers
+        can miss the last steps; waiting for the work instead of a fixed pause holds on a busy machine too.
+
+        For n requests of P prompt tokens in all and ``max_tokens`` each, pass P + n x (max_tokens - 1): exactly
+        what the steps process without prefix-cache hits or preemption (a recompute after a preemption adds
+        tokens, so the count is then reached early, never late)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            steps = self.iterations()[first:]
+            done = sum(s.tokens for s in steps)
+            if done >= tokens:
+                return steps
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"after {timeout:.0f} s vLLM's log shows {done} of the {tokens} tokens sent since step {first}: "
+                    "prefix-cache hits process fewer tokens than the prompts hold; pass the tokens actually computed."
+                )
+            time.sleep(0.05)
 
     def client(self, **kwargs):
         """An ``openai.OpenAI`` client for this server."""
