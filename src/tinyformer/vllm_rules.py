@@ -325,6 +325,10 @@ V0_CHUNKED_PREFILL_TOKENS = 2048  # SchedulerConfig: chunked prefill's default t
 # SchedulerConfig's _MULTIMODAL_MODEL_MAX_NUM_BATCHED_TOKENS: 4096 in 0.6.1, 5120 in 0.6.5 (the releases read).
 V0_MULTIMODAL_MIN_TOKENS = {(0, 6, 1): 4096, (0, 6, 5): 5120}
 LONG_CONTEXT = 32768  # EngineArgs: above this V0 turns chunked prefill on by default (text models)
+# Before 0.6.5 the V0 worker took the profiling peak as the drop in free memory after the profiling run
+# (torch.cuda.mem_get_info; 0.4.3's worker.py), so blocks PyTorch's allocator still caches count as used: such
+# a release leaves fewer KV blocks than the allocated peak implies, by an amount no log breaks down.
+FREE_MEMORY_PROFILING_BEFORE = (0, 6, 5)
 LONG_CONTEXT_CHUNKED_SINCE = (0, 5, 3)  # that default's first release (absent from 0.4.3-0.5.2's arg_utils.py)
 # V1 (read in 0.11.0's gpu_model_runner.profile_run): the dummy multimodal item's encoder output, padded to the
 # encoder budget (max of max_num_batched_tokens and the largest item's tokens), stays cached through the text
@@ -408,6 +412,13 @@ def chunked_prefill_on(
         return asked
     long_context = max_model_len > LONG_CONTEXT and version >= LONG_CONTEXT_CHUNKED_SINCE
     return long_context and not (multimodal or sliding_window or enable_lora)
+
+
+def v0_chunked_prefill_supported(*, multimodal: bool, mla: bool, sliding_window: bool) -> bool:
+    """Whether V0 can chunk prefill at all: not for a multimodal or MLA model (0.8.3's EngineArgs: "Chunked
+    prefill not supported for Multimodal or MLA in V0"), nor with a sliding window (0.5.5-0.8.3 never turn it
+    on for one). Where it can't, a shorter max_model_len is the only way to shrink the profiling batch."""
+    return not (multimodal or mla or sliding_window)
 
 
 def profiling_batch(

@@ -224,10 +224,12 @@ def vision_dummy(arch: Architecture, tokens: int, seqs: int, engine: str) -> tup
 
 def _image_patches_tokens(v: dict) -> tuple[int, int]:
     """(encoder patches, language-model tokens) of the largest image: a fixed-size tower's image tokens plus
-    its begin/end markers (``image_token_markers``: Gemma 3 frames its 256 with two), or max_pixels' patches
-    merged spatial_merge_size^2 to a token."""
+    its begin/end markers (``image_token_markers``: Gemma 3 frames its 256 with two), its patches once per
+    ``crops`` (Phi-3.5-vision's HD transform: num_crops sub-images and the global one, each through the ViT);
+    or max_pixels' patches merged spatial_merge_size^2 to a token."""
     if v.get("fixed_image_tokens"):
-        return (v["image_size"] // v["patch_size"]) ** 2, v["fixed_image_tokens"] + v.get("image_token_markers", 0)
+        patches = (v["image_size"] // v["patch_size"]) ** 2 * v.get("crops", 1)
+        return patches, v["fixed_image_tokens"] + v.get("image_token_markers", 0)
     patches = v["max_pixels"] // v["patch_size"] ** 2
     return patches, patches // v.get("spatial_merge_size", 1) ** 2
 
@@ -441,6 +443,13 @@ def _outcome(engine, total, stage, non_torch, blocks, block_size, kv_tokens, max
 def cases() -> list[dict]:
     """The shipped public start-up logs (settings, config, what was logged)."""
     return reference()["cases"]
+
+
+@cache
+def seed_cases() -> list[dict]:
+    """The seeds' A10G start-up logs (reference/vllm_seed_logs.json): scored with the model as fitted on
+    :func:`cases`, never fitted to."""
+    return json.loads((resources.files("tinyformer") / "reference" / "vllm_seed_logs.json").read_text())["cases"]
 
 
 # ----- scoring against the logs --------------------------------------------------------------------------------
