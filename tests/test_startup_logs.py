@@ -295,6 +295,7 @@ def test_doctor_on_the_seed_phi35_vision_log():
     assert "max_model_len 30,000, profiling batch 30,000 tokens / 38 sequences, chunked prefill off" in out
     assert "kv_cache_tokens" in out and "19,632" in out and "7.75" in out  # the logged values, side by side
     assert "outcome: kv_too_small" in out and "free-memory drop" in out
+    assert "after an activation peak of 3.59 GiB from the vision encoder on 38 maximal dummy images" in out
     name, fixed = doctor.cheapest_fix(doctor.case_from_log(text, gpu="A10G", model=record["model"]))
     assert fixed.outcome == "starts" and "chunked" not in name  # V0 can't chunk a multimodal model's prefill
 

@@ -304,7 +304,10 @@ def deciding_term(prediction: startup.StartupPrediction) -> str:
     }
     if p.activation_peak_gib > max(p.kv_cache_gib, 0) or p.outcome == "no_kv_memory":
         return f"activation peak {p.activation_peak_gib:.2f} GiB from {reasons[biggest]}"
-    return f"the KV cache: {p.kv_cache_tokens:,} tokens left, max_model_len {p.max_model_len:,} needs more"
+    kv = f"the KV cache: {p.kv_cache_tokens:,} tokens left, max_model_len {p.max_model_len:,} needs more"
+    if not p.chunked_prefill:  # the peak that left too little was sized by max_model_len itself
+        return f"{kv}, after an activation peak of {p.activation_peak_gib:.2f} GiB from {reasons[biggest]}"
+    return kv
 
 
 def _starts(case: dict) -> startup.StartupPrediction | None:
