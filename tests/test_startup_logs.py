@@ -14,16 +14,15 @@ from tinyformer.memory.formulas import GiB, mla_kv_bytes_per_token
 
 LOGGED_KEYS = ("id", "source", "engine", "notes", "inferred_fields", "verbatim_lines", "logged", "unscored",
                "has_full_profile_breakdown", "config_source", "config_inferred_fields")  # fmt: skip
-# Outcomes and weights the model gets wrong, with why (benchmarks/startup_logs.py prints the numbers).
-OUTCOME_MISSES = {"log16": "pre-0.6.5 profiling (free-memory drop) is not modelled; the version is not logged"}
+# Weights and KV tokens the model gets wrong, with why (benchmarks/startup_logs.py prints the numbers).
 WEIGHT_MISSES = {
-    "log02": "Qwen3-VL-MoE under TP4: -2.1 %, some of the vision tower is replicated (not modelled)",
     "log07": "Gemma-3 AWQ: -2.4 %, unexplained",
-    "log11": "DeepSeek-V3 AWQ (MLA): -3.5 %, ~12 MB per layer per rank vLLM adds that the config doesn't show",
-    "log12": "DeepSeek-V2-Lite (MLA, 0.7.1): -7.9 %, same",
-    "log13": "DeepSeek-V2.5 (MLA): -2.2 %, same",
+    "log12": "DeepSeek-V2-Lite (MLA, 0.7.1): -6.4 %, unexplained",
 }
-KV_MISSES = {"log02": "+124 %", "log07": "-19 %", "log13": "+67 %"}
+KV_MISSES = {
+    "log02": "+21 %: 0.30 GiB of it the weights' -1.9 %, the rest V1's TP4 non-torch memory (not logged in 0.11)",
+    "log07": "-10.3 %: the vision factor fitted to Qwen2.5-VL (log15) overprices Gemma 3's SigLIP tower",
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +61,7 @@ def test_sampler_fit_reproduces_each_case_it_was_fitted_to():
 
 def test_kv_tokens_median_error_within_5_percent(scores):
     summary = startup.summary(list(scores.values()))
-    assert summary["kv_cases"] == 13
+    assert summary["kv_cases"] == 12
     assert summary["kv_median_abs_error"] <= 0.05
 
 
@@ -71,18 +70,13 @@ def test_kv_tokens_misses_are_the_known_ones(scores):
     assert missed == set(KV_MISSES)
 
 
-@pytest.mark.xfail(strict=True, reason=f"10 of 13 cases within 10 %: {KV_MISSES} miss")
+@pytest.mark.xfail(strict=True, reason=f"10 of 12 cases within 10 %: {KV_MISSES} miss")
 def test_kv_tokens_90_percent_within_10_percent(scores):
     assert startup.summary(list(scores.values()))["kv_within_10pct"] >= 0.90
 
 
-def test_outcome_misses_are_the_known_ones(scores):
-    assert {i for i, s in scores.items() if not s.outcome_right} == set(OUTCOME_MISSES)
-
-
-@pytest.mark.xfail(strict=True, reason=f"outcome wrong in {OUTCOME_MISSES}")
 def test_outcome_right_in_every_case(scores):
-    assert all(s.outcome_right for s in scores.values())
+    assert {i for i, s in scores.items() if not s.outcome_right} == set()
 
 
 def test_weight_misses_are_the_known_ones(scores):
@@ -93,7 +87,7 @@ def test_weight_misses_are_the_known_ones(scores):
 
 def test_unscored_cases_say_why(scores):
     unscored = {i: s.unscored for i, s in scores.items() if s.unscored}
-    assert set(unscored) == {"log03", "log05", "log16"}
+    assert set(unscored) == {"log03", "log05", "log13", "log16"}
     assert all(len(reason) > 80 for reason in unscored.values())
 
 
@@ -238,3 +232,116 @@ def test_parallel_starts_benchmark_alternates_which_column_runs_first(monkeypatc
     monkeypatch.setattr(bench, "two_side_by_side", lambda export_dir: ran.append("side") or 1.0)
     assert [bench.both_orders(r, "x") for r in (1, 2)] == [(2.0, 1.0), (2.0, 1.0)]
     assert ran == ["row", "side", "side", "row"]
+
+
+# ----- one test per vLLM rule (each failed before its rule was added) --------------------------------------
+
+
+def test_default_max_model_len_is_scaled_by_the_rope_factor():
+    """_get_and_verify_max_len: deepseek-coder-6.7b's 16384 positions x linear factor 4 (log16's default)."""
+    assert vllm_rules.default_max_model_len(case("log16")["config"]) == 65536
+    base = {"max_position_embeddings": 8192}
+    assert vllm_rules.default_max_model_len(base) == 8192
+    assert vllm_rules.default_max_model_len(base | {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}) == 8192
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096}
+    assert vllm_rules.default_max_model_len(base | {"rope_scaling": yarn}) == 16384
+    gemma3 = base | {"architectures": ["Gemma3ForCausalLM"], "rope_scaling": {"rope_type": "linear", "factor": 8.0}}
+    assert vllm_rules.default_max_model_len(gemma3) == 8192
+    assert startup.predict_startup(case("log16")).max_model_len == 65536
+
+
+def test_long_context_chunked_prefill_default_arrives_in_0_5_3():
+    assert not vllm_rules.chunked_prefill_on("V0", 65536, version=(0, 4, 3))
+    assert vllm_rules.chunked_prefill_on("V0", 65536, version=(0, 5, 3))
+    p = startup.predict_startup(case("log16"))  # so 0.4.3 profiles one 65,536-token batch
+    assert not p.chunked_prefill and p.max_num_batched_tokens == 65536
+
+
+def test_v1_keeps_the_padded_encoder_output_through_the_text_models_run():
+    """0.11.0 profile_run: log02's encoder budget (153,600 tokens, logged) x Qwen3-VL's output width (2048 x
+    (1 + 3 deepstack layers)) in bf16 sits on top of the sampler's peak."""
+    record = case("log02")
+    arch = Architecture(record["config"])
+    assert startup.v1_dummy_item(arch)[1] == record["logged"]["encoder_cache_budget_tokens"]
+    p = startup.predict_startup(record)
+    cache = 153600 * 2048 * 4 * 2
+    assert p.terms["encoder_cache"] * GiB == pytest.approx(cache)
+    assert p.activation_peak_gib * GiB == pytest.approx(cache + startup.sampler_peak_bytes(arch, 2048, 256, 2))
+
+
+def test_gemma3_image_tokens_count_their_begin_and_end_markers():
+    """0.8.3 V0 profile_run: min(256, 5120 // 258) = 19 dummy requests with an image each."""
+    assert startup.predict_startup(case("log07")).images_profiled == 19
+
+
+def test_mla_down_projections_and_the_router_are_whole_on_every_tp_rank():
+    """DeepSeek-V2.5 at TP8/PP2 (log13): q_a_proj + kv_a_proj_with_mqa + router on each rank, so stage 1 holds
+    the logged 28.48 GiB (27.87 when they were split over the 8 ranks)."""
+    arch = Architecture(case("log13")["config"])
+    assert arch.weight_bytes_per_gpu("bf16", 8, 2)[1] / GiB == pytest.approx(28.48, rel=0.005)
+    matrices, router = arch.replicated_params(5)
+    assert matrices == 5120 * 1536 + 5120 * (512 + 64) and router == 5120 * 160
+    assert sum(arch.weight_bytes_per_gpu("bf16", 1, 1)) == sum(arch.weight_bytes_per_gpu("bf16", 1, 2))
+
+
+# ----- the seeds' A10G logs (reference/vllm_seed_logs.json: scored, never fitted to) -----------------------------
+
+
+def seed(case_id: str) -> dict:
+    return next(c for c in startup.seed_cases() if c["id"] == case_id)
+
+
+def test_seed_phi35_vision_runs_on_an_a10g_outcomes():
+    """30000 fails for KV, 131072 runs out of memory while profiling, 20000 starts, as the seed's log says."""
+    outcomes = {c["id"]: startup.score(c) for c in startup.seed_cases()}
+    assert {i: s.prediction.outcome for i, s in outcomes.items()} == {
+        "seed-phi35v-a10g-30000": "kv_too_small", "seed-phi35v-a10g-131072": "oom", "seed-phi35v-a10g-20000": "starts",
+    }  # fmt: skip
+    assert all(s.outcome_right for s in outcomes.values())
+    at_30000 = outcomes["seed-phi35v-a10g-30000"]
+    assert abs(at_30000.error("model_weights_gib")) <= 0.02
+    # 0.6.1 counts the allocator's cache too (free-memory profiling): the prediction is high, by less than 20 %
+    assert 0 < at_30000.error("kv_cache_tokens") < 0.20
+
+
+def test_doctor_on_the_seed_phi35_vision_log():
+    record = seed("seed-phi35v-a10g-30000")
+    text = "\n".join(record["verbatim_lines"])
+    out = doctor.report(text, gpu="A10G", model=record["model"], vllm_version=record["vllm_version"])
+    assert "max_model_len 30,000, profiling batch 30,000 tokens / 38 sequences, chunked prefill off" in out
+    assert "kv_cache_tokens" in out and "19,632" in out and "7.75" in out  # the logged values, side by side
+    assert "outcome: kv_too_small" in out and "free-memory drop" in out
+    assert "after an activation peak of 3.59 GiB from the vision encoder on 38 maximal dummy images" in out
+    name, fixed = doctor.cheapest_fix(doctor.case_from_log(text, gpu="A10G", model=record["model"]))
+    assert fixed.outcome == "starts" and "chunked" not in name  # V0 can't chunk a multimodal model's prefill
+
+
+def test_doctor_on_the_seed_phi35_vision_oom_finds_the_total_and_a_shorter_max_model_len():
+    record = seed("seed-phi35v-a10g-131072")
+    text = "\n".join(record["verbatim_lines"])
+    case = doctor.case_from_log(text, model=record["model"], vllm_version="0.6.1")
+    assert case["gpu_total_gib"] == 21.98  # from "has a total capacity of 21.98 GiB"
+    name, fixed = doctor.cheapest_fix(case)
+    assert name.startswith("--max-model-len") and fixed.max_model_len < 131072  # here a shorter one helps
+
+
+def test_v0_never_chunks_a_multimodal_mla_or_sliding_window_models_prefill():
+    assert vllm_rules.v0_chunked_prefill_supported(multimodal=False, mla=False, sliding_window=False)
+    for kind in ("multimodal", "mla", "sliding_window"):
+        flags = {"multimodal": False, "mla": False, "sliding_window": False} | {kind: True}
+        assert not vllm_rules.v0_chunked_prefill_supported(**flags), kind
+
+
+def test_an_a10g_is_not_an_a10():
+    assert startup.gpu_card("NVIDIA A10G", None)["total_gib"] == 21.98
+    assert startup.gpu_card("NVIDIA A10", None)["total_gib"] == 22.07
+
+
+def test_doctor_cli_takes_the_release_when_the_log_has_no_version_line(tmp_path, capsys):
+    log = tmp_path / "seed.log"
+    log.write_text("\n".join(seed("seed-phi35v-a10g-30000")["verbatim_lines"]) + "\n")
+    args = ["doctor", str(log), "--gpu", "A10G", "--model", "microsoft/Phi-3.5-vision-instruct"]
+    assert cli_main([*args, "--vllm-version", "0.6.1"]) == 0
+    assert "vLLM 0.6.1 (V0)" in capsys.readouterr().out
+    assert cli_main([*args, "--vllm-version", "latest"]) == 1
+    assert "vllm_version must start with a release number" in capsys.readouterr().err

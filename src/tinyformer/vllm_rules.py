@@ -321,6 +321,15 @@ V0_CHUNKED_PREFILL_TOKENS = 2048  # SchedulerConfig: chunked prefill's default t
 # SchedulerConfig's _MULTIMODAL_MODEL_MAX_NUM_BATCHED_TOKENS: 4096 in 0.6.1, 5120 in 0.6.5 (the releases read).
 V0_MULTIMODAL_MIN_TOKENS = {(0, 6, 1): 4096, (0, 6, 5): 5120}
 LONG_CONTEXT = 32768  # EngineArgs: above this V0 turns chunked prefill on by default (text models)
+# Before 0.6.5 the V0 worker took the profiling peak as the drop in free memory after the profiling run
+# (torch.cuda.mem_get_info; 0.4.3's worker.py), so blocks PyTorch's allocator still caches count as used: such
+# a release leaves fewer KV blocks than the allocated peak implies, by an amount no log breaks down.
+FREE_MEMORY_PROFILING_BEFORE = (0, 6, 5)
+LONG_CONTEXT_CHUNKED_SINCE = (0, 5, 3)  # that default's first release (absent from 0.4.3-0.5.2's arg_utils.py)
+# V1 (read in 0.11.0's gpu_model_runner.profile_run): the dummy multimodal item's encoder output, padded to the
+# encoder budget (max of max_num_batched_tokens and the largest item's tokens), stays cached through the text
+# model's dummy run and the sampler's, so it adds to their peak.
+QWEN3_VL_TOKENS_PER_VIDEO_TOKEN = 12.5  # qwen3_vl.get_max_video_tokens: a timestamp text around each soft token
 MLA_LATENT_CACHE_SINCE = (0, 7, 1)  # vLLM 0.7.1 caches MLA's latent; before, K and V per head
 
 
@@ -333,6 +342,28 @@ def parse_version(text: str | None) -> tuple[int, int, int]:
         raise ValueError(f"vllm_version must start with a release number like '0.8.5', got {text!r}.")
     major, minor, patch = found.groups()
     return int(major), int(minor), int(patch or 0)
+
+
+# config.json keys vLLM reads a model's length from (_get_and_verify_max_len): the smallest one present wins.
+MAX_LEN_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length",
+                "max_sequence_length", "max_seq_length", "seq_len")  # fmt: skip
+UNSCALED_ROPE_TYPES = ("su", "longrope", "llama3")  # their factor does not lengthen the default max_model_len
+
+
+def default_max_model_len(config: dict) -> int:
+    """max_model_len when none is asked (``_get_and_verify_max_len``, the same in 0.4.3, 0.8.3 and 0.11.0): the
+    smallest length key in config.json, times the RoPE scaling ``factor`` unless the rope type is su, longrope
+    or llama3 (yarn starts from ``original_max_position_embeddings``); Gemma 3's length is already scaled.
+    So deepseek-coder-6.7b (16384 positions, linear factor 4) defaults to 65,536 tokens."""
+    lengths = [config[key] for key in MAX_LEN_KEYS if isinstance(config.get(key), int | float)]
+    derived = min(lengths) if lengths else 2048
+    rope = config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type"))
+    if rope and rope_type not in UNSCALED_ROPE_TYPES and "Gemma3" not in str(config.get("architectures")):
+        if rope_type == "yarn":
+            derived = rope["original_max_position_embeddings"]
+        derived *= rope.get("factor", 1.0)
+    return int(derived)
 
 
 def engine_for(
@@ -367,14 +398,23 @@ def chunked_prefill_on(
     multimodal: bool = False,
     sliding_window: bool = False,
     enable_lora: bool = False,
+    version: tuple[int, int, int] = (0, 6, 5),
 ) -> bool:
-    """Whether chunked prefill is on. V1: always (its scheduler chunks every prompt). V0: as asked, else only
-    for a text model without sliding window or LoRA whose max_model_len is above 32K (EngineArgs)."""
+    """Whether chunked prefill is on. V1: always (its scheduler chunks every prompt). V0: as asked, else (from
+    0.5.3) only for a text model without sliding window or LoRA whose max_model_len is above 32K (EngineArgs)."""
     if engine == "V1":
         return True
     if asked is not None:
         return asked
-    return max_model_len > LONG_CONTEXT and not (multimodal or sliding_window or enable_lora)
+    long_context = max_model_len > LONG_CONTEXT and version >= LONG_CONTEXT_CHUNKED_SINCE
+    return long_context and not (multimodal or sliding_window or enable_lora)
+
+
+def v0_chunked_prefill_supported(*, multimodal: bool, mla: bool, sliding_window: bool) -> bool:
+    """Whether V0 can chunk prefill at all: not for a multimodal or MLA model (0.8.3's EngineArgs: "Chunked
+    prefill not supported for Multimodal or MLA in V0"), nor with a sliding window (0.5.5-0.8.3 never turn it
+    on for one). Where it can't, a shorter max_model_len is the only way to shrink the profiling batch."""
+    return not (multimodal or mla or sliding_window)
 
 
 def profiling_batch(

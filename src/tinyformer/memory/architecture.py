@@ -155,6 +155,17 @@ class Architecture:
             router = self.hidden * self.experts
         return attention + mlp, 2 * self.hidden + router
 
+    def replicated_params(self, index: int) -> tuple[int, int]:
+        """The part of ``layer_params(index)`` every tensor-parallel rank holds whole: (matrices, kept). vLLM
+        builds MLA's down-projections (q_a_proj, kv_a_proj_with_mqa) and the MoE router as ReplicatedLinear, so
+        they do not shrink with TP (0.8.3 deepseek_v2.py; DeepSeek-V2.5 at TP8: 0.61 GiB a rank)."""
+        matrices = 0
+        if self.mla:
+            rope, kv_rank = self.config["qk_rope_head_dim"], self.config["kv_lora_rank"]
+            matrices = self.hidden * (self.get("q_lora_rank", 0) or 0) + self.hidden * (kv_rank + rope)
+        router = self.hidden * self.experts if self.experts and index >= self.dense_layers else 0
+        return matrices, router
+
     def embedding_params(self) -> tuple[int, int]:
         """(input table, LM head): the head is 0 when tied to the table."""
         table = self.vocab * self.hidden
@@ -205,22 +216,29 @@ class Architecture:
         table, head = self.embedding_params()
         out = []
         for stage, (start, stop) in enumerate(bounds):
-            quantised = kept = 0
+            quantised = kept = whole_quantised = whole_kept = 0
             for index in range(start, stop):
                 matrices, small = self.layer_params(index)
+                rep_matrices, rep_small = self.replicated_params(index)
+                matrices, small = matrices - rep_matrices, small - rep_small
+                whole_kept += rep_small
                 if method == "mxfp4":  # only the routed experts are MXFP4
                     experts = self.routed_expert_params()
                     quantised += experts
                     kept += matrices - experts + small
+                    whole_kept += rep_matrices
                 else:
                     quantised += matrices if method else 0
                     kept += small + (0 if method else matrices)
+                    whole_quantised += rep_matrices if method else 0
+                    whole_kept += 0 if method else rep_matrices
             if stage == 0:
                 kept += table + self.vision_params()
             if stage == pp - 1:
                 kept += (head or (table if pp > 1 else 0)) + self.hidden
             per_weight = self.quantised_bytes_per_weight(self.hidden) if method else 0
-            out.append(math.ceil((quantised * per_weight + kept * b) / tp))
+            split = (quantised * per_weight + kept * b) / tp
+            out.append(math.ceil(split + whole_quantised * per_weight + whole_kept * b))
         return out
 
     def kv_bytes_per_token(self, kv_dtype: str, tp: int, stage_layers: int, latent: bool = True) -> int:

@@ -21,7 +21,9 @@ import shlex
 from functools import cache
 from pathlib import Path
 
+from tinyformer import vllm_rules
 from tinyformer.memory import startup
+from tinyformer.memory.architecture import Architecture
 
 # ----- what the log says ----------------------------------------------------------------------------------------
 
@@ -35,7 +37,7 @@ _LOGGED_PATTERNS = {
 }
 _SETTING_PATTERNS = {
     "vllm_version": (r"vLLM API server version (\S+)", r"engine \(v([^)]+)\) with config"),
-    "gpu_total_gib": (rf"total_gpu_memory \({_NUMBER}GiB\)",),
+    "gpu_total_gib": (rf"total_gpu_memory \({_NUMBER}GiB\)", rf"has a total capacity of {_NUMBER} GiB"),
     "gpu_memory_utilization": (rf"gpu_memory_utilization \({_NUMBER}\)",),
     "max_model_len": (r"max_seq_len=(\d+)", r"Maximum concurrency for ([\d,]+) tokens", r"max seq len \((\d+)\)"),
     "tp": (r"tensor_parallel_size=(\d+)",),
@@ -237,7 +239,7 @@ def known_config(model: str | None) -> dict | None:
     """The config.json of a model the shipped logs cover, matched by its name (the path's last part)."""
     if not model:
         return None
-    for case in startup.cases():
+    for case in startup.cases() + startup.seed_cases():
         if _model_key(case["model"]) == _model_key(model):
             return case["config"]
     return None
@@ -256,13 +258,23 @@ def read_log(path) -> str:
     return text
 
 
-def case_from_log(text: str, *, gpu: str | None = None, model: str | None = None, config: dict | None = None) -> dict:
+def case_from_log(
+    text: str,
+    *,
+    gpu: str | None = None,
+    model: str | None = None,
+    config: dict | None = None,
+    vllm_version: str | None = None,
+) -> dict:
     """A case (predict_startup's settings) recovered from a log; raises ValueError naming what is missing."""
     settings = settings_from_log(text)
     if gpu:
         settings["gpu"] = gpu
     if model:
         settings["model"] = model
+    if vllm_version:
+        vllm_rules.parse_version(vllm_version)  # refuses a malformed one before any work
+        settings["vllm_version"] = vllm_version
     config = config or known_config(settings.get("model"))
     if config is None:
         raise ValueError(
@@ -292,7 +304,10 @@ def deciding_term(prediction: startup.StartupPrediction) -> str:
     }
     if p.activation_peak_gib > max(p.kv_cache_gib, 0) or p.outcome == "no_kv_memory":
         return f"activation peak {p.activation_peak_gib:.2f} GiB from {reasons[biggest]}"
-    return f"the KV cache: {p.kv_cache_tokens:,} tokens left, max_model_len {p.max_model_len:,} needs more"
+    kv = f"the KV cache: {p.kv_cache_tokens:,} tokens left, max_model_len {p.max_model_len:,} needs more"
+    if not p.chunked_prefill:  # the peak that left too little was sized by max_model_len itself
+        return f"{kv}, after an activation peak of {p.activation_peak_gib:.2f} GiB from {reasons[biggest]}"
+    return kv
 
 
 def _starts(case: dict) -> startup.StartupPrediction | None:
@@ -311,7 +326,11 @@ def cheapest_fix(case: dict) -> tuple[str, startup.StartupPrediction] | None:
     if p.outcome == "starts":
         return None
     tries = []
-    if p.engine == "V0" and not p.chunked_prefill:
+    arch = Architecture(case["config"])
+    can_chunk = vllm_rules.v0_chunked_prefill_supported(
+        multimodal=arch.vision is not None, mla=arch.mla, sliding_window=bool(arch.get("sliding_window"))
+    )
+    if p.engine == "V0" and not p.chunked_prefill and can_chunk:
         tries.append(("--enable-chunked-prefill (profiling batch 2048 tokens instead of max_model_len)",
                       {"enable_chunked_prefill": True}))  # fmt: skip
     if p.gpu_memory_utilization < 0.95:
@@ -368,6 +387,11 @@ def report(text: str, **overrides) -> str:
         shown = ["-" if x is None else fmt.format(x) for x in (value, seen)]
         rows.append(f"{term:22} {shown[0]:>12} {shown[1]:>12}")
     rows.append(f"outcome: {prediction.outcome}")
+    if prediction.engine == "V0" and prediction.version < vllm_rules.FREE_MEMORY_PROFILING_BEFORE:
+        rows.append(
+            "note: this release counts the allocator's cached blocks in its profiling peak (free-memory drop), "
+            "so it leaves fewer KV tokens than predicted"
+        )
     rows.append(f"deciding term: {deciding_term(prediction)}")
     fix = cheapest_fix(case)
     if prediction.outcome != "starts":
@@ -383,12 +407,13 @@ def _arguments(parser) -> None:
     parser.add_argument("--gpu", help="the GPU when the log does not name it, e.g. 'RTX 3090', 'H100', 'A10G'")
     parser.add_argument("--model", help="the model when the log does not name it (one of the shipped logs' models)")
     parser.add_argument("--config", help="the model's config.json (needed for models the shipped logs do not cover)")
+    parser.add_argument("--vllm-version", help="the vLLM release when the log has no version line, e.g. 0.6.1")
 
 
 def _run(args) -> int:
     text = read_log(args.logfile)
     config = json.loads(Path(args.config).read_text()) if args.config else None
-    print(report(text, gpu=args.gpu, model=args.model, config=config))
+    print(report(text, gpu=args.gpu, model=args.model, config=config, vllm_version=args.vllm_version))
     return 0
 
 

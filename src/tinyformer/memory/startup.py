@@ -208,20 +208,56 @@ def vision_dummy(arch: Architecture, tokens: int, seqs: int, engine: str) -> tup
 
     V0: min(max_num_seqs, tokens // multimodal tokens) requests (at least 1), each with one maximal item of
     every modality the model takes (model_runner.profile_run: a video as large as an image too, from vLLM
-    0.7, for models whose processor takes videos); V1: one maximal item (the logs' "profiled with 1 ... items").
+    0.7, for models whose processor takes videos); V1: one maximal item of the modality with the most tokens
+    (the logs' "profiled with 1 ... items"), see :func:`v1_dummy_item`.
     """
     v = arch.vision
     if not v:
         return 0, 0
-    if v.get("fixed_image_tokens"):
-        patches = (v["image_size"] // v["patch_size"]) ** 2
-        lm_tokens = v["fixed_image_tokens"]
-    else:
-        patches = v["max_pixels"] // v["patch_size"] ** 2
-        lm_tokens = patches // v.get("spatial_merge_size", 1) ** 2
-    items = 2 if v.get("video") and engine == "V0" else 1
-    images = 1 if engine == "V1" else max(1, min(seqs, tokens // (items * lm_tokens))) * items
+    if engine == "V1":
+        return 1, v1_dummy_item(arch)[0]
+    patches, lm_tokens = _image_patches_tokens(v)
+    items = 2 if v.get("video") else 1
+    images = max(1, min(seqs, tokens // (items * lm_tokens))) * items
     return images, patches
+
+
+def _image_patches_tokens(v: dict) -> tuple[int, int]:
+    """(encoder patches, language-model tokens) of the largest image: a fixed-size tower's image tokens plus
+    its begin/end markers (``image_token_markers``: Gemma 3 frames its 256 with two), its patches once per
+    ``crops`` (Phi-3.5-vision's HD transform: num_crops sub-images and the global one, each through the ViT);
+    or max_pixels' patches merged spatial_merge_size^2 to a token."""
+    if v.get("fixed_image_tokens"):
+        patches = (v["image_size"] // v["patch_size"]) ** 2 * v.get("crops", 1)
+        return patches, v["fixed_image_tokens"] + v.get("image_token_markers", 0)
+    patches = v["max_pixels"] // v["patch_size"] ** 2
+    return patches, patches // v.get("spatial_merge_size", 1) ** 2
+
+
+def v1_dummy_item(arch: Architecture) -> tuple[int, int]:
+    """(encoder patches, encoder-budget tokens) of V1's one dummy item. A video (``video_max_pixels``: the
+    video processor bounds frames x height x width) has max_pixels / (patch^2 x temporal_patch_size) patches;
+    Qwen3-VL counts 12.5 prompt tokens per video token (its timestamps), which sizes the encoder budget."""
+    v = arch.vision
+    patches, lm_tokens = _image_patches_tokens(v)
+    if v.get("video_max_pixels"):
+        video = v["video_max_pixels"] // (v["patch_size"] ** 2 * v.get("temporal_patch_size", 1))
+        video_tokens = video // v.get("spatial_merge_size", 1) ** 2
+        if "Qwen3VL" in str(arch.get("architectures")):
+            video_tokens = int(video_tokens * vllm_rules.QWEN3_VL_TOKENS_PER_VIDEO_TOKEN)
+        if video_tokens > lm_tokens:
+            return video, video_tokens
+    return patches, lm_tokens
+
+
+def encoder_cache_bytes(arch: Architecture, tokens: int, b: int) -> int:
+    """V1's cached dummy encoder output during the text model's profiling run: the encoder budget
+    (max(max_num_batched_tokens, the item's tokens)) rows of the tower's output width (out_hidden_size, times
+    1 + deepstack_layers for Qwen3-VL, whose output concatenates them)."""
+    v = arch.vision
+    budget = max(tokens, v1_dummy_item(arch)[1])
+    width = v.get("out_hidden_size", arch.hidden) * (1 + v.get("deepstack_layers", 0))
+    return budget * width * b
 
 
 def vision_peak_bytes(arch: Architecture, images: int, patches: int, tp: int, b: int) -> int:
@@ -244,6 +280,10 @@ def activation_peak_bytes(arch, tokens, seqs, tp, b, *, last_stage=True, first_s
     images = 0
     if first_stage and arch.vision:
         images, patches = vision_dummy(arch, tokens, seqs, engine)
+        if engine == "V1":  # the encoder's output is still cached while the text model and sampler run
+            parts["encoder_cache"] = encoder_cache_bytes(arch, tokens, b)
+            parts = {name: value + (parts["encoder_cache"] if name in ("decoder", "sampler") else 0)
+                     for name, value in parts.items()}  # fmt: skip
         parts["vision"] = vision_peak_bytes(arch, images, patches, tp, b)
     return max(parts.values()), images, parts
 
@@ -298,14 +338,14 @@ def predict_startup(case: dict) -> StartupPrediction:
     gmu = float(s["gpu_memory_utilization"] or 0.9)
     if not 0 < gmu <= 1:
         raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gmu}.")
-    max_model_len = int(s["max_model_len"] or arch.config.get("max_position_embeddings"))
+    max_model_len = int(s["max_model_len"] or vllm_rules.default_max_model_len(arch.config))
     act = _dtype(s["dtype"], arch, card["compute_capability"])
     b = 2 if act != "fp32" else 4
     kv_dtype = act if s["kv_cache_dtype"] in (None, "auto") else dtype_name(s["kv_cache_dtype"])
     chunked = vllm_rules.chunked_prefill_on(
         engine, max_model_len, asked=s["enable_chunked_prefill"], multimodal=arch.vision is not None,
         sliding_window=bool(arch.get("sliding_window")) and "Qwen2" not in str(arch.get("architectures")),
-        enable_lora=bool(s["enable_lora"]),
+        enable_lora=bool(s["enable_lora"]), version=version,
     )  # fmt: skip
     tokens, seqs = vllm_rules.profiling_batch(
         engine, max_model_len, chunked, gpu_memory_gib=card["total_gib"], gpu_name=card["name"],
@@ -405,6 +445,13 @@ def cases() -> list[dict]:
     return reference()["cases"]
 
 
+@cache
+def seed_cases() -> list[dict]:
+    """The seeds' A10G start-up logs (reference/vllm_seed_logs.json): scored with the model as fitted on
+    :func:`cases`, never fitted to."""
+    return json.loads((resources.files("tinyformer") / "reference" / "vllm_seed_logs.json").read_text())["cases"]
+
+
 # ----- scoring against the logs --------------------------------------------------------------------------------
 
 TERMS = (
@@ -433,7 +480,7 @@ def logged_outcome(case: dict) -> str:
     if "max seq len" in error or "To serve at least one request" in error:
         return "kv_too_small"
     tokens = logged_terms(case).get("kv_cache_tokens")
-    max_model_len = case.get("max_model_len") or (case.get("config") or {}).get("max_position_embeddings")
+    max_model_len = case.get("max_model_len") or vllm_rules.default_max_model_len(case.get("config") or {})
     if error and tokens and max_model_len and 0 < tokens < max_model_len:  # an error cut off after the block count
         return "kv_too_small"
     if logged.get("gpu_blocks") == 0 or (logged.get("kv_cache_gib") or 0) < 0 or "No available memory" in error:
