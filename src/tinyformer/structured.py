@@ -372,7 +372,7 @@ class TokenAutomaton:
             raise ValueError(f"eos_token_id {eos_token_id} is not in the vocabulary of {len(texts)} tokens.")
         self.pattern, self.texts, self.eos_token_id = pattern, texts, eos_token_id
         self.dfa = compile_regex(pattern, {c for text in texts if text for c in text})
-        self.next_state = torch.tensor([[self._walk_token(s, t) for t in texts] for s in self.states])  # [S, V]
+        self.next_state = torch.tensor([[self.walk_token(s, t) for t in texts] for s in self.states])  # [S, V]
         self.live = self._token_live_states()
         self.allowed = self._allowed_table()  # [S, V]
         if not self.allowed[0].any():
@@ -386,7 +386,8 @@ class TokenAutomaton:
     def states(self) -> range:
         return range(len(self.dfa.transitions))
 
-    def _walk_token(self, state: int, text: str | None) -> int:
+    def walk_token(self, state: int, text: str | None) -> int:
+        """One step of the token automaton: the DFA state after the token's characters, -1 once the match dies."""
         if text is None:
             return -1  # special tokens add no text; end-of-text is handled on its own
         after = self.dfa.walk(state, text)
