@@ -247,11 +247,11 @@ class NFA:
 
 def nfa_from_tree(tree) -> NFA:
     nfa = NFA()
-    nfa.start, nfa.accept = _fragment(nfa, tree)
+    nfa.start, nfa.accept = thompson_fragment(nfa, tree)
     return nfa
 
 
-def _fragment(nfa: NFA, node) -> tuple[int, int]:
+def thompson_fragment(nfa: NFA, node) -> tuple[int, int]:
     """Add ``node``'s states; return its (entry, exit). Each construct is the textbook picture."""
     if isinstance(node, Chars):
         entry, exit_ = nfa.new_state(), nfa.new_state()
@@ -260,18 +260,18 @@ def _fragment(nfa: NFA, node) -> tuple[int, int]:
     if isinstance(node, Concat):
         entry = exit_ = nfa.new_state()
         for part in node.parts:  # chain the parts: each one's exit leads to the next one's entry
-            part_entry, part_exit = _fragment(nfa, part)
+            part_entry, part_exit = thompson_fragment(nfa, part)
             nfa.empty[exit_].append(part_entry)
             exit_ = part_exit
         return entry, exit_
     if isinstance(node, Alt):
         entry, exit_ = nfa.new_state(), nfa.new_state()
         for option in node.options:
-            option_entry, option_exit = _fragment(nfa, option)
+            option_entry, option_exit = thompson_fragment(nfa, option)
             nfa.empty[entry].append(option_entry)
             nfa.empty[option_exit].append(exit_)
         return entry, exit_
-    inner_entry, inner_exit = _fragment(nfa, node.node)  # a Repeat
+    inner_entry, inner_exit = thompson_fragment(nfa, node.node)  # a Repeat
     entry, exit_ = nfa.new_state(), nfa.new_state()
     nfa.empty[entry].append(inner_entry)
     nfa.empty[inner_exit].append(exit_)
