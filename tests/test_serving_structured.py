@@ -4,7 +4,8 @@ nano-llama served by the real vLLM server (one start for the module).
 vLLM 0.32 takes the constraint in the request field ``structured_outputs`` ({"regex": ...}, {"choice": [...]},
 {"json": ...}); its "auto" backend picks xgrammar, which reads this word-level tokenizer as a RAW vocabulary (each
 token's string, nothing between tokens), the text our automaton sees. The older ``guided_regex`` field is ignored
-with a warning in the log: HTTP 200 and unconstrained text."""
+with a warning in the log: HTTP 200 and unconstrained text. A JSON schema cannot be met with this vocabulary (no
+token holds a brace): vLLM fails that request with HTTP 500 from inside the engine."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from tinyformer.export import export_hf
 from tinyformer.generate import generate
 from tinyformer.serving import VLLMServer, run_load
-from tinyformer.serving.client import complete
+from tinyformer.serving.client import RequestRejected, complete
 from tinyformer.structured import choice_pattern, for_tokenizer, generate_structured
 from tinyformer.train import load_or_train
 
@@ -119,3 +120,20 @@ def test_cost_per_token_of_the_mask_here_and_in_vllm(served):
         f"{ms_per_token['regex']:.2f} ms/token with the regex"
     )
     assert mask_us > 0 and all(v > 0 for v in ms_per_token.values())
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_json_schema_no_token_can_start_fails_the_request_inside_the_engine(served):
+    """No token of this word-level vocabulary holds a '{' or a '"': xgrammar masks every token, the engine still
+    picks one (end-of-text), the grammar rejects it and vLLM ends the request with HTTP 500. The server lives on.
+    By hand the same impossibility is a ValueError before any decoding. (Last in the module: it errs on purpose.)"""
+    model, tokenizer, server = served
+    schema = {"type": "object", "properties": {"animal": {"type": "string"}}}
+    with pytest.raises(RequestRejected, match="HTTP 500"):
+        complete(server, "the", max_tokens=MAX_NEW, structured_outputs={"json": schema})
+    assert "grammar rejected tokens [0]" in server.log_text()
+    with pytest.raises(ValueError, match="no sequence of this vocabulary's tokens matches"):
+        for_tokenizer(r"\{.*\}", tokenizer)
+    reply = complete(server, "the", max_tokens=MAX_NEW, structured_outputs={"regex": SENTENCE})
+    assert reply.token_ids == ours(model, tokenizer, "the", SENTENCE).tokens
