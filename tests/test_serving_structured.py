@@ -29,7 +29,7 @@ CASES = [  # (prompt, pattern for what follows it): grammar text is the tokens j
     ("the mice", r"(sleep|run|eat)s?(today|again|often)?\."),
     ("the bird . the", r"(horse|frog)s?(near|under)the(wolf|wolves)(swim|wait)s?\."),
 ]
-CHOICES = ["cats", "dogs", "mice", "foxes"]
+CHOICES = ["cat", "dog", "mice", "wolves"]  # no token is a proper prefix of one: see test_structured's xgrammar test
 # xgrammar warns once, from C++, when it builds its view of this vocabulary: the mark of the xgrammar backend.
 XGRAMMAR_RAW_VOCAB = "Using RAW VocabType by default"
 GUIDED_WARNING = "Request contains the removed guided-decoding field(s) ['guided_regex'], which are ignored"

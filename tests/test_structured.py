@@ -220,3 +220,24 @@ def test_generate_structured_refuses_bad_input(tokenizer):
         generate_structured(model, [3], for_tokenizer("cat", build_tokenizer(data.NOUNS)), 4)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate_structured(model, [3], automaton, -1)
+
+
+def test_xgrammar_allows_character_prefixes_that_no_token_can_finish(tokenizer):
+    """vLLM's backend masks by characters: 'cat' may start 'cats', so xgrammar allows it, although no token can
+    then add the 's' (the request dies there: HTTP 500 in vLLM). The token automaton allows only whole ways out."""
+    import xgrammar  # installed with vLLM (vLLM 0.32 requires it)
+    info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=len(tokenizer))
+    matcher = xgrammar.GrammarMatcher(xgrammar.GrammarCompiler(info).compile_regex("cats|dogs"))
+    bitmask = xgrammar.allocate_token_bitmask(1, len(tokenizer))
+    matcher.fill_next_token_bitmask(bitmask)
+    logits = torch.zeros(1, len(tokenizer))
+    xgrammar.apply_token_bitmask_inplace(logits, bitmask)
+    theirs = tokenizer.convert_ids_to_tokens(torch.isfinite(logits[0]).nonzero().flatten().tolist())
+    automaton = for_tokenizer("cats|dogs", tokenizer)
+    mine = tokenizer.convert_ids_to_tokens(automaton.allowed[0].nonzero().flatten().tolist())
+    assert sorted(theirs) == ["cat", "cats", "dog", "dogs"] and sorted(mine) == ["cats", "dogs"]
+    assert matcher.accept_token(tokenizer.convert_tokens_to_ids("cat"))
+    matcher.fill_next_token_bitmask(bitmask)
+    logits = torch.zeros(1, len(tokenizer))
+    xgrammar.apply_token_bitmask_inplace(logits, bitmask)
+    assert not torch.isfinite(logits).any()  # a dead end: every token masked
