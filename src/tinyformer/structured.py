@@ -16,6 +16,8 @@ Four steps, each small enough to read:
    characters keeps the DFA alive and ends in a state from which some further tokens reach acceptance;
    end-of-text is allowed exactly in accepting states. Two tables, ``next_state[S, V]`` and ``allowed[S, V]``,
    are computed once per pattern; decoding then costs one row lookup and one ``masked_fill`` per token.
+   (xgrammar, vLLM's default backend, stops at the character level: for ``cats|dogs`` it also allows the token
+   ``cat``, after which no token fits and vLLM fails the request. Where no such dead end exists, the masks agree.)
 
 What a token's text is: this suite's tokenizer is word-level, and the grammar sees the tokens' strings joined
 with nothing in between, exactly as vLLM's grammar backend (xgrammar, "RAW" vocabulary) sees them. The sentence
