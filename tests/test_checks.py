@@ -456,6 +456,24 @@ CASES |= {
     ),
 }
 
+
+def token_step(transitions, state, text, *, all_characters=True, stop_when_dead=True):
+    """A learner's token step: every character (or only the first), stopping at -1 (or staying put)."""
+    for c in text if all_characters else text[:1]:
+        state = transitions[state].get(c, -1 if stop_when_dead else state)
+        if state == -1:
+            return -1
+    return state
+
+
+CASES[checks.check_token_step] = (
+    token_step,
+    [
+        (lambda tr, s, text: token_step(tr, s, text, all_characters=False), "only the first character"),
+        (lambda tr, s, text: token_step(tr, s, text, stop_when_dead=False), "dead for good"),
+    ],
+)
+
 CHECKERS = list(CASES)
 
 
