@@ -14,7 +14,14 @@ import torch
 
 from tinyformer import data
 from tinyformer.generate import generate
-from tinyformer.structured import choice_pattern, compile_regex, for_tokenizer, generate_structured, parse
+from tinyformer.structured import (
+    choice_pattern,
+    compile_regex,
+    for_tokenizer,
+    generate_structured,
+    nfa_from_tree,
+    parse,
+)
 from tinyformer.tokenizer import build_tokenizer
 from tinyformer.train import load_or_train
 
@@ -226,6 +233,7 @@ def test_xgrammar_allows_character_prefixes_that_no_token_can_finish(tokenizer):
     """vLLM's backend masks by characters: 'cat' may start 'cats', so xgrammar allows it, although no token can
     then add the 's' (the request dies there: HTTP 500 in vLLM). The token automaton allows only whole ways out."""
     import xgrammar  # installed with vLLM (vLLM 0.32 requires it)
+
     info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=len(tokenizer))
     matcher = xgrammar.GrammarMatcher(xgrammar.GrammarCompiler(info).compile_regex("cats|dogs"))
     bitmask = xgrammar.allocate_token_bitmask(1, len(tokenizer))
@@ -241,3 +249,8 @@ def test_xgrammar_allows_character_prefixes_that_no_token_can_finish(tokenizer):
     logits = torch.zeros(1, len(tokenizer))
     xgrammar.apply_token_bitmask_inplace(logits, bitmask)
     assert not torch.isfinite(logits).any()  # a dead end: every token masked
+
+
+def test_closure_takes_a_generator_as_well_as_a_list():
+    nfa = nfa_from_tree(parse("(cat|dog)s?run"))
+    assert nfa.closure(s for s in [nfa.start]) == nfa.closure([nfa.start]) and len(nfa.closure([nfa.start])) > 1

@@ -237,8 +237,9 @@ class NFA:
         return len(self.moves) - 1
 
     def closure(self, states) -> frozenset[int]:
-        """Every state reachable from ``states`` by empty moves alone."""
-        seen, todo = set(states), list(states)
+        """Every state reachable from ``states`` (any iterable, a generator too) by empty moves alone."""
+        todo = list(states)
+        seen = set(todo)
         while todo:
             for target in self.empty[todo.pop()]:
                 if target not in seen:
