@@ -24,7 +24,7 @@ from tinyformer.engine import (
     block_hash,
     speculative,
 )
-from tinyformer.engine.speculative import expected_tokens_per_step, predicted_time_per_token
+from tinyformer.engine.speculative import NgramProposer, expected_tokens_per_step, predicted_time_per_token
 from tinyformer.generate import generate
 from tinyformer.model import Transformer
 
@@ -207,6 +207,23 @@ def test_the_plain_engine_still_counts_one_token_per_request_step(target, trace)
     assert engine.stats.generated_tokens == len(prompts) * MAX_NEW
 
 
+def test_ngram_lookup_proposes_what_followed_the_longest_earliest_match():
+    lookup = NgramProposer(min_n=1, max_n=3).lookup
+    assert lookup([1, 2, 3, 9, 1, 2, 3, 7, 2, 3], 2) == [9, 1]  # "2 3" twice before: the earliest, not "3" alone
+    assert lookup([5, 1, 2, 6, 1, 2], 3) == [6, 1, 2]
+    assert lookup([5, 1, 2, 6, 1, 2], 9) == [6, 1, 2]  # runs out at the end of the request
+    assert lookup([1, 2, 3], 2) == []  # no n-gram repeats
+    assert NgramProposer(min_n=2, max_n=2).lookup([4, 1, 4], 2) == []  # "4" repeats, but 2-grams are asked for
+
+
+@pytest.mark.parametrize("budget", [dict(num_blocks=60), dict(num_blocks=12)], ids=["roomy", "tight"])
+def test_ngram_drafts_give_the_target_alone_too(target, trace, budget):
+    prompts, alone = trace
+    engine = spec_engine(target, NgramProposer(1, 3), k=3, **budget)
+    assert [o.tokens for o in engine.generate(prompts, MAX_NEW)] == alone
+    assert engine.spec.num_drafts > 0
+
+
 # ----- bad input ----------------------------------------------------------------------------------------
 
 
@@ -220,5 +237,7 @@ def test_bad_drafts_are_refused_before_any_work(target):
     for k in (0, 17, 2.0, True):
         with pytest.raises(ValueError, match="num_speculative_tokens must be a whole number from 1 to 16"):
             spec_engine(target, target, k=k)
-    with pytest.raises(ValueError, match="draft must be a tinyformer Transformer"):
+    with pytest.raises(ValueError, match="draft must be a tinyformer Transformer or an NgramProposer"):
         spec_engine(target, "draft.pt")
+    with pytest.raises(ValueError, match="need whole numbers 1 <= min_n <= max_n"):
+        NgramProposer(3, 2)

@@ -9,7 +9,8 @@ own next token. Greedy output is exactly the target's alone: every kept token is
 
 One step, for a request whose tokens so far are ``... t`` (``t`` not yet cached):
 
-1. **Propose** (``DraftProposer``): the draft continues the request greedily by k tokens d1..dk.
+1. **Propose** (``DraftProposer``): the draft continues the request greedily by k tokens d1..dk (or
+   ``NgramProposer``: the tokens that followed the request's last few tokens where they occurred before).
 2. **Verify**: the target runs ``t d1 .. dk`` as one chunk (k + 1 tokens, causal attention over the request's
    cache, its keys and values written into the request's blocks like any chunk) and gives its greedy token
    after each of them: g0 (after t), g1 (after d1), ... gk.
@@ -122,20 +123,47 @@ class DraftProposer:
         return [out.tokens for out in outputs]
 
 
+class NgramProposer:
+    """Drafts without a model (vLLM's ``"method": "ngram"``, prompt lookup): find the longest n-gram
+    (``min_n`` <= n <= ``max_n``) that ends the request and also occurs earlier in it, and propose the tokens that
+    followed its earliest occurrence. Free to run; good on text that repeats itself."""
+
+    def __init__(self, min_n: int = 1, max_n: int = 4):
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in (min_n, max_n)) or not 1 <= min_n <= max_n:
+            raise ValueError(f"need whole numbers 1 <= min_n <= max_n, got min_n={min_n!r}, max_n={max_n!r}.")
+        self.min_n, self.max_n = min_n, max_n
+
+    def propose(self, seqs: list[Sequence], num_tokens: list[int]) -> list[list[int]]:
+        return [self.lookup(seq.token_ids, k) for seq, k in zip(seqs, num_tokens, strict=True)]
+
+    def lookup(self, tokens: list[int], k: int) -> list[int]:
+        for n in range(min(self.max_n, len(tokens) - 1), self.min_n - 1, -1):  # the longest n-gram first
+            suffix = tokens[-n:]
+            for start in range(len(tokens) - n):  # its earliest earlier occurrence
+                if tokens[start : start + n] == suffix:
+                    return tokens[start + n : start + n + k]
+        return []
+
+
 class SpeculativeEngine(Engine):
     """The lesson-13 engine (``Engine``: same scheduler, preemption, prefix caching) with a draft model proposing
     ``num_speculative_tokens`` tokens per request per step."""
 
-    def __init__(self, model: Transformer, draft: Transformer, *, num_speculative_tokens: int, **engine_options):
+    def __init__(
+        self, model: Transformer, draft: Transformer | NgramProposer, *, num_speculative_tokens: int, **engine_options
+    ):
         _check_draft(model, draft, num_speculative_tokens)
         super().__init__(model, **engine_options)
         self.k = num_speculative_tokens
-        self.drafter = DraftProposer(
-            draft,
-            block_size=self.block_size,
-            max_num_seqs=self.scheduler.max_num_seqs,
-            max_num_batched_tokens=self.scheduler.max_num_batched_tokens,
-        )
+        if isinstance(draft, NgramProposer):
+            self.drafter = draft
+        else:
+            self.drafter = DraftProposer(
+                draft,
+                block_size=self.block_size,
+                max_num_seqs=self.scheduler.max_num_seqs,
+                max_num_batched_tokens=self.scheduler.max_num_batched_tokens,
+            )
         self.spec = SpecStats(num_speculative_tokens)
 
     def step(self) -> list[Sequence]:
@@ -181,12 +209,14 @@ class SpeculativeEngine(Engine):
 
 def _check_draft(model: Transformer, draft: Transformer, k: int) -> None:
     """Refuse, before any work, a draft that cannot speak for the target (vLLM refuses the same)."""
-    if not isinstance(draft, Transformer):
-        raise ValueError(f"draft must be a tinyformer Transformer, got {type(draft).__name__}.")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_SPECULATIVE_TOKENS:
         raise ValueError(
             f"num_speculative_tokens must be a whole number from 1 to {MAX_SPECULATIVE_TOKENS}, got {k!r}."
         )
+    if isinstance(draft, NgramProposer):
+        return
+    if not isinstance(draft, Transformer):
+        raise ValueError(f"draft must be a tinyformer Transformer or an NgramProposer, got {type(draft).__name__}.")
     if draft.config.vocab_size != model.config.vocab_size:
         raise ValueError(
             f"the draft's vocabulary has {draft.config.vocab_size} tokens, the target's {model.config.vocab_size}: "
