@@ -30,15 +30,26 @@ step short, as vLLM counts them.
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 
+from tinyformer.data import Corpus
 from tinyformer.engine.block_manager import blocks_needed
 from tinyformer.engine.llm_engine import Engine
 from tinyformer.engine.sequence import Sequence
 from tinyformer.model import Transformer
 
 MAX_SPECULATIVE_TOKENS = 16  # a guard against typos: past a handful, nearly every extra draft token is rejected
+
+
+def corpus_prompts(tokenizer, n: int, seed: int = 0, shortest: int = 8, longest: int = 24) -> list[list[int]]:
+    """n prompts of ``shortest``..``longest`` consecutive tokens of the shipped corpus (a seeded trace: the
+    benchmark, lesson 16 and the vLLM comparison use the same one)."""
+    text = [t for s in Corpus(seed=3).sentences(400) for t in tokenizer(" ".join(s))["input_ids"]]
+    rng = random.Random(seed)
+    starts = [(rng.randrange(len(text) - longest), rng.randint(shortest, longest)) for _ in range(n)]
+    return [text[start : start + length] for start, length in starts]
 
 
 def accepted_tokens(draft_ids: list[int], target_ids: list[int]) -> list[int]:
