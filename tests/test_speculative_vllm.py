@@ -20,7 +20,7 @@ from tinyformer.export import export_hf
 from tinyformer.generate import generate
 from tinyformer.model import Transformer
 from tinyformer.serving import VLLMServer, run_load
-from tinyformer.serving.metrics import scrape, spec_decode_counters
+from tinyformer.serving.metrics import counters_between, scrape, spec_decode_counters
 from tinyformer.tokenizer import build_tokenizer
 
 K, MAX_NEW, NGRAM = 3, 24, dict(prompt_lookup_min=1, prompt_lookup_max=3)
@@ -107,20 +107,11 @@ def test_vllm_speculates_to_the_targets_own_tokens_and_counts_as_our_engine(serv
     load = run_load(server, prompts, concurrency=len(prompts), max_tokens=MAX_NEW, ignore_eos=True)
     assert [r.token_ids for r in load.replies] == alone
     after = spec_decode_counters(scrape(server))
-    theirs = {key: _minus(after[key], before[key]) for key in after}
+    theirs = counters_between(before, after)
     ours = our_engine(
         target,
         draft if name == "draft model" else NgramProposer(NGRAM["prompt_lookup_min"], NGRAM["prompt_lookup_max"]),
     )
     assert [o.tokens for o in ours.generate(prompts, MAX_NEW)] == alone
     assert theirs["num_draft_tokens"] > 0, f"vLLM verified no draft tokens; see {server.log_path}"
-    assert theirs == {
-        "num_drafts": ours.spec.num_drafts,
-        "num_draft_tokens": ours.spec.num_draft_tokens,
-        "num_accepted_tokens": ours.spec.num_accepted_tokens,
-        "accepted_per_pos": ours.spec.accepted_per_pos,
-    }
-
-
-def _minus(after, before):
-    return [a - b for a, b in zip(after, before, strict=True)] if isinstance(after, list) else after - before
+    assert theirs == ours.spec.as_vllm_counters()

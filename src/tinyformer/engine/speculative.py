@@ -102,6 +102,15 @@ class SpecStats:
         for pos in range(num_accepted):
             self.accepted_per_pos[pos] += 1
 
+    def as_vllm_counters(self) -> dict:
+        """The counters as ``tinyformer.serving.metrics.spec_decode_counters`` reads vLLM's from /metrics."""
+        return {
+            "num_drafts": self.num_drafts,
+            "num_draft_tokens": self.num_draft_tokens,
+            "num_accepted_tokens": self.num_accepted_tokens,
+            "accepted_per_pos": list(self.accepted_per_pos),
+        }
+
     @property
     def acceptance_rate(self) -> float:
         """Accepted draft tokens / verified draft tokens (vLLM's "Draft acceptance rate")."""

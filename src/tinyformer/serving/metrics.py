@@ -154,3 +154,13 @@ def spec_decode_counters(text: str) -> dict:
                 per_pos[position] = per_pos.get(position, 0) + int(sample.value)
     counters["accepted_per_pos"] = [per_pos[p] for p in sorted(per_pos)]
     return counters
+
+
+def counters_between(before: dict, after: dict) -> dict:
+    """What ``spec_decode_counters`` grew by between two scrapes (per position too): one load's share."""
+    return {
+        key: [a - b for a, b in zip(value, before[key], strict=True)]
+        if isinstance(value, list)
+        else value - before[key]
+        for key, value in after.items()
+    }
