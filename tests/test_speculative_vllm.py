@@ -8,7 +8,9 @@ of ``SpeculativeEngine`` with the same draft (or the same n-gram lookup) on the 
 from __future__ import annotations
 
 import copy
+import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -115,3 +117,22 @@ def test_vllm_speculates_to_the_targets_own_tokens_and_counts_as_our_engine(serv
     assert [o.tokens for o in ours.generate(prompts, MAX_NEW)] == alone
     assert theirs["num_draft_tokens"] > 0, f"vLLM verified no draft tokens; see {server.log_path}"
     assert theirs == ours.spec.as_vllm_counters()
+
+
+def test_bad_speculative_configs_are_refused_before_starting(tmp_path):
+    tokenizer = build_tokenizer()
+    target_dir = export_hf(spread_llama(len(tokenizer), seed=0), tokenizer, tmp_path / "target")
+    other_dir = shutil.copytree(target_dir, tmp_path / "other")  # a folder whose vocabulary is 8 tokens larger
+    config = json.loads((other_dir / "config.json").read_text())
+    (other_dir / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 8}))
+    refusals = {
+        "needs num_speculative_tokens, a whole number >= 1; got 0": {"method": "ngram", "num_speculative_tokens": 0},
+        "with keys from": {"model": str(target_dir), "num_speculative_tokens": 2, "draft": "x"},
+        "needs a draft model folder or method 'ngram'": {"method": "eagle", "num_speculative_tokens": 2},
+        "must use the target's tokenizer": {"model": str(other_dir), "num_speculative_tokens": 2},
+    }
+    for message, config in refusals.items():
+        with pytest.raises(ValueError, match=message):
+            VLLMServer(target_dir, speculative_config=config, shared=False)
+    server = VLLMServer(target_dir, speculative_config={"method": "ngram", "num_speculative_tokens": 2}, shared=False)
+    assert server.command()[-2:] == ["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 2}']
