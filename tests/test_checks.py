@@ -457,6 +457,29 @@ CASES |= {
 }
 
 
+def first_agreeing(draft, target):
+    """How many draft tokens agree with the target before the first that does not."""
+    n = 0
+    while n < len(draft) and draft[n] == target[n]:
+        n += 1
+    return n
+
+
+CASES |= {
+    checks.check_acceptance_rule: (
+        lambda draft, target: target[: first_agreeing(draft, target) + 1],
+        [
+            (lambda draft, target: target[: first_agreeing(draft, target)], "target's own token"),
+            (
+                lambda draft, target: target[: sum(d == t for d, t in zip(draft, target[:-1], strict=True)) + 1],
+                "FIRST disagreement",
+            ),
+            (lambda draft, target: (draft + target[-1:])[: first_agreeing(draft, target) + 1], "TARGET's token"),
+        ],
+    ),
+}
+
+
 def token_step(transitions, state, text, *, all_characters=True, stop_when_dead=True):
     """A learner's token step: every character (or only the first), stopping at -1 (or staying put)."""
     for c in text if all_characters else text[:1]:

@@ -110,7 +110,9 @@ def test_nano_recipe_trains_every_position_the_lessons_serve():
 
 
 def test_unknown_recipe():
-    with pytest.raises(ValueError, match=r"no training recipe for preset 'huge'; choose one of \['micro', 'nano'\]"):
+    with pytest.raises(
+        ValueError, match=r"no training recipe for preset 'huge'; choose one of \['micro', 'nano', 'pico'\]"
+    ):
         TrainConfig.for_preset("huge")
 
 

@@ -31,6 +31,9 @@ PRESETS: dict[str, dict[str, int]] = {
     "nano": dict(n_positions=128, n_embd=64, n_layer=2, n_head=2),
     # ~0.4M parameters: the model served by vLLM in the serving lessons.
     "micro": dict(n_positions=256, n_embd=128, n_layer=2, n_head=4),
+    # ~0.02M parameters, one layer: the draft model of speculative decoding (lesson 16), trained as a llama on
+    # nano's windows so it shares nano's tokenizer and position range; head_dim 32 runs on vLLM's CPU kernel.
+    "pico": dict(n_positions=128, n_embd=32, n_layer=1, n_head=1),
 }
 
 

@@ -60,6 +60,7 @@ class TrainConfig:
 RECIPES: dict[str, dict] = {
     "nano": dict(steps=2500, lr=0.3, context_len=128, batch_size=16),
     "micro": dict(steps=1500, lr=0.2),
+    "pico": dict(steps=1500, lr=0.3, context_len=128, batch_size=16),  # a draft: good enough, not the floor
 }
 
 

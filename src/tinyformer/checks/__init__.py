@@ -21,6 +21,7 @@ solution. It returns a :class:`CheckResult`, truthy when every case passed.
 | 12 embeddings and context budget | check_mean_pool, check_hamilton, check_parents_that_fit |
 | 13 build the engine | check_blocks_needed, check_block_table_lookup, check_preemption_choice, check_block_hashes |
 | 14 the Llama architecture | check_rotary, check_kv_head_of, check_kv_bytes_gqa |
+| 16 speculative decoding | check_acceptance_rule |
 | 17 structured outputs | check_token_step |
 """
 
@@ -52,12 +53,14 @@ from tinyformer.checks.serving import (
     check_left_pad,
     check_max_tokens_allowed,
 )
+from tinyformer.checks.speculative import check_acceptance_rule
 from tinyformer.checks.structured import check_token_step
 from tinyformer.checks.training import check_lm_loss, check_sgd_step
 from tinyformer.checks.vision import check_expand_placeholders, check_image_kv_bytes, check_image_token_count
 
 __all__ = [
     "CheckResult",
+    "check_acceptance_rule",
     "check_attention_mix",
     "check_attention_scores",
     "check_attention_scores_bytes",

@@ -8,6 +8,7 @@ kv_cache.py       the paged cache: one [num_blocks, block_size, nh, hd] tensor p
 model_runner.py   one step of packed tokens through the model's weights, attention read through block tables
 stats.py          counters and a per-step timeline
 llm_engine.py     Engine: generate(prompts, max_new_tokens), step by step
+speculative.py    SpeculativeEngine: a draft model proposes, the target verifies in one pass (lesson 16)
 """
 
 from tinyformer.engine.block_manager import BlockManager, block_hash, blocks_needed
@@ -15,6 +16,7 @@ from tinyformer.engine.kv_cache import PagedKVCache, slot_of
 from tinyformer.engine.llm_engine import Engine, Output
 from tinyformer.engine.scheduler import Scheduler
 from tinyformer.engine.sequence import Sequence
+from tinyformer.engine.speculative import SpecStats, SpeculativeEngine, accepted_tokens
 from tinyformer.engine.stats import Stats, StepRecord
 
 __all__ = [
@@ -24,8 +26,11 @@ __all__ = [
     "PagedKVCache",
     "Scheduler",
     "Sequence",
+    "SpecStats",
+    "SpeculativeEngine",
     "Stats",
     "StepRecord",
+    "accepted_tokens",
     "block_hash",
     "blocks_needed",
     "slot_of",

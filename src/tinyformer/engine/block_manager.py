@@ -103,11 +103,13 @@ class BlockManager:
             hits.append(block)
         return hits
 
-    def _cache_full_blocks(self, seq: Sequence, num_tokens: int) -> None:
-        """Name the request's blocks that ``num_tokens`` tokens fill, so later requests can find them."""
+    def _cache_full_blocks(self, seq: Sequence, num_tokens: int, first: int | None = None) -> None:
+        """Name the request's blocks that ``num_tokens`` tokens fill, so later requests can find them (from block
+        ``first`` on; by default from the first block not yet complete in the cache)."""
         if not self.enable_prefix_caching:
             return
-        first, full = seq.num_computed_tokens // self.block_size, num_tokens // self.block_size
+        first = seq.num_computed_tokens // self.block_size if first is None else first
+        full = num_tokens // self.block_size
         for i, h in enumerate(self.block_hashes(seq, full)[first:], start=first):
             block = self.blocks[seq.block_table[i]]
             if block.hash is None:
@@ -159,15 +161,35 @@ class BlockManager:
         cached (last block first, so a request's tail is evicted before its more shareable beginning), at the
         front if it is not (nothing to lose by reusing it at once). vLLM orders them the same way."""
         for block_id in reversed(seq.block_table):
-            block = self.blocks[block_id]
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                self.free[block_id] = None
-                if block.hash is None:
-                    self.free.move_to_end(block_id, last=False)
-                    self.on_discard(block_id)
+            self._release(block_id)
         seq.block_table = []
         seq.num_computed_tokens = 0
+
+    def roll_back(self, seq: Sequence, num_kept_tokens: int) -> list[int]:
+        """# NEW (speculative decoding, lesson 16): keep the keys and values of the request's first
+        ``num_kept_tokens`` tokens only, the rest were rejected draft tokens. Blocks that hold nothing but rejected
+        tokens go back to the pool (returned, in table order); a block the kept tokens reach into stays, its
+        rejected slots are simply overwritten later. Blocks the accepted tokens filled are named for prefix caching
+        here, since ``allocate`` names only blocks of tokens known before the step."""
+        if not 0 <= num_kept_tokens <= seq.num_computed_tokens:
+            raise ValueError(f"can keep 0..{seq.num_computed_tokens} cached tokens of {seq!r}, not {num_kept_tokens}.")
+        keep = blocks_needed(num_kept_tokens, self.block_size)
+        given_back = seq.block_table[keep:]
+        for block_id in reversed(given_back):
+            self._release(block_id)
+        del seq.block_table[keep:]
+        seq.num_computed_tokens = num_kept_tokens
+        self._cache_full_blocks(seq, num_kept_tokens, first=0)
+        return given_back
+
+    def _release(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        block.ref_count -= 1
+        if block.ref_count == 0:
+            self.free[block_id] = None
+            if block.hash is None:
+                self.free.move_to_end(block_id, last=False)
+                self.on_discard(block_id)
 
     def forget(self, seq: Sequence) -> None:
         """Drop the request's remembered hashes once it is finished."""

@@ -106,7 +106,7 @@ class Engine:
         scheduled = self.scheduler.schedule()
         self._record(scheduled)
         next_tokens = self.runner.run(scheduled) if scheduled else {}
-        self.stats.generated_tokens += len(next_tokens)
+        self.stats.generated_tokens += sum(map(len, next_tokens.values()))
         return self.scheduler.finish_step(scheduled, next_tokens)
 
     def _record(self, scheduled) -> None:
@@ -119,7 +119,9 @@ class Engine:
                 blocks_used=self.block_manager.num_used_blocks,
                 tokens_held=sum(s.num_computed_tokens for s in running) + sum(n for _, n in scheduled),
                 scheduled_tokens=sum(n for _, n in scheduled),
-                prefill_tokens=sum(n for s, n in scheduled if s.num_computed_tokens + n < s.num_tokens or n > 1),
+                prefill_tokens=sum(
+                    n for s, n in scheduled if s.num_computed_tokens + n < s.num_tokens or n > 1 + len(s.draft_ids)
+                ),
                 preempted=self.scheduler.preempted_this_step,
             )
         )

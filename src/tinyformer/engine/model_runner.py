@@ -54,11 +54,14 @@ class PackedBatch:
                 decodes.append((len(ids), stop, seq.block_table))
             else:
                 prefills.append((len(ids), start, stop, tensor(seq.block_table, device)))
-            ids += seq.token_ids[start:stop]
+            first_row = len(ids)
+            ids += seq.scheduled_ids(start, stop)
             positions += range(start, stop)
             slots += slots_of(seq.block_table, start, stop, block_size)
-            if stop == seq.num_tokens:  # the request's last token is in: its next token is sampled
-                rows.append(len(ids) - 1)
+            # The request's last token is in: its next token is sampled. NEW (speculative decoding): so is the
+            # token after each draft token, the target's own choice that the draft is checked against.
+            for position in range(max(start, seq.num_tokens - 1), stop):
+                rows.append(first_row + position - start)
                 sample_ids.append(seq.seq_id)
         widest = max((len(table) for _, _, table in decodes), default=0)
         tables = [table + [NULL_BLOCK_ID] * (widest - len(table)) for _, _, table in decodes]
@@ -93,8 +96,10 @@ class ModelRunner:
         self.n_head = model.config.n_head
 
     @torch.inference_mode()
-    def run(self, scheduled: Scheduled) -> dict[int, int]:
-        """Run one step; return {seq_id: greedy next token} for the requests whose whole sequence is now cached."""
+    def run(self, scheduled: Scheduled) -> dict[int, list[int]]:
+        """Run one step; return {seq_id: [greedy next token]} for the requests whose whole sequence is now cached
+        (NEW: for a request with k draft tokens, the target's greedy token after its last token and after each
+        draft token: k + 1 tokens)."""
         batch = PackedBatch.build(scheduled, self.cache.block_size, self.model.device)
         t = self.model.transformer
         tok, pos = t.wte(batch.input_ids), self.model.position_vectors(batch.positions)  # [N, d], [N, d] or None
@@ -105,7 +110,10 @@ class ModelRunner:
         if not batch.sample_ids:
             return {}
         logits = self.model.lm_head(t.ln_f(x[batch.sample_rows]))  # [R', V]: only the rows that sample
-        return dict(zip(batch.sample_ids, logits.argmax(dim=-1).tolist(), strict=True))
+        greedy: dict[int, list[int]] = {}
+        for seq_id, token in zip(batch.sample_ids, logits.argmax(dim=-1).tolist(), strict=True):
+            greedy.setdefault(seq_id, []).append(token)
+        return greedy
 
     def paged_attention(self, layer: int, attn, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         """Causal self-attention of N packed tokens, each request over its own cached keys and values."""

@@ -87,6 +87,7 @@ class Scheduler:
         """Recompute, not swap: drop the request's keys and values and queue it again, at the front."""
         self.running.remove(seq)
         self.blocks.free_blocks(seq)
+        seq.draft_ids = []  # NEW (speculative decoding): its drafts will never be checked
         seq.status = Status.WAITING
         seq.num_preemptions += 1
         self.waiting.appendleft(seq)
@@ -104,15 +105,20 @@ class Scheduler:
         self.stats.prefix_cache_query_tokens += seq.num_tokens
         self.stats.prefix_cache_hit_tokens += hit_tokens
 
-    def finish_step(self, scheduled: Scheduled, next_tokens: dict[int, int]) -> list[Sequence]:
-        """Advance every scheduled request by the tokens it ran; append the tokens sampled for those whose
-        whole sequence is now cached; free the finished ones. Returns the requests that finished."""
+    def finish_step(self, scheduled: Scheduled, next_tokens: dict[int, list[int]]) -> list[Sequence]:
+        """Advance every scheduled request by the tokens it ran; append the tokens it gained (one when decoding,
+        up to 1 + k with speculative decoding) to those whose whole sequence is now cached; free the finished
+        ones. Returns the requests that finished."""
         finished = []
         for seq, n in scheduled:
             seq.num_computed_tokens += n
+            seq.draft_ids = []  # NEW (speculative decoding): checked this step; the accepted ones are in next_tokens
             if seq.seq_id not in next_tokens:
                 continue  # a prefill chunk: its prompt is not fully cached yet, nothing to sample
-            seq.token_ids.append(next_tokens[seq.seq_id])
+            room = seq.max_new_tokens - len(seq.output_ids)  # accepted tokens past the limit are dropped, as in vLLM
+            seq.token_ids += next_tokens[seq.seq_id][:room]
+            if seq.num_computed_tokens > seq.num_tokens - 1:  # NEW: rejected drafts were cached: give them back
+                self.blocks.roll_back(seq, seq.num_tokens - 1)
             if seq.is_finished:
                 seq.status = Status.FINISHED
                 self.running.remove(seq)

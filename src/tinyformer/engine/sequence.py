@@ -31,6 +31,9 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)  # block ids, in the order of the tokens they hold
     num_preemptions: int = 0
     cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache at first admission
+    # NEW (speculative decoding, lesson 16): tokens a draft model proposed after token_ids, checked in the next
+    # step. They are not the request's tokens yet: no block is named after them and they vanish if rejected.
+    draft_ids: list[int] = field(default_factory=list)
 
     @classmethod
     def from_prompt(cls, seq_id: int, prompt: list[int], max_new_tokens: int) -> Sequence:
@@ -50,8 +53,13 @@ class Sequence:
 
     @property
     def num_uncomputed_tokens(self) -> int:
-        """Tokens still to run through the model: the whole prompt at first, then one per decode step."""
-        return self.num_tokens - self.num_computed_tokens
+        """Tokens still to run through the model: the whole prompt at first, then one per decode step (plus the
+        draft tokens to check, with speculative decoding)."""
+        return self.num_tokens + len(self.draft_ids) - self.num_computed_tokens
+
+    def scheduled_ids(self, start: int, stop: int) -> list[int]:
+        """The token ids at positions start..stop-1, draft tokens included."""
+        return (self.token_ids + self.draft_ids)[start:stop]
 
     def block_tokens(self, i: int, block_size: int) -> list[int]:
         """The token ids block ``i`` of this request holds (fewer than block_size for a partly filled block)."""

@@ -128,3 +128,39 @@ class MetricsSampler:
         """How much a counter grew between the first and the last sample."""
         values = self.series(name)[1]
         return values[-1] - values[0] if values else 0.0
+
+
+# Speculative decoding's counters (vllm/v1/spec_decode/metrics.py in vLLM 0.32), as tinyformer's SpecStats names them.
+SPEC_DECODE_COUNTERS = {
+    "num_drafts": "vllm:spec_decode_num_drafts_total",
+    "num_draft_tokens": "vllm:spec_decode_num_draft_tokens_total",
+    "num_accepted_tokens": "vllm:spec_decode_num_accepted_tokens_total",
+}
+ACCEPTED_PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos_total"  # one sample per draft position
+
+
+def spec_decode_counters(text: str) -> dict:
+    """vLLM's speculative-decoding counters from a /metrics text: num_drafts, num_draft_tokens,
+    num_accepted_tokens and accepted_per_pos (a list, position 0 first); {} when the server does not speculate."""
+    values = parse_metrics(text, (*SPEC_DECODE_COUNTERS.values(), ACCEPTED_PER_POS))
+    if not values:
+        return {}
+    counters = {ours: int(values.get(name, 0)) for ours, name in SPEC_DECODE_COUNTERS.items()}
+    per_pos: dict[int, int] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == ACCEPTED_PER_POS:
+                position = int(sample.labels["position"])
+                per_pos[position] = per_pos.get(position, 0) + int(sample.value)
+    counters["accepted_per_pos"] = [per_pos[p] for p in sorted(per_pos)]
+    return counters
+
+
+def counters_between(before: dict, after: dict) -> dict:
+    """What ``spec_decode_counters`` grew by between two scrapes (per position too): one load's share."""
+    return {
+        key: [a - b for a, b in zip(value, before[key], strict=True)]
+        if isinstance(value, list)
+        else value - before[key]
+        for key, value in after.items()
+    }

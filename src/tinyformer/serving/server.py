@@ -37,6 +37,7 @@ import psutil
 from tqdm.auto import tqdm
 
 from tinyformer import vllm_rules
+from tinyformer.config import ModelConfig
 from tinyformer.paths import artifacts_dir
 from tinyformer.serving import vllm_log
 from tinyformer.serving.budget import (
@@ -122,6 +123,10 @@ class VLLMServer:
         random key of its own, which this object's clients send; it is never printed.
     guard_every_route: the key on every route but GET /health (guard.py), not only on vLLM's /v1. Default: on
         when the server listens beyond loopback or on a multi-user machine; True also guards a loopback server.
+    speculative_config: speculative decoding (lesson 16), passed as vLLM's ``--speculative-config`` JSON:
+        ``{"model": DRAFT_DIR, "num_speculative_tokens": 3}`` (an ``export_hf`` folder of a draft with the target's
+        vocabulary) or ``{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4, ...}``. Its
+        acceptance counters are in /metrics (``vllm:spec_decode_num_accepted_tokens_total`` and friends).
     """
 
     def __init__(
@@ -149,6 +154,7 @@ class VLLMServer:
         progress: bool = True,
         shared: bool | None = None,
         log_path: str | Path | None = None,
+        speculative_config: dict | None = None,
     ):
         self.model_dir = Path(model_dir)
         self.config = model_config_from_dir(self.model_dir)
@@ -174,6 +180,7 @@ class VLLMServer:
             check_kv_fits_machine(self.predicted)
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.pooling = _check_pooling(pooling, max_num_batched_tokens, self.max_model_len, check)
+        self.speculative_config = _check_speculative(speculative_config, self.config, pooling)
         self.host, self.port = host, port
         self.enforce_eager, self.log_iterations, self.extra_args = enforce_eager, log_iterations, tuple(extra_args)
         self.startup_timeout, self.progress = startup_timeout, progress
@@ -248,7 +255,8 @@ class VLLMServer:
             args.append("--enable-logging-iteration-details")
         if self.guards_every_route:
             args += ["--middleware", GUARD_MIDDLEWARE]
-        return args + pooling_args(self.pooling) + list(self.extra_args)
+        args += pooling_args(self.pooling) + speculative_args(self.speculative_config)
+        return args + list(self.extra_args)
 
     def start(self) -> VLLMServer:
         if self.shared:
@@ -532,6 +540,44 @@ def pooling_args(pooling: str | None) -> list[str]:
     if pooling is None:
         return []
     return ["--runner", "pooling", "--convert", "embed", "--pooler-config", json.dumps({"pooling_type": pooling})]
+
+
+def speculative_args(config: dict | None) -> list[str]:
+    """vLLM's flag for speculative decoding: one JSON object (a draft model's folder, or the n-gram method)."""
+    return [] if config is None else ["--speculative-config", json.dumps(config)]
+
+
+SPECULATIVE_KEYS = {"model", "method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min"}
+
+
+def _check_speculative(config: dict | None, target: ModelConfig, pooling: str | None) -> dict | None:
+    """Refuse before starting what vLLM would refuse, or misread, about a speculative config; return it as vLLM
+    gets it (the draft's folder as an absolute path)."""
+    if config is None:
+        return None
+    example = '{"model": "artifacts/pico-llama-hf", "num_speculative_tokens": 3} or {"method": "ngram", ...}'
+    if not isinstance(config, dict) or set(config) - SPECULATIVE_KEYS:
+        raise ServingConfigError(
+            f"speculative_config must be a dict with keys from {sorted(SPECULATIVE_KEYS)}, e.g. "
+            f"{example}; got {config!r:.120}."
+        )
+    if pooling is not None:
+        raise ServingConfigError("speculative_config is for generation; an embedding server (pooling=...) has none.")
+    k = config.get("num_speculative_tokens")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ServingConfigError(f"speculative_config needs num_speculative_tokens, a whole number >= 1; got {k!r}.")
+    if config.get("method") == "ngram":
+        return dict(config)
+    if "model" not in config or config.get("method") not in (None, "draft_model"):
+        raise ServingConfigError(f"speculative_config needs a draft model folder or method 'ngram', e.g. {example}.")
+    draft_dir = Path(config["model"]).resolve()
+    draft = model_config_from_dir(draft_dir)  # refuses a folder that is not an export
+    if draft.vocab_size != target.vocab_size:
+        raise ServingConfigError(
+            f"the draft {draft_dir} has a vocabulary of {draft.vocab_size} tokens, the target {target.vocab_size}: "
+            "vLLM's draft must use the target's tokenizer. Export a draft trained with the same tokenizer."
+        )
+    return {**config, "model": str(draft_dir)}
 
 
 def _check_pooling(pooling: str | None, max_num_batched_tokens: int | None, max_model_len: int, check: bool):
