@@ -8,6 +8,8 @@ flag is refused by vLLM itself.
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import httpx
 import psutil
@@ -16,7 +18,7 @@ from test_serving_server import decisive_model
 
 from tinyformer.export import REMOTE_CODE_FILE, REMOTE_CODE_MARK, REMOTE_MODEL_TYPE, export_hf
 from tinyformer.generate import generate
-from tinyformer.serving import VLLMServer, VLLMStartupError, complete
+from tinyformer.serving import VLLMServer, VLLMStartupError, complete, run_load
 from tinyformer.tokenizer import build_tokenizer
 
 pytestmark = pytest.mark.vllm
@@ -48,7 +50,12 @@ def remote_export(tmp_path_factory):
 @pytest.fixture(scope="module")
 def remote_server(remote_export):
     with VLLMServer(
-        remote_export[2], kv_cache_tokens=1280, trust_remote_code=True, shared=False, progress=False
+        remote_export[2],
+        kv_cache_tokens=1280,
+        trust_remote_code=True,
+        log_iterations=True,
+        shared=False,
+        progress=False,
     ) as server:
         yield server
 
@@ -114,3 +121,14 @@ def test_streamed_deltas_join_to_the_greedy_reply(remote_server):
         assert ids == whole.token_ids, prompt
         assert "".join(chunk.choices[0].text for chunk in chunks) == whole.text
         assert len([c for c in chunks if c.choices[0].text]) > 1  # the reply came in pieces
+
+
+def test_asyncio_is_one_thread_and_a_semaphore_of_one_sends_one_request_per_engine_step(remote_server):
+    before = len(remote_server.iterations())
+    load = run_load(remote_server, PROMPTS * 3, concurrency=1, max_tokens=8, ignore_eos=True)
+    time.sleep(0.5)  # the last step's log line is written just after its answer goes out
+    steps = remote_server.iterations()[before:]
+    assert len({reply.thread_id for reply in load.replies}) == 1  # nine coroutines, one thread
+    assert load.replies[0].thread_id == threading.get_ident()  # no running loop here: asyncio.run in this thread
+    assert {step.requests for step in steps} == {1}  # every engine step held exactly one request
+    assert len(steps) >= 9 * 8  # so 9 requests of 8 tokens took at least one step per token
