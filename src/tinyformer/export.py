@@ -20,6 +20,7 @@ compared with the tinyformer model, and only then renamed into place.
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -51,6 +52,36 @@ TIED_WEIGHTS = ("lm_head.weight",)  # same tensor as transformer.wte.weight; GPT
 # continues it. Enough for /v1/chat/completions to accept requests.
 CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] | trim }} {% endfor %}"
 
+# export_hf(..., remote_code=True): config.json names a config class shipped in the folder (``auto_map``) under a
+# model_type transformers does not know, so transformers and vLLM run this file only when told to trust the folder
+# (``trust_remote_code``). The weights stay GPT-2's: ``architectures`` still picks vLLM's own GPT-2 code. The print
+# shows where the folder's code runs: whoever loads the folder with the flag executes the whole file.
+REMOTE_CODE_FILE = "configuration_tinyformer.py"
+REMOTE_MODEL_TYPE = "tinyformer-gpt2"
+REMOTE_CODE_MARK = "tinyformer remote code ran in process"
+REMOTE_CODE = f'''"""A config class shipped inside a model folder (tinyformer.export, remote_code=True)."""
+
+import os
+import sys
+
+from transformers import GPT2Config, GPT2LMHeadModel
+
+# Any Python may stand here; it runs in every process that loads this folder with trust_remote_code.
+print(f"{REMOTE_CODE_MARK} {{os.getpid()}} ({{os.path.basename(sys.argv[0])}})", flush=True)
+
+
+class TinyformerGPT2Config(GPT2Config):
+    model_type = "{REMOTE_MODEL_TYPE}"
+
+
+class TinyformerGPT2LMHeadModel(GPT2LMHeadModel):
+    config_class = TinyformerGPT2Config
+'''
+REMOTE_AUTO_MAP = {
+    "AutoConfig": "configuration_tinyformer.TinyformerGPT2Config",
+    "AutoModelForCausalLM": "configuration_tinyformer.TinyformerGPT2LMHeadModel",
+}
+
 # What an export folder may hold: the files save_pretrained writes for our GPT-2, AWQ and LLaVA exports (the
 # set differs a little between transformers versions). `--overwrite` replaces only a folder of these files, so
 # it never deletes a checkpoint, notes, or a folder that merely happens to contain a config.json.
@@ -69,6 +100,7 @@ EXPORT_FILES = frozenset(
         "chat_template.json",
         "processor_config.json",
         "preprocessor_config.json",
+        REMOTE_CODE_FILE,
     }
 )
 
@@ -219,18 +251,35 @@ def to_hf_gpt2(model: Transformer, tokenizer=None) -> GPT2LMHeadModel:
 
 
 def export_hf(
-    model: Transformer, tokenizer, out_dir: str | Path, *, overwrite: bool = False, verify: bool = True
+    model: Transformer,
+    tokenizer,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    verify: bool = True,
+    chat_template: str | None = CHAT_TEMPLATE,
+    remote_code: bool = False,
 ) -> Path:
     """Write ``model`` and ``tokenizer`` to ``out_dir`` as a Hugging Face GPT-2 folder; return its path.
 
     Atomic: everything is written and verified in a temp folder beside ``out_dir`` and renamed into
     place at the end, so a failed export leaves nothing behind. An existing ``out_dir`` is replaced
     only with ``overwrite=True`` (and only if it looks like a model folder).
+
+    chat_template: the Jinja template /v1/chat/completions renders messages with (None: no template, and vLLM
+        refuses chat requests). remote_code: ship the config class in the folder (REMOTE_CODE_FILE), which
+        transformers and vLLM load only with ``trust_remote_code`` (GPT-2 exports only).
     """
     _check_inputs(model, tokenizer)
+    if remote_code and model.config.arch != "gpt2":
+        raise ValueError(f"remote_code=True ships a GPT-2 config class; this model's arch is {model.config.arch!r}.")
+    if chat_template is not None and not isinstance(chat_template, str):
+        raise ValueError(f"chat_template must be a Jinja template string or None, got {type(chat_template).__name__}.")
     model.config.check_vllm_head_size()  # refuse now rather than crash vLLM on its first request
     with atomic_folder(out_dir, overwrite) as tmp:
-        write_hf_folder(model, tokenizer, tmp)
+        write_hf_folder(model, tokenizer, tmp, chat_template=chat_template)
+        if remote_code:
+            write_remote_code(tmp)
         if verify:
             verify_export(model, tokenizer, tmp)
     return Path(out_dir)
@@ -278,7 +327,7 @@ def _check_inputs(model, tokenizer) -> None:
         )
 
 
-def write_hf_folder(model: Transformer, tokenizer, folder: Path) -> None:
+def write_hf_folder(model: Transformer, tokenizer, folder: Path, *, chat_template: str | None = CHAT_TEMPLATE) -> None:
     """config.json, generation_config.json, model.safetensors and the tokenizer files."""
     config = hf_config(model.config, tokenizer)
     config.save_pretrained(folder)
@@ -289,8 +338,21 @@ def write_hf_folder(model: Transformer, tokenizer, folder: Path) -> None:
 
     tokenizer = copy.deepcopy(tokenizer)  # don't change the caller's tokenizer
     tokenizer.model_max_length = model.config.n_positions  # servers read the context length from here too
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(folder, save_jinja_files=False)  # template inside tokenizer_config.json
+
+
+def write_remote_code(folder: Path) -> None:
+    """REMOTE_CODE_FILE beside the weights, and config.json naming its class under a model_type of its own."""
+    (folder / REMOTE_CODE_FILE).write_text(REMOTE_CODE)
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"model_type": REMOTE_MODEL_TYPE, "auto_map": REMOTE_AUTO_MAP}
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def has_remote_code(folder: str | Path) -> bool:
+    """Whether ``folder``'s config.json names classes shipped in the folder (``auto_map``)."""
+    return "auto_map" in json.loads((Path(folder) / "config.json").read_text())
 
 
 def probe_ids(config: ModelConfig, batch: int = 2) -> torch.Tensor:
@@ -302,9 +364,12 @@ def probe_ids(config: ModelConfig, batch: int = 2) -> torch.Tensor:
 @torch.inference_mode()
 def verify_export(model: Transformer, tokenizer, folder: Path, atol: float = VERIFY_ATOL) -> float:
     """Load ``folder`` with transformers (offline) and check it reproduces ``model``; return the max logit gap."""
+    trust = has_remote_code(folder)  # our own file, just written: the only remote code this ever trusts
     with _no_transformers_progress_bars():  # a "Loading weights" bar per export would be noise
-        hf_model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval()
-        hf_tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            folder, local_files_only=True, dtype=torch.float32, trust_remote_code=trust
+        ).eval()
+        hf_tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust)
     text = " ".join(tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), 32)))))
     if hf_tokenizer(text)["input_ids"] != tokenizer(text)["input_ids"]:
         raise ExportVerificationError(f"the exported tokenizer in {folder} encodes text differently from the original.")

@@ -13,6 +13,7 @@ embeddings.py /v1/embeddings of an embedding server (pooling=...), once or as a 
 metrics.py   /metrics parsed with prometheus_client, sampled in the background during a load
 prepare.py   the lessons' model, trained if needed and exported for vLLM
 cli.py       `tinyformer serve` (keys from --api-key-file, never the command line)
+command_lines.py  a `vllm serve` / `docker run vllm/vllm-openai` line read by vLLM's own argument parser
 
 Names are imported on first use, so `tinyformer --help` (which imports cli.py) stays instant.
 """

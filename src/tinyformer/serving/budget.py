@@ -84,7 +84,8 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
         )
     if hf.get("model_type") == "llama":
         return _llama_config(hf, path)
-    if hf.get("model_type") != "gpt2":
+    # vLLM picks its model code by `architectures`: a GPT-2 under a config class of its own (remote code) is GPT-2
+    if hf.get("model_type") != "gpt2" and hf.get("architectures") != ["GPT2LMHeadModel"]:
         kind = hf.get("model_type")
         raise ServingConfigError(
             f"{path} describes a {kind!r} model; tinyformer serves GPT-2 and Llama exports, and LLaVA exports with "

@@ -30,6 +30,7 @@ class Reply:
     sent: float = 0.0  # seconds since the load started
     done: float = 0.0
     error: str | None = None
+    thread_id: int | None = None  # the thread that sent it: the load generator's coroutines all share one
 
     @property
     def latency(self) -> float:
@@ -139,7 +140,7 @@ async def send_load(
 
     async def one(client: httpx.AsyncClient, prompt: str) -> Reply:
         async with semaphore:  # waits here while `concurrency` requests are already open
-            reply = Reply(prompt=prompt, sent=time.perf_counter() - start)
+            reply = Reply(prompt=prompt, sent=time.perf_counter() - start, thread_id=threading.get_ident())
             try:
                 response = await client.post(f"{server.api_url}/completions", json={**body, **extra, "prompt": prompt})
             except httpx.HTTPError as e:

@@ -118,6 +118,8 @@ class VLLMServer:
     pooling: None serves generation; "MEAN", "LAST" or "CLS" starts an embedding server instead (/v1/embeddings,
         no /v1/completions: one runner per engine), pooling the final hidden states that way. It never uses the
         class's shared server, which generates.
+    trust_remote_code: let vLLM run the Python files the model folder's config.json names (``auto_map``), in the
+        API server, engine and worker processes, with this user's rights. Only for folders whose code you have read.
     api_key: required when ``host`` is not loopback (127.0.0.1, ::1, localhost); passed to vLLM in its environment.
         On a machine other people use (on_multi_user_machine(): a JupyterHub) a server started without one gets a
         random key of its own, which this object's clients send; it is never printed.
@@ -149,6 +151,7 @@ class VLLMServer:
         log_iterations: bool = False,
         extra_args: tuple[str, ...] | list[str] = (),
         pooling: str | None = None,
+        trust_remote_code: bool = False,
         check: bool = True,
         startup_timeout: float = 300.0,
         progress: bool = True,
@@ -183,6 +186,7 @@ class VLLMServer:
         self.speculative_config = _check_speculative(speculative_config, self.config, pooling)
         self.host, self.port = host, port
         self.enforce_eager, self.log_iterations, self.extra_args = enforce_eager, log_iterations, tuple(extra_args)
+        self.trust_remote_code = trust_remote_code
         self.startup_timeout, self.progress = startup_timeout, progress
         self.shared = (using_shared_server() and pooling is None) if shared is None else shared
         if self.shared and _shared_url() is None:
@@ -253,6 +257,8 @@ class VLLMServer:
             args.append("--distributed-executor-backend=uni")
         if self.log_iterations:
             args.append("--enable-logging-iteration-details")
+        if self.trust_remote_code:
+            args.append("--trust-remote-code")
         if self.guards_every_route:
             args += ["--middleware", GUARD_MIDDLEWARE]
         args += pooling_args(self.pooling) + speculative_args(self.speculative_config)
