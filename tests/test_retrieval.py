@@ -187,6 +187,7 @@ def test_cosine_scores_and_centring():
     torch.testing.assert_close(R.cosine_scores(q, k), F.cosine_similarity(q[:, None], k[None], dim=-1))
     qc, kc = R.centre(q, k)
     torch.testing.assert_close(kc.mean(0), torch.zeros(5), atol=1e-6, rtol=0)
+    torch.testing.assert_close(qc, q - k.mean(0), atol=1e-6, rtol=0)  # queries move by the keys' mean too
 
 
 def test_tfidf_finds_the_shared_words():

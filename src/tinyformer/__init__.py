@@ -15,11 +15,11 @@ Lesson -> the modules it shows (each notebook imports these; ``checks`` holds ev
 08 max_model_len, KV capacity    ``vllm_rules`` (blocks, null block, capacity line, refusals),
                                  ``serving.budget`` (KVBudget), ``serving.vllm_log``
 09 batching and concurrency      ``serving.client`` (load generator), ``serving.metrics``
-10 images are tokens (VLM)       ``vision`` (planned)
-11 fewer bits (quantisation)     ``quantize`` (planned)
+10 images are tokens (VLM)       ``vision`` (pictures, patch tokens, the model, training), ``vision_export``
+11 fewer bits (quantisation)     ``quantize`` (int8/int4 weights), ``export_quantised`` (the AWQ folder)
 12 embeddings and retrieval      ``retrieval`` (pooling, collection, search, budget, finetune),
                                  ``serving.embeddings``, ``vllm_rules`` (pooling runner, chunked prefill)
-13 the engine itself             ``engine`` (planned)
+13 the engine itself             ``engine`` (paged KV cache, scheduler, prefix caching, model runner)
 == ============================= =================================================================
 
 Front ends over those: ``cli`` (``tinyformer train|export|serve|workshop``), ``widgets``, ``workshop``

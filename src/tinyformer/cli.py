@@ -1,9 +1,9 @@
-"""The ``tinyformer`` command: ``tinyformer train`` and ``tinyformer export`` (``--help`` on each).
+"""The ``tinyformer`` command: ``tinyformer train|export|serve|workshop|doctor`` (``--help`` on each).
 
 Each subcommand is a :class:`Command` (its name, help text, arguments and a ``run`` function
-returning an exit code). To add one (say ``serve``), define ``COMMAND = Command(...)`` in your own
-module and add that module's name to ``COMMAND_MODULES``; keep heavy imports (torch, vLLM) inside
-``run`` so that ``tinyformer --help`` stays instant.
+returning an exit code). To add one, define ``COMMAND = Command(...)`` in your own module and add
+that module's name to ``COMMAND_MODULES``, as ``tinyformer.serving.cli`` adds ``serve``; keep heavy
+imports (torch, vLLM) inside ``run`` so that ``tinyformer --help`` stays instant.
 
 Mistakes in what the user asked for (a missing file, an existing output, a bad config) print one
 clear line and exit with status 1; set TINYFORMER_DEBUG=1 to see the traceback instead.

@@ -26,7 +26,8 @@ PALETTE = {
 
 @cache
 def tiny_model_spec() -> memory.ModelSpec:
-    """The micro preset with the course tokenizer's vocabulary: the model notebooks 07-09 serve."""
+    """The micro preset with the course tokenizer's vocabulary: the calculator's course model (the serving lessons
+    serve nano, half its width: ``serving.prepare.lesson_export``)."""
     from tinyformer.config import ModelConfig
     from tinyformer.tokenizer import build_tokenizer
 
