@@ -241,3 +241,13 @@ def test_dialects_say_the_verbs_differently():
 def test_a_bad_verb_map_is_refused():
     with pytest.raises(ValueError, match="verb forms to verb forms"):
         data.Dialect(verb_map=(("cat", "dog"),))
+
+
+def test_the_exercise_checker_passes_the_update_and_names_the_usual_mistakes(capsys):
+    from tinyformer.checks import check_lora_update
+
+    assert check_lora_update(lambda x, w, a, b, alpha: x @ w.T + (alpha / a.shape[0]) * (x @ a.T) @ b.T, quiet=True)
+    assert not check_lora_update(lambda x, w, a, b, alpha: x @ w.T + (x @ a.T) @ b.T)
+    assert "scaled by alpha / r" in capsys.readouterr().out
+    assert not check_lora_update(lambda x, w, a, b, alpha: (alpha / a.shape[0]) * (x @ a.T) @ b.T)
+    assert "W x is still there" in capsys.readouterr().out

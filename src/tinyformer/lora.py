@@ -32,9 +32,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from tinyformer.data import Corpus, TokenStream
 from tinyformer.export import pairs_to_halves
 from tinyformer.model import Transformer
 from tinyformer.paths import atomic_file
+from tinyformer.train import TrainConfig, TrainResult, train
 
 # Llama export name -> (our module inside a block, which rows of its output: "q", "k", "v" of c_attn, or all).
 TARGETS: dict[str, tuple[str, str | None]] = {
@@ -50,6 +52,9 @@ ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")  # Llama keeps thes
 ROTATED_TARGETS = ("q_proj", "k_proj")  # the export reorders these rows (pairs -> halves); their B must follow
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 LORA_SEED = 0
+# Fine-tuning an adapter on a dialect (lesson 15): AdamW, as adapters usually are trained; a few hundred steps of
+# nano's 16 windows of 128 tokens.
+ADAPTER_RECIPE = dict(steps=300, lr=1e-2, optimizer="adamw", batch_size=16, context_len=128, eval_every=100)
 
 
 class LoRALinear(nn.Module):
@@ -111,6 +116,17 @@ def add_lora(model: Transformer, *, rank: int = 4, alpha: float = 8.0, targets=(
             base = block.get_submodule(module_name)
             setattr(block.get_submodule(parent), child, LoRALinear(base, slices, rank, alpha, generator))
     return model
+
+
+def finetune_adapter(
+    base: Transformer, corpus: Corpus, tokenizer, *, rank=4, alpha=8.0, targets=tuple(TARGETS), progress=False, **recipe
+) -> tuple[Transformer, TokenStream, TrainResult]:
+    """A copy of ``base`` with adapters trained on ``corpus`` (e.g. a ``data.Dialect``) by the ordinary loop; ``base``
+    itself is not touched. Returns (adapted model, the corpus's token stream, the loss history)."""
+    adapted = add_lora(copy.deepcopy(base), rank=rank, alpha=alpha, targets=targets)
+    stream = TokenStream(corpus, tokenizer, n_sentences=5_000)
+    result = train(adapted, stream, TrainConfig(**{**ADAPTER_RECIPE, **recipe}), progress=progress)
+    return adapted, stream, result
 
 
 def lora_layers(model: Transformer) -> list[tuple[int, str, LoRALinear]]:
