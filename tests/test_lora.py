@@ -29,6 +29,7 @@ from tinyformer.tokenizer import build_tokenizer
 ALL = tuple(TARGETS)
 ATOL = 1e-5  # float32: the same sums in another order differ by ~1e-6
 PEFT_ATOL = 1e-4  # transformers' Llama vs ours, as export.VERIFY_ATOL
+FLOOR_TOLERANCE = 0.05  # nats above a dialect's floor after fine-tuning (lesson 14's target for the base models)
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +252,20 @@ def test_the_exercise_checker_passes_the_update_and_names_the_usual_mistakes(cap
     assert "scaled by alpha / r" in capsys.readouterr().out
     assert not check_lora_update(lambda x, w, a, b, alpha: (alpha / a.shape[0]) * (x @ a.T) @ b.T)
     assert "W x is still there" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dialect", [data.swapped_agreement(), data.four_verbs()], ids=lambda d: d.name)
+def test_an_adapter_takes_the_trained_base_to_its_dialects_floor_and_leaves_the_base(dialect):
+    """Lesson 14's nano llama (trained once, then loaded), one adapter per dialect: within FLOOR_TOLERANCE of the
+    dialect's exact floor on its validation windows, every base weight bit for bit the same."""
+    from tinyformer.lora import finetune_adapter
+    from tinyformer.train import evaluate, load_or_train
+
+    base, tokenizer = load_or_train("nano", arch="llama", progress=False)
+    before = {name: w.clone() for name, w in base.state_dict().items()}
+    adapted, stream, _ = finetune_adapter(base, dialect, tokenizer, rank=4, alpha=8, targets=ALL)
+    floor = stream.bayes_loss(stream.val_windows(128, 128))
+    assert evaluate(base, stream, 128) - floor > 0.02  # the base alone does not speak the dialect
+    assert evaluate(adapted, stream, 128) - floor < FLOOR_TOLERANCE
+    assert all(torch.equal(w, before[name]) for name, w in base.state_dict().items())
