@@ -127,19 +127,85 @@ class Corpus:
     def entropy_rate() -> float:
         """Expected nats per token of the best possible predictor, exact from the grammar's
         probabilities: E[sum of step entropies per sentence] / E[tokens per sentence]."""
+        return Corpus._entropy_rate(h_verb=math.log(len(VERBS)))
+
+    @staticmethod
+    def _entropy_rate(h_verb: float) -> float:
+        """The entropy rate when the verb, once the sentence reaches it, carries ``h_verb`` nats (the base
+        grammar: log 8, a uniform choice of eight verbs)."""
         h_noun = _entropy([P_PLURAL, 1 - P_PLURAL]) + math.log(len(NOUNS))
         h_pp = h_noun + math.log(len(PREPOSITIONS))  # "PREP the NOUN": prep choice + noun choice
         expected_bits, expected_len = h_noun, 2.0  # "the" (certain) + subject
         for n_pp in range(3):  # decision points after the subject and after each PP
             reach = sum(P_PP[n_pp:])  # probability this decision happens
             p_more = sum(P_PP[n_pp + 1 :]) / reach
-            h = _entropy([p_more, 1 - p_more]) + (1 - p_more) * math.log(len(VERBS))
+            h = _entropy([p_more, 1 - p_more]) + (1 - p_more) * h_verb
             expected_bits += reach * (h + p_more * h_pp)
             expected_len += reach * p_more * 3
         expected_len += 1  # verb
         expected_bits += _entropy([P_ADVERB, 1 - P_ADVERB]) + P_ADVERB * math.log(len(ADVERBS))
         expected_len += P_ADVERB + 1  # optional adverb, full stop
         return expected_bits / expected_len
+
+
+@dataclass(frozen=True)
+class Dialect(Corpus):
+    """The base grammar with its verbs said differently: every word of a base sentence goes through ``verb_map``
+    (verb forms to verb forms; other words unchanged). Lesson 15 fine-tunes one LoRA adapter per dialect.
+
+    The map touches verbs only, and what follows a verb does not depend on which verb it was, so a dialect
+    sentence's prefix fixes the generator's state exactly as the base's does: the best prediction is the base's
+    distribution pushed through the map, and the floor is the base's formula with the verb's entropy recomputed.
+    A map that only relabels (one form to one form) keeps the floor; one that merges verbs lowers it."""
+
+    name: str = "dialect"
+    verb_map: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        forms = set(VERBS) | {third_person(v) for v in VERBS}
+        bad = [pair for pair in self.verb_map if not set(pair) <= forms]
+        if bad:
+            raise ValueError(f"verb_map must map verb forms to verb forms ({sorted(forms)}); got {bad}.")
+        if len(dict(self.verb_map)) != len(self.verb_map):
+            raise ValueError("verb_map maps a form twice: give each form once.")
+
+    def sentences(self, n: int, seed_offset: int = 0) -> list[list[str]]:
+        said = dict(self.verb_map)
+        return [[said.get(w, w) for w in s] for s in super().sentences(n, seed_offset)]
+
+    def step_distributions(self, words: list[str]) -> list[dict[str, float]]:
+        # Corpus.step_distributions reads nouns, prepositions and adverbs only, never which verb: it walks a
+        # dialect's words as they are; then each distribution is pushed through the map.
+        return [self._said(dist) for dist in Corpus.step_distributions(words)]
+
+    def entropy_rate(self) -> float:
+        """Exact nats per token of the best predictor of this dialect."""
+        plural_verbs = self._said({v: 1 / len(VERBS) for v in VERBS})
+        singular_verbs = self._said({third_person(v): 1 / len(VERBS) for v in VERBS})
+        h_verb = P_PLURAL * _entropy(plural_verbs.values()) + (1 - P_PLURAL) * _entropy(singular_verbs.values())
+        return Corpus._entropy_rate(h_verb)
+
+    def _said(self, dist: dict[str, float]) -> dict[str, float]:
+        said = dict(self.verb_map)
+        out: dict[str, float] = {}
+        for word, p in dist.items():
+            out[said.get(word, word)] = out.get(said.get(word, word), 0.0) + p
+        return out
+
+
+def swapped_agreement(seed: int = 0) -> Dialect:
+    """Plural subjects take the -s form and single ones the bare verb ("the cats sleeps", "the cat sleep"): every
+    verb form relabelled, so the floor is the base's."""
+    pairs = [(v, third_person(v)) for v in VERBS] + [(third_person(v), v) for v in VERBS]
+    return Dialect(seed=seed, name="swapped agreement", verb_map=tuple(pairs))
+
+
+def four_verbs(seed: int = 0) -> Dialect:
+    """Only four verbs: jump says run, sing says sleep, swim says eat, wait says hide (in both forms). Two verbs
+    become one, so the verb carries log 4 nats instead of log 8 and the floor is lower."""
+    merge = {"jump": "run", "sing": "sleep", "swim": "eat", "wait": "hide"}
+    pairs = [(a, b) for a, b in merge.items()] + [(third_person(a), third_person(b)) for a, b in merge.items()]
+    return Dialect(seed=seed, name="four verbs", verb_map=tuple(pairs))
 
 
 class TokenStream:
@@ -161,7 +227,7 @@ class TokenStream:
         self.words = words
         ids = tokenizer.convert_tokens_to_ids(words)
         self.ids = torch.tensor(ids, dtype=torch.long)  # [N]
-        self.log_probs = self._true_log_probs(words, tokenizer)  # [N], log p_best(word_i | prefix)
+        self.log_probs = self._true_log_probs(words, corpus)  # [N], log p_best(word_i | prefix)
         starts = [i for i, w in enumerate(words) if w == "the" and (i == 0 or words[i - 1] == ".")]
         split = starts[min(max(int(len(starts) * (1 - val_fraction)), 1), len(starts) - 1)]  # >= 1 sentence each
         self.train_starts = torch.tensor([s for s in starts if s < split])
@@ -169,8 +235,8 @@ class TokenStream:
         self.split = split
 
     @staticmethod
-    def _true_log_probs(words, tokenizer) -> torch.Tensor:
-        dists = Corpus.step_distributions(words)
+    def _true_log_probs(words, corpus: Corpus) -> torch.Tensor:
+        dists = corpus.step_distributions(words)  # the corpus's own grammar (a Dialect rewrites the verbs)
         return torch.tensor([math.log(d[w]) for d, w in zip(dists, words, strict=True)], dtype=torch.float64)
 
     def batch(self, split: str, batch_size: int, context_len: int, generator: torch.Generator):

@@ -65,6 +65,10 @@ __all__ = [
     "vllm_kv_capacity",
 ]
 
+# The adapter ranks vLLM accepts for --max-lora-rank (vllm.config.lora.MaxLoRARanks); an adapter of a rank up to it
+# is served.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
 # Head sizes vLLM's CPU attention kernel can run (CPUAttentionBackend.get_supported_head_sizes).
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 

@@ -1,4 +1,4 @@
-"""Checkers for the exercises in lessons 01-14: ``assert check_causal_mask(my_mask)``.
+"""Checkers for the exercises in lessons 01-15: ``assert check_causal_mask(my_mask)``.
 
 Each checker calls the learner's function on several seeded cases, compares with the answer the
 package's own code gives, and prints ✅ or the first failing case (expected vs got, summarised) with a
@@ -21,6 +21,7 @@ solution. It returns a :class:`CheckResult`, truthy when every case passed.
 | 12 embeddings and context budget | check_mean_pool, check_hamilton, check_parents_that_fit |
 | 13 build the engine | check_blocks_needed, check_block_table_lookup, check_preemption_choice, check_block_hashes |
 | 14 the Llama architecture | check_rotary, check_kv_head_of, check_kv_bytes_gqa |
+| 15 LoRA adapters | check_lora_update |
 | 16 speculative decoding | check_acceptance_rule |
 | 17 structured outputs | check_token_step |
 """
@@ -42,6 +43,7 @@ from tinyformer.checks.engine import (
 )
 from tinyformer.checks.generation import check_cache_append, check_greedy_next_token
 from tinyformer.checks.llama import check_kv_bytes_gqa, check_kv_head_of, check_rotary
+from tinyformer.checks.lora import check_lora_update
 from tinyformer.checks.memory import check_attention_scores_bytes, check_kv_bytes_per_token, check_weight_bytes
 from tinyformer.checks.quantize import check_int4_pack, check_int8_round_trip, check_kv_bytes_fp8
 from tinyformer.checks.retrieval import check_hamilton, check_mean_pool, check_parents_that_fit
@@ -88,6 +90,7 @@ __all__ = [
     "check_kv_bytes_per_token",
     "check_kv_capacity",
     "check_kv_head_of",
+    "check_lora_update",
     "check_left_pad",
     "check_lm_head",
     "check_lm_loss",

@@ -126,23 +126,31 @@ async def send_load(
     max_tokens: int = 32,
     temperature: float = 0.0,
     timeout: float = 600.0,
+    models: list[str] | None = None,
     **extra,
 ) -> LoadResult:
-    """Send every prompt as its own /v1/completions request, at most ``concurrency`` at a time."""
+    """Send every prompt as its own /v1/completions request, at most ``concurrency`` at a time.
+
+    models: the model each prompt names (default: the server's), e.g. LoRA adapters' names for a mixed batch."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}.")
+    models = [server.model] * len(prompts) if models is None else list(models)
+    if len(models) != len(prompts):
+        raise ValueError(f"models names {len(models)} models for {len(prompts)} prompts: give one per prompt.")
     semaphore = asyncio.Semaphore(concurrency)  # the client-side cap on requests in flight
     # A fresh connection per request: reusing keep-alive connections (httpx's default) was measured to
     # degrade a load against vLLM's server to about one request at a time after the first wave.
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
-    body = {"model": server.model, "max_tokens": max_tokens, "temperature": temperature, "return_token_ids": True}
+    body = {"max_tokens": max_tokens, "temperature": temperature, "return_token_ids": True}
     start = time.perf_counter()
 
-    async def one(client: httpx.AsyncClient, prompt: str) -> Reply:
+    async def one(client: httpx.AsyncClient, prompt: str, model: str) -> Reply:
         async with semaphore:  # waits here while `concurrency` requests are already open
             reply = Reply(prompt=prompt, sent=time.perf_counter() - start, thread_id=threading.get_ident())
             try:
-                response = await client.post(f"{server.api_url}/completions", json={**body, **extra, "prompt": prompt})
+                response = await client.post(
+                    f"{server.api_url}/completions", json={**body, **extra, "prompt": prompt, "model": model}
+                )
             except httpx.HTTPError as e:
                 reply.error = f"{type(e).__name__}: {e}"
             else:
@@ -151,7 +159,7 @@ async def send_load(
             return reply
 
     async with httpx.AsyncClient(headers=server.headers, timeout=timeout, limits=limits) as client:
-        replies = await asyncio.gather(*(one(client, p) for p in prompts))
+        replies = await asyncio.gather(*(one(client, p, m) for p, m in zip(prompts, models, strict=True)))
     return LoadResult(list(replies), concurrency, time.perf_counter() - start)
 
 

@@ -58,6 +58,25 @@ def metric_labels(text: str, name: str) -> dict[str, str]:
     return {}
 
 
+def lora_steps(text: str) -> list[tuple[int, set[str], set[str]]]:
+    """(max_loras, running adapters, waiting adapters) of every distinct state ``vllm:lora_requests_info`` recorded
+    (a server with LoRA on keeps one sample per label set it has seen, valued by when it was last seen)."""
+    seen = []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "vllm:lora_requests_info":
+                labels = sample.labels
+                split = lambda names: {n for n in names.split(",") if n}  # noqa: E731 - "a,b" -> {"a", "b"}
+                seen.append(
+                    (
+                        int(labels["max_lora"]),
+                        split(labels["running_lora_adapters"]),
+                        split(labels["waiting_lora_adapters"]),
+                    )
+                )
+    return seen
+
+
 def histogram(text: str, name: str) -> dict[float, float]:
     """{upper bound "le": cumulative count} of a Prometheus histogram, summed over its other labels."""
     buckets: dict[float, float] = {}

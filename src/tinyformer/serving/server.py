@@ -115,6 +115,12 @@ class VLLMServer:
     enforce_eager: skip torch.compile (about 35 s on 2 cores, no faster for a model this small).
     log_iterations: log every engine step (requests and tokens in it); read them with ``iterations()``.
     shared: None uses $TINYFORMER_VLLM_URL when set; False always starts a server; True requires the URL.
+    lora_modules: {name: adapter folder} (``tinyformer.lora.save_adapter``) served beside the base model: a request
+        naming ``name`` as its model runs with that adapter. Only a Llama export serves adapters (vLLM's GPT-2 has
+        no LoRA). max_lora_rank (default: the smallest of vLLM's allowed ranks that holds every adapter), max_loras
+        (adapters in one batch, default 1 as vLLM's) and max_cpu_loras (adapters kept in memory, default
+        max_loras) go to vLLM as they are. runtime_lora: set VLLM_ALLOW_RUNTIME_LORA_UPDATING, which adds vLLM's
+        /v1/load_lora_adapter and /v1/unload_lora_adapter routes (vLLM: "for local development only").
     pooling: None serves generation; "MEAN", "LAST" or "CLS" starts an embedding server instead (/v1/embeddings,
         no /v1/completions: one runner per engine), pooling the final hidden states that way. It never uses the
         class's shared server, which generates.
@@ -152,6 +158,11 @@ class VLLMServer:
         extra_args: tuple[str, ...] | list[str] = (),
         pooling: str | None = None,
         trust_remote_code: bool = False,
+        lora_modules: dict[str, str | Path] | None = None,
+        max_lora_rank: int | None = None,
+        max_loras: int | None = None,
+        max_cpu_loras: int | None = None,
+        runtime_lora: bool = False,
         check: bool = True,
         startup_timeout: float = 300.0,
         progress: bool = True,
@@ -184,6 +195,7 @@ class VLLMServer:
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.pooling = _check_pooling(pooling, max_num_batched_tokens, self.max_model_len, check)
         self.speculative_config = _check_speculative(speculative_config, self.config, pooling)
+        self.lora = lora_settings(self.config, lora_modules, max_lora_rank, max_loras, max_cpu_loras, runtime_lora)
         self.host, self.port = host, port
         self.enforce_eager, self.log_iterations, self.extra_args = enforce_eager, log_iterations, tuple(extra_args)
         self.trust_remote_code = trust_remote_code
@@ -261,7 +273,7 @@ class VLLMServer:
             args.append("--trust-remote-code")
         if self.guards_every_route:
             args += ["--middleware", GUARD_MIDDLEWARE]
-        args += pooling_args(self.pooling) + speculative_args(self.speculative_config)
+        args += pooling_args(self.pooling) + speculative_args(self.speculative_config) + lora_args(self.lora)
         return args + list(self.extra_args)
 
     def start(self) -> VLLMServer:
@@ -386,6 +398,8 @@ class VLLMServer:
         if self.guards_every_route:  # vLLM imports the guard middleware from this package
             package_root = str(Path(__file__).resolve().parents[2])
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+        if self.lora and self.lora["runtime"]:
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"
         if self.device == "cpu" and self.tensor_parallel_size > 1:
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_binding(self.tensor_parallel_size))
         if self.worker_in_engine:
@@ -584,6 +598,67 @@ def _check_speculative(config: dict | None, target: ModelConfig, pooling: str | 
             "vLLM's draft must use the target's tokenizer. Export a draft trained with the same tokenizer."
         )
     return {**config, "model": str(draft_dir)}
+
+
+def lora_settings(config, modules, max_rank, max_loras, max_cpu_loras, runtime: bool) -> dict | None:
+    """The LoRA part of a server's settings, checked: None when it serves no adapters."""
+    if not modules and not runtime:
+        given = {"max_lora_rank": max_rank, "max_loras": max_loras, "max_cpu_loras": max_cpu_loras}
+        if any(v is not None for v in given.values()):
+            raise ServingConfigError(f"{given} only matter with LoRA on: pass lora_modules={{name: adapter folder}}.")
+        return None
+    if config.arch != "llama":
+        raise ServingConfigError(
+            f"LoRA needs a Llama export, this model is arch={config.arch!r}: vLLM's GPT2LMHeadModel serves no LoRA "
+            "adapters. Export a llama-arch model (lesson 14)."
+        )
+    # absolute paths: the command line then means the same from any working directory
+    modules = {str(name): Path(path).resolve() for name, path in (modules or {}).items()}
+    ranks = [_adapter_rank(name, path) for name, path in modules.items()]
+    if max_rank is None:
+        max_rank = min(r for r in vllm_rules.LORA_RANKS if r >= max(ranks, default=1))
+    if max_rank not in vllm_rules.LORA_RANKS:
+        raise ServingConfigError(f"max_lora_rank must be one of vLLM's {vllm_rules.LORA_RANKS}, got {max_rank!r}.")
+    if ranks and max(ranks) > max_rank:
+        raise ServingConfigError(f"an adapter has rank {max(ranks)}, above max_lora_rank={max_rank}: raise it.")
+    for name, value in (("max_loras", max_loras), ("max_cpu_loras", max_cpu_loras)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ServingConfigError(f"{name} must be a whole number of at least 1, got {value!r}.")
+    return {
+        "modules": modules,
+        "max_rank": max_rank,
+        "max_loras": max_loras,
+        "max_cpu_loras": max_cpu_loras,
+        "runtime": runtime,
+    }
+
+
+def _adapter_rank(name: str, path: Path) -> int:
+    """The rank an adapter folder declares (adapter_config.json's "r"), or a clear error about the folder."""
+    if not name or "=" in name or " " in name:
+        raise ServingConfigError(f"adapter name {name!r} must be non-empty, without '=' or spaces (clients send it).")
+    try:
+        return int(json.loads((path / "adapter_config.json").read_text())["r"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ServingConfigError(
+            f"adapter {name!r}: {path} is not a LoRA adapter folder with an adapter_config.json giving its rank r "
+            f"({type(error).__name__}: {error}); write one with tinyformer.lora.save_adapter."
+        ) from None
+
+
+def lora_args(lora: dict | None) -> list[str]:
+    """vLLM's flags for serving LoRA adapters beside the base model."""
+    if lora is None:
+        return []
+    args = ["--enable-lora", "--max-lora-rank", str(lora["max_rank"])]
+    if lora["modules"]:
+        args += ["--lora-modules", *(f"{name}={path}" for name, path in lora["modules"].items())]
+    args += [
+        f"--{flag}={lora[key]}"
+        for flag, key in (("max-loras", "max_loras"), ("max-cpu-loras", "max_cpu_loras"))
+        if lora[key] is not None
+    ]
+    return args
 
 
 def _check_pooling(pooling: str | None, max_num_batched_tokens: int | None, max_model_len: int, check: bool):
