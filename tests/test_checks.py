@@ -497,6 +497,16 @@ CASES[checks.check_token_step] = (
     ],
 )
 
+CASES[checks.check_lora_update] = (
+    lambda x, w, a, b, alpha: x @ w.T + (alpha / a.shape[0]) * (x @ a.T) @ b.T,  # written out, not the package's
+    [
+        (lambda x, w, a, b, alpha: x @ w.T + (x @ a.T) @ b.T, "scaled by alpha / r"),
+        (lambda x, w, a, b, alpha: x @ w.T + alpha * (x @ a.T) @ b.T, "divide alpha by the rank"),
+        (lambda x, w, a, b, alpha: (alpha / a.shape[0]) * (x @ a.T) @ b.T, "W x is still there"),
+    ],
+)
+
+
 CHECKERS = list(CASES)
 
 

@@ -254,16 +254,10 @@ def test_the_exercise_checker_passes_the_update_and_names_the_usual_mistakes(cap
     assert "W x is still there" in capsys.readouterr().out
 
 
-FOUR_VERBS_MISS = pytest.mark.xfail(
-    strict=True,
-    reason="measured 2026-12-06: ADAPTER_RECIPE leaves four verbs 0.069 nats above its floor (1.667 vs 1.598)",
-)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "dialect",
-    [data.swapped_agreement(), pytest.param(data.four_verbs(), marks=FOUR_VERBS_MISS)],
+    [data.swapped_agreement()],
     ids=lambda d: d.name,
 )
 def test_an_adapter_takes_the_trained_base_to_its_dialects_floor_and_leaves_the_base(dialect):
@@ -279,3 +273,24 @@ def test_an_adapter_takes_the_trained_base_to_its_dialects_floor_and_leaves_the_
     assert evaluate(base, stream, 128) - floor > 0.02  # the base alone does not speak the dialect
     assert evaluate(adapted, stream, 128) - floor < FLOOR_TOLERANCE
     assert all(torch.equal(w, before[name]) for name, w in base.state_dict().items())
+
+
+@pytest.mark.slow
+def test_four_verbs_is_beyond_an_adapter_but_not_beyond_full_fine_tuning():
+    """Merging jump into run needs logits that split verbs whose (tied) embedding rows the base learned as almost one
+    vector; adapters on the projections never touch those rows. Measured 2026-12-06: adapter 0.069 nats above the
+    floor, every weight trained (same steps, AdamW 1e-3) 0.009."""
+    import copy
+
+    from tinyformer.lora import finetune_adapter
+    from tinyformer.train import TrainConfig, evaluate, load_or_train, train
+
+    base, tokenizer = load_or_train("nano", arch="llama", progress=False)
+    verbs = tokenizer.convert_tokens_to_ids(list(data.VERBS))
+    rows = torch.nn.functional.normalize(base.transformer.wte.weight[verbs].detach(), dim=1)
+    assert (rows @ rows.T).min() > 0.9
+    adapted, stream, _ = finetune_adapter(base, data.four_verbs(), tokenizer, rank=4, alpha=8, targets=ALL)
+    floor = stream.bayes_loss(stream.val_windows(128, 128))
+    full = copy.deepcopy(base)
+    train(full, stream, TrainConfig(steps=300, lr=1e-3, optimizer="adamw", batch_size=16, context_len=128))
+    assert evaluate(full, stream, 128) - floor < FLOOR_TOLERANCE < evaluate(adapted, stream, 128) - floor
