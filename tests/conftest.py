@@ -277,3 +277,32 @@ def interpreter_for_every_account() -> list[str]:
         'mkdir "$1/$2" && mount --move "$stage" "$1/$2" && rmdir "$stage" && shift 2 && exec "$@"'
     )
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", str(closed), inner]
+
+
+# ----- models for the engine and speculative-decoding tests ---------------------------------------------------
+
+
+def spread_weights(model):
+    """Scale a random model's matrices up so its best and second-best logits lie far apart: kernels that sum in
+    another order (vLLM's, or a multi-token pass) then cannot flip a greedy choice. Returns the model, in eval mode."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(40.0 / p.shape[1] ** 0.5)
+    return model.eval()
+
+
+def noisy_copy(model, scale: float, seed: int):
+    """A copy of ``model`` with seeded noise on its weights: a draft that agrees with it often, not always."""
+    import copy
+
+    import torch
+
+    noisy = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(scale * p.std() * torch.randn(p.shape, generator=generator))
+    return noisy.eval()

@@ -8,11 +8,11 @@ rejected, so rollbacks every step) and the target with noise on its weights (a m
 
 from __future__ import annotations
 
-import copy
 import random
 
 import pytest
 import torch
+from conftest import noisy_copy, spread_weights
 
 from tinyformer.config import ModelConfig
 from tinyformer.engine import (
@@ -36,20 +36,7 @@ def spread_model(seed: int, n_layer: int = 2) -> Transformer:
     another order than one-token decoding, which must not flip a greedy choice (as in tests/test_engine.py)."""
     torch.manual_seed(seed)
     model = Transformer(ModelConfig(vocab_size=VOCAB, n_positions=128, n_embd=64, n_layer=n_layer, n_head=2))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(40.0 / p.shape[1] ** 0.5)
-    return model.eval()
-
-
-def noisy_copy(model: Transformer, scale: float, seed: int) -> Transformer:
-    noisy = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in noisy.parameters():
-            p.add_(scale * p.std() * torch.randn(p.shape, generator=generator))
-    return noisy.eval()
+    return spread_weights(model)
 
 
 @pytest.fixture(scope="module")

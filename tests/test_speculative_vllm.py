@@ -7,13 +7,13 @@ of ``SpeculativeEngine`` with the same draft (or the same n-gram lookup) on the 
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import shutil
 
 import pytest
 import torch
+from conftest import noisy_copy, spread_weights
 
 from tinyformer.config import ModelConfig
 from tinyformer.engine import SpeculativeEngine
@@ -33,21 +33,7 @@ def spread_llama(vocab_size: int, seed: int, n_layer: int = 2) -> Transformer:
     another order than PyTorch, which must not flip a greedy choice (as in tests/test_serving_llama.py)."""
     torch.manual_seed(seed)
     model = Transformer(ModelConfig.preset("nano", vocab_size=vocab_size, arch="llama", n_layer=n_layer))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(40.0 / p.shape[1] ** 0.5)
-    return model.eval()
-
-
-def noisy_copy(model: Transformer, scale: float, seed: int) -> Transformer:
-    """The target with noise on its weights: a draft that agrees with it often, not always."""
-    noisy = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in noisy.parameters():
-            p.add_(scale * p.std() * torch.randn(p.shape, generator=generator))
-    return noisy.eval()
+    return spread_weights(model)
 
 
 @pytest.fixture(scope="module")
