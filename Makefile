@@ -111,12 +111,16 @@ unit: install
 		$(PYTEST_UNIT) -n 2 --dist loadgroup -m "not solo" tests || status=$$?; \
 		$(PYTEST_UNIT) -m solo tests || status=$$?; exit $$status; }
 
-# Each notebook in a fresh kernel, one at a time: two side by side were measured to break what the serving lessons
-# show (lesson 09's 32 requests reached vLLM one by one while lessons 10 and 14 trained beside it: 745 engine steps
-# instead of ~24) and to double the training lessons' time (14: 727 s, 10: 467 s).
+# Each notebook in a fresh kernel, two kernels side by side, each computing on one thread (two kernels with two
+# threads each on two cores were measured to double the training lessons' time). Lessons marked `solo` in
+# notebooks/conftest.py (they time things, or need requests to reach a server together) run alone afterwards, with
+# torch's usual threads.
+NBMAKE = TINYFORMER_VLLM_LOG_DIR=$(VLLM_LOGS)/notebooks $(BIN)/pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) \
+	--durations=0
 notebooks: install
-	@TIMEFORMAT='== notebooks (nbmake): %1Rs'; time TINYFORMER_VLLM_LOG_DIR=$(VLLM_LOGS)/notebooks \
-		$(BIN)/pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) --durations=0 notebooks
+	@TIMEFORMAT='== notebooks (nbmake): %1Rs'; time { status=0; \
+		OMP_NUM_THREADS=1 $(NBMAKE) -n 2 --dist worksteal -m "not solo" notebooks || status=$$?; \
+		$(NBMAKE) -m solo notebooks || status=$$?; exit $$status; }
 
 # pip's resolver over the GPU flavour's requirements (needs the package index; no GPU). `make test` runs it only
 # when the pins differ from tests/gpu_resolution.json; this runs it always and records the result.

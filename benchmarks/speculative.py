@@ -7,10 +7,14 @@ one draft step, one verify step (a target forward pass of 1 + k tokens per reque
 and the acceptance at k = 1, predicted_time_per_token (the formula, written once in tinyformer.engine.speculative)
 predicts every k's time per token; the last line says how cheap a draft step would have to be for speculation to pay.
 
-Targets (exit 1 when one is missed):
+Targets (exit 1 when one is missed): what lesson 16 claims.
 * every request's tokens equal plain decoding's, for every k (speculation must not change greedy output);
-* acceptance at k = 1 >= 0.5: below that a round gains under 1.5 tokens, and no draft cost makes k = 1 worth it
-  while the verify step costs as much as a plain step (1 / 1.5 of the plain time per token is the best case).
+* the cost formula accounts for the time: for every k, the time per token it predicts from the measured draft and
+  verify steps and the acceptance at k = 1 is within 25 % of the measured one (PREDICTION_TOLERANCE). The lesson
+  uses the same formula to say at which draft cost speculation would pay, so a formula that missed the measured
+  time would make that prediction worthless.
+The acceptance rate itself is reported, not targeted: it is a property of this draft (a one-layer model), and the
+lesson's point is what follows from it.
 
     python benchmarks/speculative.py [--requests 16] [--tokens 48] [--repeats 3] [--threads 2]
 """
@@ -27,7 +31,7 @@ from tinyformer.engine import Engine, SpeculativeEngine
 from tinyformer.engine.speculative import corpus_prompts, expected_tokens_per_step, predicted_time_per_token
 from tinyformer.train import load_or_train
 
-ACCEPTANCE_TARGET = 0.5
+PREDICTION_TOLERANCE = 0.25
 KS = (1, 2, 3, 4, 5)
 ENGINE = dict(num_blocks=64, block_size=16, max_num_seqs=16, max_num_batched_tokens=512)
 
@@ -63,6 +67,13 @@ def measure(target, draft, prompts, tokens, k, repeats) -> dict:
         "draft_step_ms": 1e3 * spec.spec.draft_seconds / spec.drafter.engine.stats.steps,
         "verify_step_ms": 1e3 * spec.spec.target_seconds / spec.spec.target_steps,
     }
+
+
+def prediction_error(row: dict, alpha: float) -> float:
+    """(predicted - measured) / measured time per token of speculative decoding at this row's k, both as a
+    fraction of plain decoding's (the formula counts steps, which serve every running request at once)."""
+    predicted = predicted_time_per_token(row["k"], alpha, row["draft_step_ms"], row["verify_step_ms"])
+    return (predicted / row["plain_step_ms"]) / (row["spec_ms"] / row["plain_ms"]) - 1
 
 
 def main() -> int:
@@ -101,8 +112,10 @@ def main() -> int:
             f"({pays_below / r['plain_step_ms']:.2f} of a plain step; measured {r['draft_step_ms']:.2f} ms)"
         )
     missed = [f"k={r['k']}: tokens differ from plain decoding" for r in rows if not r["same"]]
-    if alpha < ACCEPTANCE_TARGET:
-        missed.append(f"acceptance at k=1 is {alpha:.3f}, below the target {ACCEPTANCE_TARGET}")
+    for r in rows:
+        error = prediction_error(r, alpha)
+        if abs(error) > PREDICTION_TOLERANCE:
+            missed.append(f"k={r['k']}: predicted time per token is {error:+.0%} off the measured one")
     for line in missed:
         print("MISSED:", line)
     return 1 if missed else 0
