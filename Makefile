@@ -104,23 +104,21 @@ lint: install
 
 # Two workers (pytest-xdist): most of the suite's time is vLLM starting, which is mostly single-core imports.
 # Tests sharing a module's vLLM server stay on one worker (xdist_group, tests/conftest.py). Tests marked `solo`
-# time something on the CPU, so they run afterwards with nothing beside them.
+# time something on the CPU, so they run afterwards with nothing beside them. Beside each other, the workers and
+# what they start (vLLM servers, nbgrader and hub kernels) compute on one thread each: with torch's two threads
+# each on two cores they wait on each other (lesson 04 autograded in 360 s that way, 122 s in a quieter run).
 PYTEST_UNIT = TINYFORMER_VLLM_LOG_DIR=$(VLLM_LOGS)/unit $(BIN)/pytest --durations=25
 unit: install
 	@TIMEFORMAT='== unit tests: %1Rs'; time { status=0; \
-		$(PYTEST_UNIT) -n 2 --dist loadgroup -m "not solo" tests || status=$$?; \
+		OMP_NUM_THREADS=1 $(PYTEST_UNIT) -n 2 --dist loadgroup -m "not solo" tests || status=$$?; \
 		$(PYTEST_UNIT) -m solo tests || status=$$?; exit $$status; }
 
-# Each notebook in a fresh kernel, two kernels side by side, each computing on one thread (two kernels with two
-# threads each on two cores were measured to double the training lessons' time). Lessons marked `solo` in
-# notebooks/conftest.py (they time things, or need requests to reach a server together) run alone afterwards, with
-# torch's usual threads.
-NBMAKE = TINYFORMER_VLLM_LOG_DIR=$(VLLM_LOGS)/notebooks $(BIN)/pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) \
-	--durations=0
+# Each notebook in a fresh kernel, one at a time: two side by side were measured to break what the serving lessons
+# show (lesson 09's 32 requests reached vLLM one by one while lessons 10 and 14 trained beside it: 745 engine steps
+# instead of ~24) and to double the training lessons' time (14: 727 s, 10: 467 s).
 notebooks: install
-	@TIMEFORMAT='== notebooks (nbmake): %1Rs'; time { status=0; \
-		OMP_NUM_THREADS=1 $(NBMAKE) -n 2 --dist worksteal -m "not solo" notebooks || status=$$?; \
-		$(NBMAKE) -m solo notebooks || status=$$?; exit $$status; }
+	@TIMEFORMAT='== notebooks (nbmake): %1Rs'; time TINYFORMER_VLLM_LOG_DIR=$(VLLM_LOGS)/notebooks \
+		$(BIN)/pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) --durations=0 notebooks
 
 # pip's resolver over the GPU flavour's requirements (needs the package index; no GPU). `make test` runs it only
 # when the pins differ from tests/gpu_resolution.json; this runs it always and records the result.
