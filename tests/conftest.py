@@ -191,7 +191,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     Without ``tryfirst`` this ran after xdist had already read the marks (it turns them into a ``@group`` suffix of
     each test's id): every module-scoped server was started once per worker, and again whenever a worker came back
-    to a module. pytest_runtest_setup below fails a run in which the groups are lost."""
+    to a module. pytest_runtest_setup below fails a run in which the groups are lost. Without xdist
+    (``-p no:xdist``) the mark does not exist (``--strict-markers`` would refuse it) and is not needed."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
     for item in items:
         if item.get_closest_marker("spread"):
             continue
