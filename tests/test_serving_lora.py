@@ -133,12 +133,18 @@ def test_adapters_in_one_batch_give_the_merged_models_tokens(served):
 @pytest.mark.slow
 def test_the_base_model_beside_active_adapters_gets_the_last_slots_adapter(served):
     """vLLM 0.32 on CPU: requests naming the base model, batched with a and b (both slots of max_loras=2 in use),
-    do NOT get the base model's tokens (index -1 picks the last slot). a and b rows stay right."""
+    do NOT get the base model's tokens (index -1 picks the last slot). a and b rows stay right.
+
+    Some base rows, not necessarily every one: which steps a request shares depends on when its HTTP request
+    arrives, and a base request that runs before the adapters' requests arrive is answered right (both base rows
+    came back wrong in earlier runs; one came back right in a run of 2026-12-06 with one thread per process).
+    The zero adapter's rows in the test above are the fix: they are right whatever they share."""
     server, merged, prompts, *_ = served
     names = ["base", "a", "b"] * (N_PROMPTS // 3)
     got = send(server, prompts, names)
     base_rows = [g for g, n in zip(got, names, strict=True) if n == "base"]
-    assert all(g != e for g, e in zip(base_rows, expected(merged, "base", prompts[::3]), strict=True))
+    wrong = [g != e for g, e in zip(base_rows, expected(merged, "base", prompts[::3]), strict=True)]
+    assert any(wrong), "every base row got the base model's tokens: has vLLM fixed the last-slot index?"
     for name in ("a", "b"):
         rows = [(g, p) for g, n, p in zip(got, names, prompts, strict=True) if n == name]
         assert [g for g, _ in rows] == expected(merged, name, [p for _, p in rows])
