@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
 import shutil
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
+REPO = Path(__file__).resolve().parents[1]  # the repository's root: tests/..
 CHROMIUM_DEFAULT = "/usr/bin/chromium"
 NEVER_SKIPPED_IN_CI = ("vllm", "browser", "hub")
 # One test worker at a time adds or removes accounts of this machine (`make unit` runs two workers).
@@ -78,7 +80,7 @@ def browser_problem() -> str | None:
 def hub_problem() -> str | None:
     from tinyformer.workshop.hub import PROXY_BIN
 
-    proxy = Path(__file__).resolve().parents[1] / "hub" / PROXY_BIN
+    proxy = REPO / "hub" / PROXY_BIN
     if not proxy.is_file():
         return f"JupyterHub's proxy {proxy} is missing: `make install` installs it with npm (needs Node.js 20+)."
     return None
@@ -282,6 +284,41 @@ def interpreter_for_every_account() -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", str(closed), inner]
 
 
+# ----- the course tokenizer, random models and an export folder, shared by many test modules -------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The course tokenizer (the shipped corpus's vocabulary), built once per test module."""
+    from tinyformer.tokenizer import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture
+def export_config(tmp_path):
+    """A folder holding only the config.json of a small GPT-2 export (nano's sizes, vocabulary 55): enough for the
+    refusals that read the config before anything starts."""
+    config = {"model_type": "gpt2", "vocab_size": 55, "n_positions": 128, "n_embd": 64, "n_layer": 2, "n_head": 2}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+def random_model(config, seed: int = 0, std: float = 0.3):
+    """An untrained model (seeded) whose every parameter is drawn from N(0, std^2), in eval mode. Larger than GPT-2's
+    init, whose near-uniform logits would make greedy generation trivial and hide a weight copied to the wrong place."""
+    import torch
+
+    from tinyformer.model import Transformer
+
+    torch.manual_seed(seed)
+    model = Transformer(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, std)
+    return model.eval()
+
+
 # ----- models for the engine and speculative-decoding tests ---------------------------------------------------
 
 
@@ -295,6 +332,18 @@ def spread_weights(model):
             if p.dim() == 2:
                 p.mul_(40.0 / p.shape[1] ** 0.5)
     return model.eval()
+
+
+def spread_model(seed: int = 0, *, vocab_size: int, n_layer: int = 2):
+    """Nano's shape (128 positions, 64 wide, 2 heads) with seeded weights spread by :func:`spread_weights`."""
+    import torch
+
+    from tinyformer.config import ModelConfig
+    from tinyformer.model import Transformer
+
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig(vocab_size=vocab_size, n_positions=128, n_embd=64, n_layer=n_layer, n_head=2))
+    return spread_weights(model)
 
 
 def noisy_copy(model, scale: float, seed: int):

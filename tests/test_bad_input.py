@@ -21,12 +21,6 @@ from tinyformer.export import export_hf
 from tinyformer.generate import generate
 from tinyformer.kv_cache import KVCache
 from tinyformer.model import Transformer
-from tinyformer.tokenizer import build_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -207,13 +201,6 @@ def test_train_refuses_an_output_it_cannot_write_before_training(tmp_path, monke
 
 
 # ----- serving: the command line and the server's settings ---------------------------------------------------
-
-
-@pytest.fixture
-def export_config(tmp_path):
-    config = {"model_type": "gpt2", "vocab_size": 55, "n_positions": 128, "n_embd": 64, "n_layer": 2, "n_head": 2}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    return tmp_path
 
 
 def test_an_api_key_file_that_is_a_folder_is_refused(export_config, tmp_path, capsys):

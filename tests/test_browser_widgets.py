@@ -18,11 +18,11 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import torch
+from conftest import REPO
 
 from tinyformer import ModelConfig, Transformer, build_tokenizer, memory
 from tinyformer.paths import artifacts_dir
@@ -32,7 +32,6 @@ from tinyformer.widgets import attention_row, attention_weights, explorer_number
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.solo]  # asserts key-press latency
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 RESULTS = REPO / "test-results"
 CHROMIUM_ARGS = [

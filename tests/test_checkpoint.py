@@ -17,11 +17,6 @@ from tinyformer.tokenizer import build_tokenizer
 from tinyformer.train import TrainConfig, load_or_train, weights_recipe
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
 @pytest.fixture
 def model(tokenizer) -> Transformer:
     torch.manual_seed(0)

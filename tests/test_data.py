@@ -10,7 +10,6 @@ import torch
 
 from tinyformer import data
 from tinyformer.data import ADVERBS, NOUNS, P_ADVERB, P_PLURAL, P_PP, PREPOSITIONS, VERBS, Corpus, TokenStream
-from tinyformer.tokenizer import build_tokenizer
 from tinyformer.train import lm_loss
 
 # Written out here rather than taken from data.plural / data.third_person, so the parser below is
@@ -62,11 +61,6 @@ def all_shapes():
     for k, adverb, subject_plural in itertools.product(range(3), [False, True], [False, True]):
         for pp_plurals in itertools.product([False, True], repeat=k):
             yield {"subject_plural": subject_plural, "pp_plurals": list(pp_plurals), "adverb": adverb}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 @pytest.fixture(scope="module")

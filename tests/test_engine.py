@@ -11,6 +11,7 @@ import random
 
 import pytest
 import torch
+from conftest import spread_model, spread_weights
 
 from tinyformer.config import ModelConfig
 from tinyformer.engine import BlockManager, Engine, Sequence, block_hash, blocks_needed, slot_of
@@ -21,21 +22,9 @@ from tinyformer.model import Transformer
 VOCAB, MAX_NEW = 60, 40
 
 
-def spread_model(seed: int = 0, vocab_size: int = VOCAB) -> Transformer:
-    """The nano shape with weights scaled up: the best and second-best logits lie far apart, so packing a
-    request with others (different summation order) cannot flip a greedy choice."""
-    torch.manual_seed(seed)
-    model = Transformer(ModelConfig(vocab_size=vocab_size, n_positions=128, n_embd=64, n_layer=2, n_head=2))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(40.0 / p.shape[1] ** 0.5)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def model() -> Transformer:
-    return spread_model()
+    return spread_model(vocab_size=VOCAB)  # packing a request with others cannot flip a greedy choice
 
 
 def prompts_of(n: int, shortest: int = 4, longest: int = 40, seed: int = 0) -> list[list[int]]:
@@ -158,12 +147,7 @@ def test_a_llama_model_with_shared_kv_heads_gets_what_generate_gives(n_kv_head):
     config = ModelConfig(
         vocab_size=VOCAB, n_positions=128, n_embd=128, n_layer=2, n_head=4, arch="llama", n_kv_head=n_kv_head
     )
-    model = Transformer(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(40.0 / p.shape[1] ** 0.5)  # as spread_model: far-apart logits, no greedy ties
-    model.eval()
+    model = spread_weights(Transformer(config))  # as spread_model: far-apart logits, no greedy ties
     prompts = prompts_of(8)
     e = engine(model, num_blocks=12, block_size=16)  # tight: requests are preempted and recomputed
     assert tuple(e.cache.keys[0].shape) == (12, 16, n_kv_head, 32)

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_model
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
-from tinyformer import ModelConfig, Transformer, build_tokenizer
+from tinyformer import ModelConfig, Transformer
 from tinyformer import export as export_module
 from tinyformer.export import ExportVerificationError, export_hf, gpt2_config, hf_state_dict, to_hf_gpt2
 from tinyformer.generate import generate
@@ -21,20 +22,10 @@ from tinyformer.paths import current_umask
 LOGITS_ATOL = 1e-4  # float32, same maths in a different order
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
 def make_model(tokenizer, seed: int, **sizes) -> Transformer:
     """A random model with weights larger than GPT-2's init, so wrong weights would show in the logits."""
     sizes = {"n_positions": 48, "n_embd": 64, "n_layer": 2, "n_head": 2, **sizes}
-    torch.manual_seed(seed)
-    model = Transformer(ModelConfig(vocab_size=len(tokenizer), **sizes))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.2)
-    return model.eval()
+    return random_model(ModelConfig(vocab_size=len(tokenizer), **sizes), seed, std=0.2)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import random_model
 
 from tinyformer import ModelConfig, Transformer
 from tinyformer.generate import generate, generate_batch, left_pad, next_token
@@ -16,17 +17,6 @@ CONFIGS = {
     "2-heads-3-layers": ModelConfig(vocab_size=61, n_positions=40, n_embd=64, n_layer=3, n_head=2),
     "3-heads": ModelConfig(vocab_size=50, n_positions=32, n_embd=96, n_layer=2, n_head=3),
 }
-
-
-def random_model(config: ModelConfig, seed: int = 0) -> Transformer:
-    """An untrained model with large random weights, so that its predictions vary from token to token
-    (GPT-2's small init gives near-uniform logits, which would make greedy generation trivial)."""
-    torch.manual_seed(seed)
-    model = Transformer(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    return model.eval()
 
 
 def random_prompt(config: ModelConfig, length: int, seed: int) -> list[int]:

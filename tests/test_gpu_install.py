@@ -21,10 +21,10 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[1]
 # pip needs the metadata of ~270 packages. Where the index serves no separate metadata files (PEP 658), pip
 # would download whole wheels for it (vllm 330 MB, triton 290 MB, ... about 2 GB); fast-deps makes it read
 # each wheel's METADATA through HTTP range requests instead. Measured on a busy shared 2-core box: 12 min
@@ -36,7 +36,7 @@ ALWAYS_RESOLVE_ENV = "TINYFORMER_RESOLVE_GPU"  # set by `make check-gpu-install`
 
 
 def project() -> dict:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
 
 def gpu_requirements() -> list[str]:

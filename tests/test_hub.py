@@ -33,7 +33,7 @@ import nbformat
 import psutil
 import pytest
 import websocket
-from conftest import interpreter_for_every_account
+from conftest import REPO, interpreter_for_every_account
 from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session
 
@@ -51,7 +51,6 @@ from tinyformer.workshop.hub import (
     seed_learner_artifacts,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 HUB_DIR = REPO / "hub"
 LEARNERS = ("ada", "alan", "grace")
 COUNTERS = ("vllm:request_success_total", "vllm:prompt_tokens_total", "vllm:generation_tokens_total")

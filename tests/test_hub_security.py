@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 import torch
+from conftest import REPO
 
 from tinyformer import ModelConfig, Transformer, build_tokenizer
 from tinyformer.export import export_hf
@@ -34,7 +35,6 @@ from tinyformer.workshop.hub import (
     service_account,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 MICRO_CONFIG = {"model_type": "gpt2", "vocab_size": 55, "n_positions": 128, "n_embd": 64, "n_layer": 2, "n_head": 2}
 
 

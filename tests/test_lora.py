@@ -24,17 +24,11 @@ from tinyformer.lora import (
     save_adapter,
 )
 from tinyformer.model import Transformer
-from tinyformer.tokenizer import build_tokenizer
 
 ALL = tuple(TARGETS)
 ATOL = 1e-5  # float32: the same sums in another order differ by ~1e-6
 PEFT_ATOL = 1e-4  # transformers' Llama vs ours, as export.VERIFY_ATOL
 FLOOR_TOLERANCE = 0.05  # nats above a dialect's floor after fine-tuning (lesson 14's target for the base models)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 def tiny_llama(tokenizer, seed=0, n_kv_head=2) -> Transformer:

@@ -12,11 +12,11 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from conftest import REPO
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 # The extras that environment.yml mirrors (the `gpu` extra replaces `cpu` on NVIDIA machines).
 MIRRORED_EXTRAS = ("cpu", "dev")
 
@@ -46,11 +46,11 @@ def drift(pyproject: dict[str, str], conda: dict[str, str]) -> list[str]:
 
 
 def pyproject() -> dict:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
 def environment() -> dict:
-    return yaml.safe_load((ROOT / "environment.yml").read_text())
+    return yaml.safe_load((REPO / "environment.yml").read_text())
 
 
 def conda_pip_lines(env: dict) -> list[str]:
@@ -96,12 +96,12 @@ def test_notebook_is_committed_without_outputs(path: Path):
         for i, cell in enumerate(notebook.cells)
         if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
     ]
-    assert not dirty, f"{path.name} has outputs; strip them (nbstripout {path.relative_to(ROOT)}):\n" + "\n".join(dirty)
+    assert not dirty, f"{path.name} has outputs; strip them (nbstripout {path.relative_to(REPO)}):\n" + "\n".join(dirty)
     assert "widgets" not in notebook.metadata, f"{path.name} carries saved widget state; run nbstripout on it"
 
 
 def readme() -> str:
-    return (ROOT / "README.md").read_text()
+    return (REPO / "README.md").read_text()
 
 
 def setup_commands() -> list[str]:
@@ -116,12 +116,12 @@ def setup_commands() -> list[str]:
 
 def test_readme_gives_exactly_the_two_commands_and_make_has_them():
     assert setup_commands() == ["make lab", "make test"]
-    makefile = (ROOT / "Makefile").read_text()
+    makefile = (REPO / "Makefile").read_text()
     for target in ("lab", "test"):
         assert re.search(rf"^{target}:", makefile, re.M), f"Makefile has no `{target}` target"
     # A dry run parses the Makefile and resolves both targets without installing anything.
     env = {**os.environ, "EXTRA": "cpu"}
-    dry_run = subprocess.run(["make", "-n", "lab", "test"], cwd=ROOT, env=env, capture_output=True, text=True)
+    dry_run = subprocess.run(["make", "-n", "lab", "test"], cwd=REPO, env=env, capture_output=True, text=True)
     assert dry_run.returncode == 0, dry_run.stderr
     assert "jupyter lab" in dry_run.stdout and "--nbmake" in dry_run.stdout
 
@@ -135,7 +135,7 @@ def test_readme_notebook_map_lists_every_notebook():
 
 
 def test_ci_runs_make_test():
-    run = ROOT / ".ci" / "run"
+    run = REPO / ".ci" / "run"
     assert os.access(run, os.X_OK), ".ci/run must be executable"
     script = run.read_text()
     assert "set -euo pipefail" in script
@@ -143,7 +143,7 @@ def test_ci_runs_make_test():
 
 
 def test_precommit_hooks_strip_notebooks_and_use_the_pinned_ruff():
-    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())
     hooks = {hook["id"]: repo for repo in config["repos"] for hook in repo["hooks"]}
     assert {"nbstripout", "ruff-check", "ruff-format"} <= hooks.keys()
     dev = requirement_map(pyproject()["project"]["optional-dependencies"]["dev"], "dev extra")

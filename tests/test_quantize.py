@@ -10,14 +10,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tinyformer import ModelConfig, Transformer, build_tokenizer
+from tinyformer import ModelConfig, Transformer
 from tinyformer import quantize as qz
 from tinyformer.export_quantised import awq_quantization_config, export_quantised
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 @pytest.fixture(scope="module")

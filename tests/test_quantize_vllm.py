@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinyformer import ModelConfig, Transformer, build_tokenizer
+from tinyformer import ModelConfig, Transformer
 from tinyformer import quantize as qz
 from tinyformer.export import export_hf
 from tinyformer.export_quantised import SERVE_DTYPE, export_quantised
@@ -15,11 +15,6 @@ from tinyformer.serving import VLLMServer, VLLMStartupError, run_load
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 GROUP = 32
 PROMPTS = ["the cat", "the dogs near the fox", "the bird with the goats", "the horse", "the mice under the lion"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 @pytest.fixture(scope="module")

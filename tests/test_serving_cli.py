@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from tinyformer.cli import main
-
-
-@pytest.fixture
-def export_config(tmp_path):
-    config = {"model_type": "gpt2", "vocab_size": 55, "n_positions": 128, "n_embd": 64, "n_layer": 2, "n_head": 2}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    return tmp_path
 
 
 def test_serve_is_listed_with_its_options(capsys):

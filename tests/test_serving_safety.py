@@ -7,7 +7,6 @@ in this process (no engine) to list its routes and to show which ones vLLM's own
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import stat
@@ -62,13 +61,6 @@ OPEN_UNDER_VLLMS_KEY = {
     ("POST", "/scale_elastic_ep"),
     ("POST", "/is_scaling_elastic_ep"),
 }
-
-
-@pytest.fixture
-def export_config(tmp_path):
-    config = {"model_type": "gpt2", "vocab_size": 55, "n_positions": 128, "n_embd": 64, "n_layer": 2, "n_head": 2}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    return tmp_path
 
 
 # ----- keys: required off loopback, kept off command lines, quoted for the shell ------------------------------

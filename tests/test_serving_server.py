@@ -24,6 +24,7 @@ import httpx
 import psutil
 import pytest
 import torch
+from conftest import REPO
 
 from tinyformer.config import ModelConfig
 from tinyformer.export import export_hf
@@ -428,7 +429,7 @@ def child_python(folder, how: str, seconds: float = 0.0) -> tuple[subprocess.Pop
     return child, int(child.stdout.readline())
 
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = REPO / "src"
 
 
 def parent_exits(folder, tmp_path) -> list[int]:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
-from conftest import noisy_copy, spread_weights
+from conftest import noisy_copy, spread_model
 
 from tinyformer.config import ModelConfig
 from tinyformer.engine import (
@@ -31,17 +30,11 @@ from tinyformer.model import Transformer
 VOCAB, MAX_NEW = 60, 40
 
 
-def spread_model(seed: int, n_layer: int = 2) -> Transformer:
-    """Weights scaled up so that the best and second-best logits lie far apart: a chunk of k + 1 tokens sums in
-    another order than one-token decoding, which must not flip a greedy choice (as in tests/test_engine.py)."""
-    torch.manual_seed(seed)
-    model = Transformer(ModelConfig(vocab_size=VOCAB, n_positions=128, n_embd=64, n_layer=n_layer, n_head=2))
-    return spread_weights(model)
-
-
 @pytest.fixture(scope="module")
 def target() -> Transformer:
-    return spread_model(0)
+    # Spread weights: a chunk of k + 1 tokens sums in another order than one-token decoding, which must not flip a
+    # greedy choice.
+    return spread_model(0, vocab_size=VOCAB)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +42,7 @@ def drafts(target) -> dict[str, Transformer]:
     return {
         "the target itself": target,
         "noisy target": noisy_copy(target, 0.4, seed=1),
-        "unrelated": spread_model(7, 1),
+        "unrelated": spread_model(7, vocab_size=VOCAB, n_layer=1),
     }
 
 

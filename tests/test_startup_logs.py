@@ -5,6 +5,7 @@ xfail(strict=True) tests naming the cases that miss: they fail loudly the day th
 from __future__ import annotations
 
 import pytest
+from conftest import REPO
 
 from tinyformer import vllm_rules
 from tinyformer.cli import main as cli_main
@@ -221,9 +222,8 @@ def test_a_workers_profiling_line_is_compared_with_a_workers_peak(scores):
 def test_parallel_starts_benchmark_alternates_which_column_runs_first(monkeypatch):
     """benchmarks/parallel_starts.py: a box that warms up or gets busier must favour neither column."""
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "parallel_starts.py"
+    path = REPO / "benchmarks" / "parallel_starts.py"
     spec = importlib.util.spec_from_file_location("parallel_starts", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

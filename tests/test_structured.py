@@ -53,11 +53,6 @@ ALPHABET = "abcdexyz1.- ()*_"
 SENTENCE = r"(cat|dog)s?(run|sleep|jump)s?(today|again)\."
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
 def random_strings(rng: random.Random, n: int, max_len: int = 7) -> list[str]:
     return ["".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, max_len))) for _ in range(n)]
 

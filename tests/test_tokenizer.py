@@ -10,11 +10,6 @@ from tinyformer.tokenizer import EOS, PAD, SPECIAL_TOKENS, UNK, build_tokenizer,
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def text() -> str:
     return Corpus(seed=7).text(200)
 

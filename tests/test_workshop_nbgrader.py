@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import REPO
 from nbgrader.nbgraderformat import MetadataValidator
 
 from tinyformer import cli
@@ -27,7 +28,6 @@ from tinyformer.workshop.student import (
     student_notebook,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 FAST_LESSON = "02_self_attention"  # three exercises, no model to train, no vLLM: about 6 s to run
 

@@ -22,6 +22,7 @@ import httpx
 import nbformat
 import psutil
 import pytest
+from conftest import REPO
 
 from tinyformer.data import Corpus
 from tinyformer.memory import GiB
@@ -38,7 +39,6 @@ from tinyformer.workshop.classroom import (
 )
 
 LEARNERS = 50
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import REPO
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
@@ -23,7 +24,6 @@ from tinyformer.workshop.student import (
     student_notebook,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 LESSONS = [f"{n:02d}" for n in range(1, 14)]  # lessons with exercises; 00 is the setup check
 

@@ -20,9 +20,15 @@ Lesson -> the modules it shows (each notebook imports these; ``checks`` holds ev
 12 embeddings and retrieval      ``retrieval`` (pooling, collection, search, budget, finetune),
                                  ``serving.embeddings``, ``vllm_rules`` (pooling runner, chunked prefill)
 13 the engine itself             ``engine`` (paged KV cache, scheduler, prefix caching, model runner)
+14 the Llama architecture        ``model`` (RMSNorm, SwiGLU, grouped-query attention), ``positions`` (rotary),
+                                 ``export`` (``LlamaForCausalLM``), ``memory`` (KV bytes of real models)
+15 LoRA adapters                 ``lora`` (LoRALinear, fine-tune, merge, PEFT folder), ``serving.metrics``
+16 speculative decoding          ``engine.speculative`` (SpeculativeEngine, the acceptance rule),
+                                 ``serving.metrics`` (vLLM's spec-decode counters)
+17 structured outputs            ``structured`` (regex -> NFA -> DFA -> token mask)
 == ============================= =================================================================
 
-Front ends over those: ``cli`` (``tinyformer train|export|serve|workshop``), ``widgets``, ``workshop``
+Front ends over those: ``cli`` (``tinyformer train|export|serve|workshop|doctor``), ``widgets``, ``workshop``
 (class server, student copies). vLLM's facts live in one place, ``vllm_rules``; byte formulas in
 ``memory.formulas``; where files go in ``paths``.
 """
