@@ -19,7 +19,8 @@ def export_config(tmp_path):
 def test_serve_is_listed_with_its_options(capsys):
     assert main(["serve", "--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--max-model-len", "--kv-cache-tokens", "--api-key", "--host", "--port", "--tensor-parallel-size"):
+    options = ("--max-model-len", "--kv-cache-tokens", "--api-key", "--host", "--port", "--tensor-parallel-size")
+    for option in (*options, "--pipeline-parallel-size"):
         assert option in out
 
 
