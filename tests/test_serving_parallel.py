@@ -1,9 +1,9 @@
 """Pipeline parallelism on a real vLLM CPU server, and the topology errors a learner meets, in vLLM's words.
 
-Cost control (measured on the 2-core box: the PP=2 server was ready after 40 s, vLLM refused the three other starts
-after 9-19 s): one PP=2 server answers every request-level test. No PP=1 server: for this same model,
-test_serving_server.py asserts that one worker's greedy tokens are tinyformer's own (``generate``) and
-test_vllm_rules.py that one worker's capacity line is KVBudget's, so PP=2 is compared with both directly.
+Cost control (two runs on the shared 2-core box: the PP=2 server was ready after 40 and 70 s, vLLM refused the three
+other starts after 9-32 s; the module took 85 and 140 s): one PP=2 server answers every request-level test. No PP=1
+server: for this same model, test_serving_server.py asserts that one worker's greedy tokens are tinyformer's own
+(``generate``) and test_vllm_rules.py that one worker's capacity line is KVBudget's, so PP=2 is compared with both.
 Each start's seconds are printed (``pytest -s``).
 
 Ray, the multi-node recipe (docs/workshop.md, "One model across machines"), is refused by vLLM's CPU build: its
