@@ -193,8 +193,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     Without ``tryfirst`` this ran after xdist had already read the marks (it turns them into a ``@group`` suffix of
     each test's id): every module-scoped server was started once per worker, and again whenever a worker came back
-    to a module. pytest_runtest_setup below fails a run in which the groups are lost. Without xdist
-    (``-p no:xdist``) the mark does not exist (``--strict-markers`` would refuse it) and is not needed."""
+    to a module. pytest_runtest_setup below fails a run in which the groups are lost.
+
+    Without pytest-xdist (``-p no:xdist``) there are no workers to group for, and no ``xdist_group`` marker to add
+    (``--strict-markers`` would stop the collection)."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:

@@ -10,7 +10,8 @@ from tinyformer.cli import main
 def test_serve_is_listed_with_its_options(capsys):
     assert main(["serve", "--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--max-model-len", "--kv-cache-tokens", "--api-key", "--host", "--port", "--tensor-parallel-size"):
+    options = ("--max-model-len", "--kv-cache-tokens", "--api-key", "--host", "--port", "--tensor-parallel-size")
+    for option in (*options, "--pipeline-parallel-size"):
         assert option in out
 
 

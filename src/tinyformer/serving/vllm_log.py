@@ -21,6 +21,8 @@ START_LINE = "vLLM server version"
 # "(EngineCore pid=1) ERROR 11-23 10:57:22 [core.py:1510] " in front of lines from vLLM's logger.
 LOG_PREFIX = re.compile(r"^\([\w-]+ pid=\d+\) (?P<level>[A-Z]+) [\d-]+ [\d:]+ \[[^\]]*\] ?")
 ERROR_LINE = re.compile(r"\b(?P<kind>[A-Za-z_.]*(?:Error|Exception)): (?P<text>.+)$")
+# What pydantic appends to a config check's reason: " [type=value_error, input_value=ArgsKwargs(...), input_type=...]".
+PYDANTIC_DETAILS = re.compile(r" \[type=\w+, input_value=.*\]$")
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # vLLM colours its log when it thinks a terminal is watching
 # Wrappers that point elsewhere ("see root cause above") rather than saying what went wrong.
 GENERIC_ERRORS = ("Engine core initialization failed", "validation error for", "Engine process failed to start")
@@ -31,6 +33,14 @@ ITERATION_LINE = re.compile(
     r"(?P<generation_requests>\d+) generation requests, (?P<generation_tokens>\d+) generation tokens, "
     r"iteration elapsed time: (?P<elapsed_ms>[\d.]+) ms(?: \(dummy\))?, [A-Z]+(?: \+ host)? "
     r"KV cache usage: (?P<kv_cache_percent>[\d.]+)%"
+)
+# "(Worker_PP1 pid=7) DEBUG ... Loaded weight h.1.attn.c_proj.bias with shape ..." and "... Loaded shard None with
+# shape ... into transformer.h.1.attn.c_attn.weight": one line per weight a worker loads, at VLLM_LOGGING_LEVEL=DEBUG.
+# GPT-2 names its layers h.N, Llama layers.N.
+LOADED_WEIGHT = re.compile(
+    r"^\((?P<worker>[\w-]+) pid=\d+\) DEBUG .*\bLoaded (?:weight|shard .* into) "
+    r"(?:\S*?\.)?(?:h|layers)\.(?P<layer>\d+)\.",
+    re.MULTILINE,
 )
 # Stages of a start-up, for the progress bar: (text in the log, what the learner sees).
 STAGES = (
@@ -106,6 +116,15 @@ def parse_iterations(log: str) -> list[Iteration]:
     return steps
 
 
+def layers_loaded(log: str) -> dict[str, list[int]]:
+    """The transformer layers whose weights each worker loaded, by the name vLLM logs it under ("Worker_PP0", ...;
+    "EngineCore" for a worker inside the engine). Needs vLLM's DEBUG log: ``VLLMServer(..., log_level="DEBUG")``."""
+    layers: dict[str, set[int]] = {}
+    for match in LOADED_WEIGHT.finditer(ANSI_COLOUR.sub("", log)):
+        layers.setdefault(match["worker"], set()).add(int(match["layer"]))
+    return {worker: sorted(held) for worker, held in sorted(layers.items())}
+
+
 def startup_stage(log: str) -> str:
     """The last start-up milestone the log shows."""
     reached = [label for marker, label in STAGES if marker in log]
@@ -122,7 +141,7 @@ def root_cause(log: str) -> str | None:
         lines.append(raw[prefix.end() :].strip() if prefix else raw.strip())
     for line in lines:
         if line.startswith("Value error, "):  # pydantic config validation: the reason is on this line
-            return line.removeprefix("Value error, ")
+            return PYDANTIC_DETAILS.sub("", line.removeprefix("Value error, "))
         match = ERROR_LINE.search(line)
         if match and not any(generic in line for generic in GENERIC_ERRORS):
             return f"{match['kind']}: {match['text']}"
@@ -149,8 +168,22 @@ def explain(cause: str | None, budget: KVBudget | None) -> str:
         )
     if "NUMA nodes to bind threads" in cause:
         return (
-            "tensor parallelism on CPU runs one worker per core group and needs VLLM_CPU_OMP_THREADS_BIND to say "
-            "which cores each worker gets (e.g. '0|1' for two workers on two cores)."
+            "tensor and pipeline parallelism on CPU run one worker per core group, and vLLM's automatic binding "
+            "gives each worker a NUMA node of its own. VLLM_CPU_OMP_THREADS_BIND says which cores each worker gets "
+            "instead (e.g. '0|1' for two workers on two cores; VLLMServer sets it when there are enough cores): "
+            "use at most as many workers (tensor_parallel_size x pipeline_parallel_size) as the machine has cores."
+        )
+    if m := re.search(r"attention heads \((\d+)\) must be divisible by tensor parallel size \((\d+)\)", cause):
+        return (
+            f"tensor parallelism gives each of the {m[2]} workers whole attention heads, and {m[1]} heads do not "
+            f"split evenly over {m[2]}. Pick a tensor_parallel_size that divides n_head={m[1]}."
+        )
+    if "Failed to import Ray" in cause or "does not support ray" in cause:
+        return (
+            "--distributed-executor-backend ray runs the workers as Ray actors, which needs the `ray` package and, "
+            "on vLLM's CPU build, a platform that supports Ray: vllm-cpu 0.32's does not (current platform cpu does "
+            "not support ray). Leave the backend out: vLLM's own multiprocessing ('mp') runs every worker on this "
+            "machine."
         )
     if "Available memory on node" in cause:
         return "the machine has less free RAM than vLLM was asked to reserve: give a smaller KV budget."
