@@ -57,3 +57,21 @@ def test_quantization_awq_on_a_plain_export_fails_with_vllms_message(model, toke
         server.start()
     assert "Cannot find the config file for awq" in failure.value.root_cause
     assert not server.is_running()
+
+
+def test_fp8_quantises_while_loading_but_this_cpu_build_has_no_kernel_for_it(model, tokenizer, tmp_path):
+    """Unlike awq (files that must exist), --quantization fp8 asks vLLM to quantise an unquantised checkpoint as it
+    loads it. It refuses float32 up front (fp8 runs beside 16-bit activations); in bfloat16 it loads the weights and
+    calls its fp8 kernel, which the CPU wheel 0.32 does not have: its op there is a placeholder taking no
+    arguments (measured 2026-12-06: the float32 refusal 9 s, the kernel error 19 s into the start). Lesson 11
+    quotes both."""
+    folder = export_hf(model, tokenizer, tmp_path / "plain", verify=False)
+    for dtype, said in (
+        ("float32", "torch.float32 is not supported for quantization method fp8"),
+        ("bfloat16", "_C::static_scaled_fp8_quant() expected at most 0 argument(s)"),
+    ):
+        args = dict(max_model_len=64, kv_cache_tokens=256, progress=False, shared=False)
+        server = VLLMServer(folder, dtype=dtype, extra_args=["--quantization", "fp8"], **args)
+        with pytest.raises(VLLMStartupError) as failure:
+            server.start()
+        assert said in failure.value.root_cause, failure.value.root_cause
