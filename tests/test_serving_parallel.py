@@ -24,13 +24,11 @@ from contextlib import contextmanager
 
 import psutil
 import pytest
-from test_serving_server import decisive_model, random_prompts, vllm_children, vllm_leftovers
+from test_serving_server import decisive_export, random_prompts, vllm_children, vllm_leftovers
 
 from tinyformer import vllm_rules
-from tinyformer.export import export_hf
 from tinyformer.generate import generate
 from tinyformer.serving import KVBudget, ServingConfigError, VLLMServer, VLLMStartupError, complete, vllm_log
-from tinyformer.tokenizer import build_tokenizer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -41,10 +39,7 @@ STARTUP_TIMEOUT = 600  # a guard against a hung start on a busy 2-core box, not 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    tokenizer = build_tokenizer()
-    model = decisive_model()
-    folder = export_hf(model, tokenizer, tmp_path_factory.mktemp("parallel") / "micro")
-    return model, tokenizer, folder
+    return decisive_export(tmp_path_factory.mktemp("parallel") / "micro")
 
 
 def server_for(folder, **kwargs) -> VLLMServer:

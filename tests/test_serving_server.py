@@ -65,12 +65,16 @@ def decisive_model(seed: int = 0) -> Transformer:
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def decisive_export(folder: Path):
+    """(model, tokenizer, folder): decisive_model() exported to ``folder``, for the modules that serve it."""
     tokenizer = build_tokenizer()
     model = decisive_model()
-    folder = export_hf(model, tokenizer, tmp_path_factory.mktemp("serving") / "micro")
-    return model, tokenizer, folder
+    return model, tokenizer, export_hf(model, tokenizer, folder)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return decisive_export(tmp_path_factory.mktemp("serving") / "micro")
 
 
 def random_prompts(tokenizer, n: int, seed: int = 0) -> list[str]:
