@@ -41,6 +41,7 @@ from tinyformer.serving import (
     read_metrics,
     run_load,
     tokenize,
+    vllm_bench,
     vllm_log,
 )
 from tinyformer.tokenizer import build_tokenizer
@@ -218,6 +219,22 @@ def test_200_requests_at_concurrency_50_all_succeed_unmixed(server, exported):
     assert generated == 200 * OUTPUT_TOKENS
     assert max(step.requests for step in server.iterations()[steps_before:]) > 1  # really batched together
     assert sampler.samples and not sampler.errors  # /metrics stayed readable during the load
+
+
+def test_vllms_benchmark_client_and_our_load_generator_agree_on_one_trace(server, exported):
+    """vLLM's own client (`vllm bench serve`, run through Python) and run_load send the same 24 prompts at a
+    concurrency of 8: the same greedy texts and token counts, no failures, and each its own view of the timing
+    (vLLM's TTFT <= its end-to-end latency; both clients' throughputs printed, not compared: timing is the
+    benchmark's job, benchmarks/bench_clients.py)."""
+    _, tokenizer, _ = exported
+    prompts = random_prompts(tokenizer, 24, seed=5)
+    theirs = vllm_bench(server, prompts, output_len=OUTPUT_TOKENS, max_concurrency=8)
+    ours = run_load(server, prompts, concurrency=8, max_tokens=OUTPUT_TOKENS, ignore_eos=True)
+    assert theirs.completed == len(prompts) and ours.failures == []
+    assert theirs.output_lens == [len(r.token_ids) for r in ours.replies] == [OUTPUT_TOKENS] * len(prompts)
+    assert theirs.texts == [r.text for r in ours.replies]
+    assert 0 < theirs.ms("ttft") <= theirs.ms("e2el") and theirs.ms("ttft", 99) >= theirs.ms("ttft")
+    print(f"vLLM's client {theirs.output_throughput:.0f} tok/s, ours {ours.tokens_per_second:.0f} tok/s")
 
 
 def wait_for_counter(server, name: str, before: dict, expected: float, seconds: float = 10.0) -> float:

@@ -9,6 +9,7 @@ budget.py    KVBudget: the capacity vLLM will report, predicted from the model c
              (vLLM's rules themselves live in tinyformer.vllm_rules)
 vllm_log.py  what vLLM logged: KV capacity, engine steps, and why a start failed, in the lesson's terms
 client.py    completions (openai client), /tokenize, an asyncio load generator capped by a semaphore
+bench.py     vLLM's own benchmark client (`vllm bench serve`) on our trace: TTFT, TPOT, ITL percentiles
 embeddings.py /v1/embeddings of an embedding server (pooling=...), once or as a semaphore-capped load
 metrics.py   /metrics parsed with prometheus_client, sampled in the background during a load
 prepare.py   the lessons' model, trained if needed and exported for vLLM
@@ -44,6 +45,7 @@ _HOMES = {
         "kv_bytes_per_token",
         "model_config_from_dir",
     ),
+    "bench": ("BenchResult", "vllm_bench"),
     "embeddings": ("EmbeddingLoad", "embeddings", "run_embedding_load", "send_embedding_load"),
     "metrics": ("WATCHED", "MetricsSampler", "cache_config", "read_metrics"),
     "server": (
