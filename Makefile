@@ -106,7 +106,8 @@ lint: install
 # Tests sharing a module's vLLM server stay on one worker (xdist_group, tests/conftest.py). Tests marked `solo`
 # time something on the CPU, so they run afterwards with nothing beside them. Beside each other, the workers and
 # what they start (vLLM servers, nbgrader and hub kernels) compute on one thread each: with torch's two threads
-# each on two cores they wait on each other (lesson 04 autograded in 360 s that way, 122 s in a quieter run).
+# each on two cores they wait on each other (lesson 04's autograde test, which trains nano in a grading kernel:
+# 360 s without this in a run beside other jobs, 110-112 s with it in the two runs since).
 PYTEST_UNIT = TINYFORMER_VLLM_LOG_DIR=$(VLLM_LOGS)/unit $(BIN)/pytest --durations=25
 unit: install
 	@TIMEFORMAT='== unit tests: %1Rs'; time { status=0; \
