@@ -9,9 +9,9 @@ medians and p99s, which only its streamed requests can measure.
 Target (exit 1 when missed): every median ratio within 0.8-1.25. The clients differ in how they ask (vLLM's streams
 each token as a server-sent event, ours waits for the whole JSON answer), so a gap shows what that costs. Measured
 2026-12-06 on the 2-core box (3 pairs): 0.91-0.94 throughput at concurrency 1 and 16, but 0.54-0.63 at 64 (latency
-1.8-2.3x): 64 streams make the API process send 64 x 32 events beside the engine on two cores. The openai client
-streaming the same trace showed the same kind of loss against our non-streamed requests at 64 (0.48 and 1.18 in
-two noisy runs), so the miss is the cost of streaming, not of vLLM's client.
+1.8-2.3x). The likely cause is streaming: 64 streams make the API process send 64 x 32 events beside the engine
+on two cores. Not settled: the openai client streaming the same trace against our non-streamed requests at 64 gave
+0.48 in one run and 1.18 in another (at 64 the box's noise is large).
 
     python benchmarks/bench_clients.py [--requests 64] [--tokens 32] [--repeats 3]
 """
