@@ -12,6 +12,7 @@ Boundary: this module calls vLLM's client; it starts no server and computes no s
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from tinyformer.serving.client import run_coroutine
@@ -56,11 +57,10 @@ def vllm_bench(server, prompts: list[str], *, output_len: int, max_concurrency: 
         raise ValueError("vllm_bench needs at least one prompt")
     if output_len < 1 or max_concurrency < 1:
         raise ValueError(f"output_len and max_concurrency must be >= 1, got {output_len} and {max_concurrency}")
-    from transformers import AutoTokenizer
     from vllm.benchmarks.datasets import SampleRequest
     from vllm.benchmarks.serve import TaskType, benchmark
 
-    tokenizer = AutoTokenizer.from_pretrained(server.model_dir)  # the folder the server loaded
+    tokenizer = _tokenizer(str(server.model_dir))  # the folder the server loaded
     requests = [SampleRequest(prompt=p, prompt_len=len(tokenizer(p)["input_ids"]), expected_output_len=output_len)
                 for p in prompts]  # fmt: skip
     arguments = dict(
@@ -89,3 +89,11 @@ def vllm_bench(server, prompts: list[str], *, output_len: int, max_concurrency: 
         ready_check_timeout_sec=0,
     )
     return BenchResult(run_coroutine(lambda: benchmark(**arguments)))
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_dir: str):
+    """The export folder's tokenizer, read once per folder (a benchmark calls vllm_bench many times)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
