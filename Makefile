@@ -111,7 +111,7 @@ lint: install
 PYTEST_UNIT = TINYFORMER_VLLM_LOG_DIR=$(VLLM_LOGS)/unit $(BIN)/pytest --durations=25
 unit: install
 	@TIMEFORMAT='== unit tests: %1Rs'; time { status=0; \
-		OMP_NUM_THREADS=1 $(PYTEST_UNIT) -n 2 --dist loadgroup -m "not solo" tests || status=$$?; \
+		OMP_NUM_THREADS=1 $(PYTEST_UNIT) -n 2 --dist loadgroup --no-loadscope-reorder -m "not solo" tests || status=$$?; \
 		$(PYTEST_UNIT) -m solo tests || status=$$?; exit $$status; }
 
 # Each notebook in a fresh kernel, one at a time: two side by side were measured to break what the serving lessons

@@ -204,6 +204,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if any(_module_scoped_here(item, name) for name in item.fixturenames):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items[:] = _longest_first(items)
+
+
+# The groups that took longest in the clean-clone runs of `make test` (setup included; ci5/ci6 of 2026-12-06):
+# structured outputs' server (113 s, it waits for the nano llama's training), lesson 04 autograded (112 s), the
+# class server (82 s), the hub (65 s), pipeline parallel (4 starts). xdist hands out
+# groups in the order they come (`make unit` passes --no-loadscope-reorder), so these go first and the run ends
+# on short tests that either worker can take: no worker sits idle while the other finishes a long group. (The lesson
+# checkpoints' two tests are ungrouped and marked slow, so they lead the ungrouped tests.)
+LONGEST_GROUPS = (
+    "test_serving_structured",
+    "test_workshop_nbgrader",
+    "test_workshop_server",
+    "test_hub",
+    "test_serving_parallel",
+)
+
+
+def _longest_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The known longest groups, then the other groups (most tests first, as xdist's default order), then the
+    ungrouped tests, those marked ``slow`` first. Stable otherwise; every worker collects the same order."""
+    groups: dict[str, list[pytest.Item]] = {}
+    ungrouped = []
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        (groups.setdefault(mark.args[0], []) if mark else ungrouped).append(item)
+
+    def rank(name: str) -> tuple[int, int]:
+        known = LONGEST_GROUPS.index(name) if name in LONGEST_GROUPS else len(LONGEST_GROUPS)
+        return known, -len(groups[name])
+
+    ungrouped.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    return [item for name in sorted(groups, key=rank) for item in groups[name]] + ungrouped
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

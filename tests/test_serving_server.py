@@ -1,9 +1,9 @@
 """A real vLLM server (CPU wheel in CI) serving an exported tinyformer model.
 
 Cost control (a vLLM start takes 25-60 s on 2 cores): one module-scoped server answers every
-request-level test, and the 21 start/stop cycles are mostly failures that happen early for real
+request-level test, and the 22 start/stop cycles are mostly failures that happen early for real
 (refusals, vLLM's own start-up errors, interrupts and timeouts at different start-up stages) plus
-one full start interrupted mid-request. Every cycle scans the process table for survivors.
+one full start interrupted mid-request and one stopped mid-stream. Every cycle scans the process table for survivors.
 """
 
 from __future__ import annotations
@@ -226,14 +226,18 @@ def test_vllms_benchmark_client_and_our_load_generator_agree_on_one_trace(server
     """vLLM's own client (`vllm bench serve`, run through Python) and run_load send the same 24 prompts at a
     concurrency of 8: the same greedy texts and token counts, no failures, and each its own view of the timing
     (per request, vLLM's TTFT <= its end-to-end latency; both clients' throughputs printed, not compared: timing is the
-    benchmark's job, benchmarks/bench_clients.py)."""
+    benchmark's job, benchmarks/bench_clients.py). run_load streamed gets the same tokens and a TTFT per request."""
     _, tokenizer, _ = exported
     prompts = random_prompts(tokenizer, 24, seed=5)
     theirs = vllm_bench(server, prompts, output_len=OUTPUT_TOKENS, max_concurrency=8)
     ours = run_load(server, prompts, concurrency=8, max_tokens=OUTPUT_TOKENS, ignore_eos=True)
-    assert theirs.completed == len(prompts) and ours.failures == []
+    streamed = run_load(server, prompts, concurrency=8, max_tokens=OUTPUT_TOKENS, ignore_eos=True, stream=True)
+    assert theirs.completed == len(prompts) and ours.failures == [] and streamed.failures == []
     assert theirs.output_lens == [len(r.token_ids) for r in ours.replies] == [OUTPUT_TOKENS] * len(prompts)
-    assert theirs.texts == [r.text for r in ours.replies]
+    assert theirs.texts == [r.text for r in ours.replies] == [r.text for r in streamed.replies]
+    assert [r.token_ids for r in streamed.replies] == [r.token_ids for r in ours.replies]  # pieces joined in order
+    assert {r.finish_reason for r in streamed.replies} == {"length"}  # the last piece says why it ended
+    assert all(0 < r.ttft <= r.latency for r in streamed.replies) and {r.ttft for r in ours.replies} == {None}
     ttfts, latencies = theirs.raw["ttfts"], theirs.raw["latencies"]  # seconds, per request
     assert all(0 < first <= whole for first, whole in zip(ttfts, latencies, strict=True))
     assert theirs.ms("ttft") == pytest.approx(1e3 * statistics.median(ttfts))  # ms() reads vLLM's median
@@ -425,6 +429,35 @@ def interrupted_mid_request(folder, tmp_path) -> list[int]:
     return [server.pid]
 
 
+def stopped_mid_stream(folder, tmp_path) -> list[int]:
+    """stop() while a reply streams (lesson 07, section 9): the client gets the reply's first pieces, then an
+    openai.APIError (vLLM's error event or the dropped connection), and no piece says the reply finished. A crowd
+    of 32 other long requests keeps the engine busy for seconds, so the stop lands mid-reply even on a slow box
+    (alone, nano streams 100 tokens in well under a second: the whole reply could arrive before the stop)."""
+    import openai
+
+    server = small_server(folder, kv_cache_tokens=8192).start()
+    load = dict(concurrency=32, max_tokens=100, ignore_eos=True, raise_on_error=False)
+    crowd = threading.Thread(target=run_load, args=(server, ["the cat near the dog"] * 32), kwargs=load, daemon=True)
+    crowd.start()
+    deadline = time.monotonic() + 60
+    while read_metrics(server)["vllm:num_requests_running"] < 32 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the engine runs the whole crowd before our stream starts
+    stream = server.client().completions.create(
+        model=server.model, prompt="the cat", max_tokens=100, temperature=0, stream=True,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    pieces = []
+    with pytest.raises(openai.APIError):
+        for chunk in stream:
+            pieces.append(chunk)
+            if len(pieces) == 1:
+                server.stop()
+    crowd.join(timeout=60)
+    assert 1 <= len(pieces) < 100 and all(c.choices[0].finish_reason is None for c in pieces)
+    return [server.pid]
+
+
 CHILD_SCRIPT = """
 import sys, threading, time
 from tinyformer.serving import VLLMServer
@@ -499,14 +532,15 @@ CYCLES = {
     "start-up timeout 8 s": lambda f, t: timed_out(f, t, 8),
     "second interrupt while stopping": interrupted_twice,
     "interrupt mid-request": interrupted_mid_request,
+    "stopped mid-stream": stopped_mid_stream,
     "interpreter exit while starting": parent_exits,
     "parent SIGKILLed once the engine runs": parent_killed,
     "API process SIGKILLed while serving": api_process_killed,
 }
 
 
-def test_there_are_twenty_one_cycles():
-    assert len(CYCLES) == 21
+def test_there_are_twenty_two_cycles():
+    assert len(CYCLES) == 22
 
 
 @pytest.mark.slow

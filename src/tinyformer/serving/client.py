@@ -8,6 +8,7 @@ semaphore is the *client's* limit: at most ``concurrency`` requests are in fligh
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,12 +30,18 @@ class Reply:
     finish_reason: str | None = None
     sent: float = 0.0  # seconds since the load started
     done: float = 0.0
+    first_token: float | None = None  # when the first token arrived (streamed requests only)
     error: str | None = None
     thread_id: int | None = None  # the thread that sent it: the load generator's coroutines all share one
 
     @property
     def latency(self) -> float:
         return self.done - self.sent
+
+    @property
+    def ttft(self) -> float | None:
+        """Time to first token: from sending to the first streamed token (None unless streamed)."""
+        return None if self.first_token is None else self.first_token - self.sent
 
 
 @dataclass
@@ -127,11 +134,14 @@ async def send_load(
     temperature: float = 0.0,
     timeout: float = 600.0,
     models: list[str] | None = None,
+    stream: bool = False,
     **extra,
 ) -> LoadResult:
     """Send every prompt as its own /v1/completions request, at most ``concurrency`` at a time.
 
-    models: the model each prompt names (default: the server's), e.g. LoRA adapters' names for a mixed batch."""
+    models: the model each prompt names (default: the server's), e.g. LoRA adapters' names for a mixed batch.
+    stream: ask for server-sent events, as chat clients (and vLLM's benchmark client) do; each reply then also
+        records when its first token arrived (``Reply.ttft``)."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}.")
     models = [server.model] * len(prompts) if models is None else list(models)
@@ -147,14 +157,14 @@ async def send_load(
     async def one(client: httpx.AsyncClient, prompt: str, model: str) -> Reply:
         async with semaphore:  # waits here while `concurrency` requests are already open
             reply = Reply(prompt=prompt, sent=time.perf_counter() - start, thread_id=threading.get_ident())
+            request = {**body, **extra, "prompt": prompt, "model": model}
             try:
-                response = await client.post(
-                    f"{server.api_url}/completions", json={**body, **extra, "prompt": prompt, "model": model}
-                )
+                if stream:
+                    await _stream_into(reply, client, server, request, start)
+                else:
+                    _fill(reply, server, await client.post(f"{server.api_url}/completions", json=request))
             except httpx.HTTPError as e:
                 reply.error = f"{type(e).__name__}: {e}"
-            else:
-                _fill(reply, server, response)
             reply.done = time.perf_counter() - start
             return reply
 
@@ -180,6 +190,28 @@ def _fill(reply: Reply, server, response: httpx.Response) -> None:
     reply.text, reply.finish_reason = choice["text"], choice["finish_reason"]
     reply.token_ids = list(choice.get("token_ids") or [])
     reply.prompt_token_ids = list(choice.get("prompt_token_ids") or [])
+
+
+async def _stream_into(reply: Reply, client: httpx.AsyncClient, server, request: dict, start: float) -> None:
+    """One streamed completion: server-sent events, one ``data: {json}`` line per piece, ``data: [DONE]`` last."""
+    async with client.stream("POST", f"{server.api_url}/completions", json={**request, "stream": True}) as response:
+        if response.status_code != 200:
+            _fill(reply, server, httpx.Response(response.status_code, content=await response.aread()))
+            return
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            piece = json.loads(line[len("data: ") :])
+            if "error" in piece:  # vLLM's error event: the stream ends without a finish_reason
+                reply.error = f"the server ended the stream with an error: {piece['error']}"
+                return
+            choice = piece["choices"][0]
+            if choice.get("token_ids") and reply.first_token is None:
+                reply.first_token = time.perf_counter() - start
+            reply.text += choice.get("text") or ""
+            reply.token_ids += choice.get("token_ids") or []
+            reply.prompt_token_ids = choice.get("prompt_token_ids") or reply.prompt_token_ids
+            reply.finish_reason = choice.get("finish_reason") or reply.finish_reason
 
 
 def run_coroutine(make_coroutine):
