@@ -36,7 +36,13 @@ from tinyformer.serving.budget import (
     check_serving_config,
     model_config_from_dir,
 )
-from tinyformer.serving.server import NO_TELEMETRY_ENV, _check_pooling, _device, _dtype_for
+from tinyformer.serving.server import (
+    DEFAULT_CONCURRENT_REQUESTS,
+    NO_TELEMETRY_ENV,
+    _check_pooling,
+    _device,
+    _dtype_for,
+)
 
 
 def engine_settings(extra_args: list[str] | tuple[str, ...]) -> dict:
@@ -77,7 +83,7 @@ def llm_settings(
     max_model_len = max_model_len if max_model_len is not None else config.n_positions
     block_size = block_size or BLOCK_SIZE[device]
     dtype = _dtype_for(model_dir, dtype, check=True)
-    tokens = kv_cache_tokens if kv_cache_tokens is not None else 64 * max_model_len  # VLLMServer's default
+    tokens = kv_cache_tokens if kv_cache_tokens is not None else DEFAULT_CONCURRENT_REQUESTS * max_model_len
     kv_bytes = bytes_for_tokens(config, tokens, dtype=dtype, block_size=block_size)
     check_serving_config(
         KVBudget(
