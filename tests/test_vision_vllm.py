@@ -82,6 +82,7 @@ def test_offline_llm_with_pictures_gives_the_models_greedy_tokens(lesson_vlm, em
     ids are the lesson's placeholder expansion and the words the model's own greedy ones; ``llm.chat`` (the chat
     template, as the server applies it) gives the same ids. Afterwards this process is as it was, and a second
     engine, a pooling one, embeds a picture as pooling by hand does."""
+    import vllm.envs
     from PIL import Image
     from vllm import SamplingParams
 
@@ -102,6 +103,7 @@ def test_offline_llm_with_pictures_gives_the_models_greedy_tokens(lesson_vlm, em
     # Rejects an offline_llm that leaves vLLM's marks on the process (a test worker, a Jupyter kernel).
     assert torch.set_num_threads is set_threads and torch.get_num_threads() == threads
     assert dict(os.environ) == environment
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in environment and vllm.envs.VLLM_ENABLE_V1_MULTIPROCESSING  # read live
     with offline_llm(folder, pooling="MEAN", **SETTINGS) as embedder:  # a second engine in this process
         out = embedder.embed({"prompt": "<image> the", "multi_modal_data": {"image": images[0]}}, use_tqdm=False)[0]
     ids = vision.prompt_ids(tokenizer, 1, model.tokens_per_image)

@@ -12,8 +12,8 @@ started with multiprocessing's *spawn*, which re-imports the calling script (a s
 ``if __name__ == "__main__":``) and pickles what it sends; VLLM_ENABLE_V1_MULTIPROCESSING=0 and the "uni" executor
 keep both here (VLLMServer does the same inside its API process). A Jupyter kernel can then make one. The price:
 the engine changes this process while it lives (torch's thread count and ``torch.set_num_threads`` itself, which
-vLLM's CPU worker replaces with a function that only warns; ``gc.freeze()``; environment variables). Leaving the
-``with`` block shuts the engine down and puts those back.
+vLLM's CPU worker replaces with a function that only warns; ``gc.freeze()``; environment variables, and vLLM's cache
+of them, filled at start-up). Leaving the ``with`` block shuts the engine down and puts those back.
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ def offline_llm(model_dir: str | Path, *, quiet: bool = True, **settings):
     """A ``vllm.LLM`` for ``model_dir`` running in this process (settings: see ``llm_settings``), shut down when the
     ``with`` block ends. quiet: vLLM logs errors only (its CPU worker otherwise warns at every request that it will
     not change torch's thread count), draws no bar while it loads the weights and hides its FutureWarnings."""
+    import vllm.envs as vllm_envs
     from vllm import LLM  # 5-25 s the first time in a process
 
     kwargs = llm_settings(model_dir, **settings)
@@ -140,6 +141,7 @@ def offline_llm(model_dir: str | Path, *, quiet: bool = True, **settings):
     finally:
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()  # frees the KV cache, ends torch.distributed, undoes gc.freeze()
+        vllm_envs.disable_envs_cache()  # the engine froze vLLM's reading of the environment at start-up: thaw it
         torch.set_num_threads = saved_set_threads
         torch.set_num_threads(saved_threads)
         del llm
