@@ -10,10 +10,12 @@ needs (``vision_export.vllm_args``) are written once for both.
 Why in-process: on CPU, vLLM runs ``LLM``'s engine core in a process of its own and its worker in a third one,
 started with multiprocessing's *spawn*, which re-imports the calling script (a script must guard
 ``if __name__ == "__main__":``) and pickles what it sends; VLLM_ENABLE_V1_MULTIPROCESSING=0 and the "uni" executor
-keep both here (VLLMServer does the same inside its API process). A Jupyter kernel can then make one. The price:
-the engine changes this process while it lives (torch's thread count and ``torch.set_num_threads`` itself, which
-vLLM's CPU worker replaces with a function that only warns; ``gc.freeze()``; environment variables, and vLLM's cache
-of them, filled at start-up). Leaving the ``with`` block shuts the engine down and puts those back.
+keep both here (VLLMServer keeps its worker in its engine's process the same way). vLLM's default works in a Jupyter
+kernel too, but each start imports vLLM twice more (lesson 10's VLM on a busy 2-core box: ready after 59 s that way,
+10-26 s in-process; a second in-process engine, vLLM imported already: 3-4 s). The price: the engine changes this
+process while it lives (torch's thread count and ``torch.set_num_threads`` itself, which vLLM's CPU worker replaces
+with a function that only warns; ``gc.freeze()``; environment variables, and vLLM's cache of them, filled at
+start-up). Leaving the ``with`` block shuts the engine down and puts those back.
 """
 
 from __future__ import annotations
