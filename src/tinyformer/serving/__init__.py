@@ -10,7 +10,8 @@ budget.py    KVBudget: the capacity vLLM will report, predicted from the model c
 vllm_log.py  what vLLM logged: KV capacity, engine steps, and why a start failed, in the lesson's terms
 client.py    completions (openai client), /tokenize, an asyncio load generator capped by a semaphore
 bench.py     vLLM's own benchmark client (`vllm bench serve`) on our trace: TTFT, TPOT, ITL percentiles
-embeddings.py /v1/embeddings of an embedding server (pooling=...), once or as a semaphore-capped load
+embeddings.py /v1/embeddings of an embedding server (pooling=...), once or as a semaphore-capped load; pictures too
+offline.py   vLLM's offline engine (vllm.LLM) in this process, with VLLMServer's settings: no server, no spawn
 metrics.py   /metrics parsed with prometheus_client, sampled in the background during a load
 prepare.py   the lessons' model, trained if needed and exported for vLLM
 cli.py       `tinyformer serve` (keys from --api-key-file, never the command line)
@@ -30,6 +31,7 @@ _HOMES = {
         "RequestRejected",
         "chat_with_images",
         "complete",
+        "image_message",
         "png_data_url",
         "run_coroutine",
         "run_load",
@@ -46,7 +48,8 @@ _HOMES = {
         "model_config_from_dir",
     ),
     "bench": ("BenchResult", "vllm_bench"),
-    "embeddings": ("EmbeddingLoad", "embeddings", "run_embedding_load", "send_embedding_load"),
+    "embeddings": ("EmbeddingLoad", "embeddings", "image_embedding", "run_embedding_load", "send_embedding_load"),
+    "offline": ("engine_settings", "llm_settings", "offline_llm"),
     "metrics": ("WATCHED", "MetricsSampler", "cache_config", "read_metrics"),
     "server": (
         "STARTED_PROCESS_GROUPS",

@@ -263,13 +263,26 @@ def png_data_url(image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def chat_with_images(server, images, text: str, *, max_tokens: int = 8, temperature: float = 0.0):
-    """One user message of ``images`` (uint8 pictures) then ``text`` to /v1/chat/completions; the raw response."""
+def image_message(images, text: str) -> dict:
+    """One user message: ``images`` (uint8 pictures) as PNG data URLs, then ``text`` (the OpenAI vision chat form,
+    which vLLM's /v1/chat/completions and /v1/embeddings both take)."""
     content = [{"type": "image_url", "image_url": {"url": png_data_url(image)}} for image in images]
     content.append({"type": "text", "text": text})
+    return {"role": "user", "content": content}
+
+
+def chat_with_images(
+    server, images, text: str, *, max_tokens: int = 8, temperature: float = 0.0, token_ids: bool = False
+):
+    """One user message of ``images`` (uint8 pictures) then ``text`` to /v1/chat/completions; the raw response.
+
+    token_ids: ask vLLM for the ids too (its ``return_token_ids``): ``reply.prompt_token_ids``, with each image's
+    placeholders expanded, and ``reply.choices[0].token_ids``, the generated ids (EOS included when it stopped
+    there)."""
     return server.client().chat.completions.create(
         model=server.model,
-        messages=[{"role": "user", "content": content}],
+        messages=[image_message(images, text)],
         max_tokens=max_tokens,
         temperature=temperature,
+        extra_body={"return_token_ids": True} if token_ids else None,
     )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import httpx
 import torch
 
-from tinyformer.serving.client import RequestRejected, rejection_message, run_coroutine
+from tinyformer.serving.client import RequestRejected, image_message, rejection_message, run_coroutine
 
 
 def embeddings(server, texts: list[str], *, timeout: float = 120.0) -> torch.Tensor:
@@ -25,6 +25,22 @@ def embeddings(server, texts: list[str], *, timeout: float = 120.0) -> torch.Ten
         raise RequestRejected(rejection_message(server, response.status_code, response.text))
     rows = sorted(response.json()["data"], key=lambda row: row["index"])
     return torch.tensor([row["embedding"] for row in rows])
+
+
+def image_embedding(server, images, text: str, *, timeout: float = 120.0) -> tuple[torch.Tensor, int]:
+    """(vector [d], prompt tokens) for one user message of ``images`` (uint8 pictures) then ``text``: POST
+    /v1/embeddings with chat ``messages`` instead of ``input`` (vLLM applies the chat template, so each picture
+    becomes its placeholder tokens, as in a chat request). Needs an embedding server of a vision-language model."""
+    response = httpx.post(
+        f"{server.api_url}/embeddings",
+        json={"model": server.model, "messages": [image_message(images, text)]},
+        headers=server.headers,
+        timeout=timeout,
+    )
+    if response.status_code != 200:
+        raise RequestRejected(rejection_message(server, response.status_code, response.text))
+    body = response.json()
+    return torch.tensor(body["data"][0]["embedding"]), body["usage"]["prompt_tokens"]
 
 
 @dataclass

@@ -1,0 +1,150 @@
+"""vLLM's offline engine, ``vllm.LLM``, inside this Python process: no server, no HTTP, the same engine.
+
+    with offline_llm(export_dir, max_model_len=48, kv_cache_tokens=256, extra_args=vllm_args()) as llm:
+        llm.generate({"prompt": "<image> the", "multi_modal_data": {"image": picture}}, SamplingParams(temperature=0))
+
+The settings are VLLMServer's (the same KV budget in tokens, the same dtype choice, the same up-front refusals) and
+``extra_args`` are the server's command-line flags, read by vLLM's own parser (command_lines.py), so one export's
+needs (``vision_export.vllm_args``) are written once for both.
+
+Why in-process: on CPU, vLLM runs ``LLM``'s engine core in a process of its own and its worker in a third one,
+started with multiprocessing's *spawn*, which re-imports the calling script (a script must guard
+``if __name__ == "__main__":``) and pickles what it sends; VLLM_ENABLE_V1_MULTIPROCESSING=0 and the "uni" executor
+keep both here (VLLMServer keeps its worker in its engine's process the same way). vLLM's default works in a Jupyter
+kernel too, but each start imports vLLM twice more (lesson 10's VLM on a busy 2-core box: ready after 59 s that way,
+10-26 s in-process; a second in-process engine, vLLM imported already: 3-4 s). The price: the engine changes this
+process while it lives (torch's thread count and ``torch.set_num_threads`` itself, which vLLM's CPU worker replaces
+with a function that only warns; ``gc.freeze()``; environment variables, and vLLM's cache of them, filled at
+start-up). Leaving the ``with`` block shuts the engine down and puts those back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import os
+import shlex
+import warnings
+from pathlib import Path
+
+import torch
+
+from tinyformer.serving.budget import (
+    BLOCK_SIZE,
+    KVBudget,
+    ServingConfigError,
+    bytes_for_tokens,
+    check_serving_config,
+    model_config_from_dir,
+)
+from tinyformer.serving.server import (
+    DEFAULT_CONCURRENT_REQUESTS,
+    NO_TELEMETRY_ENV,
+    _check_pooling,
+    _device,
+    _dtype_for,
+)
+
+
+def engine_settings(extra_args: list[str] | tuple[str, ...]) -> dict:
+    """Server flags (``["--model-impl", "transformers", ...]``) as ``vllm.LLM`` keyword arguments, read by vLLM's
+    own parser: ``{"model_impl": "transformers", ...}``. Flags only the API server has are refused."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from tinyformer.serving.command_lines import read_command_line
+
+    read = read_command_line(shlex.join(["vllm", "serve", "MODEL", *extra_args]))
+    if read.refusal or read.unknown:
+        raise ServingConfigError(f"vLLM's parser refuses {list(extra_args)}: {read.refusal or read.unknown}.")
+    settings = {name: value for name, value in read.sets.items() if name != "model_tag"}
+    server_only = sorted(set(settings) - {f.name for f in dataclasses.fields(EngineArgs)})
+    if server_only:
+        raise ServingConfigError(
+            f"{server_only} are settings of vLLM's API server, not of its engine: an offline LLM has no server. "
+            "Leave them out of extra_args."
+        )
+    return settings
+
+
+def llm_settings(
+    model_dir: str | Path,
+    *,
+    max_model_len: int | None = None,
+    kv_cache_tokens: int | None = None,
+    block_size: int | None = None,
+    dtype: str | None = None,
+    pooling: str | None = None,
+    extra_args: list[str] | tuple[str, ...] = (),
+) -> dict:
+    """The keyword arguments of ``vllm.LLM`` for ``model_dir``, as ``VLLMServer`` would start it (same defaults,
+    same refusals before anything starts)."""
+    model_dir = Path(model_dir)
+    config = model_config_from_dir(model_dir)
+    device = _device()
+    max_model_len = max_model_len if max_model_len is not None else config.n_positions
+    block_size = block_size or BLOCK_SIZE[device]
+    dtype = _dtype_for(model_dir, dtype, check=True)
+    tokens = kv_cache_tokens if kv_cache_tokens is not None else DEFAULT_CONCURRENT_REQUESTS * max_model_len
+    kv_bytes = bytes_for_tokens(config, tokens, dtype=dtype, block_size=block_size)
+    check_serving_config(
+        KVBudget(
+            config,
+            max_model_len=max_model_len,
+            kv_cache_bytes=kv_bytes,
+            dtype=dtype,
+            device=device,
+            block_size=block_size,
+        )
+    )
+    settings = {
+        "model": str(model_dir),
+        "dtype": dtype,
+        "max_model_len": max_model_len,
+        "kv_cache_memory_bytes": kv_bytes,  # without it vLLM reserves 92 % of the machine's memory, and refuses
+        "block_size": block_size,
+        "enforce_eager": True,  # no torch.compile: about 35 s on 2 cores, no faster for a model this small
+        "distributed_executor_backend": "uni",  # the worker in this process
+    }
+    if _check_pooling(pooling, None, max_model_len, check=True) is not None:
+        from vllm.config import PoolerConfig
+
+        settings.update(runner="pooling", convert="embed", pooler_config=PoolerConfig(pooling_type=pooling))
+    return settings | engine_settings(extra_args)
+
+
+@contextlib.contextmanager
+def offline_llm(model_dir: str | Path, *, quiet: bool = True, **settings):
+    """A ``vllm.LLM`` for ``model_dir`` running in this process (settings: see ``llm_settings``), shut down when the
+    ``with`` block ends. quiet: vLLM logs errors only (its CPU worker otherwise warns at every request that it will
+    not change torch's thread count), draws no bar while it loads the weights and hides its FutureWarnings."""
+    import vllm.envs as vllm_envs
+    from vllm import LLM  # 5-25 s the first time in a process
+
+    kwargs = llm_settings(model_dir, **settings)
+    if quiet:
+        kwargs.update(log_level="ERROR", use_tqdm_on_load=False)
+    saved_environment = dict(os.environ)
+    saved_threads, saved_set_threads = torch.get_num_threads(), torch.set_num_threads
+    os.environ.update(NO_TELEMETRY_ENV, VLLM_ENABLE_V1_MULTIPROCESSING="0")  # the engine core in this process
+    if _device() == "cpu":
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"  # "auto" would pin this process (the kernel) to one core
+    llm = None
+    try:
+        try:
+            with warnings.catch_warnings():
+                if quiet:  # vLLM's own deprecation warnings (torch.distributed.reduce_op): nothing a learner can change
+                    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
+                llm = LLM(**kwargs)
+        finally:  # read at start-up only: a server started later gets this process's own environment again
+            os.environ.clear()
+            os.environ.update(saved_environment)
+        yield llm
+    finally:
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()  # frees the KV cache, ends torch.distributed, undoes gc.freeze()
+        vllm_envs.disable_envs_cache()  # the engine froze vLLM's reading of the environment at start-up: thaw it
+        torch.set_num_threads = saved_set_threads
+        torch.set_num_threads(saved_threads)
+        del llm
+        gc.collect()
