@@ -242,6 +242,7 @@ def test_vllms_benchmark_client_and_our_load_generator_agree_on_one_trace(server
     assert all(0 < first <= whole for first, whole in zip(ttfts, latencies, strict=True))
     assert theirs.ms("ttft") == pytest.approx(1e3 * statistics.median(ttfts))  # ms() reads vLLM's median
     assert theirs.ms("e2el", 99) > theirs.ms("e2el")  # ... and its 99th percentile, a different number
+    assert " Serving Benchmark Result " in theirs.report  # vLLM's printed table, kept instead of printed
     print(f"vLLM's client {theirs.output_throughput:.0f} tok/s, ours {ours.tokens_per_second:.0f} tok/s")
 
 

@@ -12,7 +12,9 @@ Boundary: this module calls vLLM's client; it starts no server and computes no s
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 from dataclasses import dataclass
 
 from tinyformer.serving.client import run_coroutine
@@ -26,6 +28,7 @@ class BenchResult:
     """What vLLM's client measured, in its own units (milliseconds, tokens per second)."""
 
     raw: dict  # vLLM's result dictionary, whole
+    report: str = ""  # the table vLLM's client prints (kept here, not printed: print(result.report) to see it)
 
     @property
     def completed(self) -> int:
@@ -88,7 +91,9 @@ def vllm_bench(server, prompts: list[str], *, output_len: int, max_concurrency: 
         extra_body={"temperature": 0.0},  # its client sends none: the server's default would sample
         ready_check_timeout_sec=0,
     )
-    return BenchResult(run_coroutine(lambda: benchmark(**arguments)))
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        raw = run_coroutine(lambda: benchmark(**arguments))
+    return BenchResult(raw, printed.getvalue())
 
 
 @functools.lru_cache(maxsize=4)
