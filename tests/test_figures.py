@@ -95,3 +95,12 @@ def test_recall_figure_draws_the_table_and_refuses_a_row_of_the_wrong_length():
     assert list(ax.lines[0].get_xdata()) == [1, 3, 5, 10]
     with pytest.raises(ValueError, match="one per k"):
         recall_figure({"x": [0.1]}, (1, 3))
+
+
+def test_figures_show_themselves_as_png_without_pyplot():
+    """A notebook shows a cell's last value through _repr_png_: no backend needed, nothing registered with pyplot."""
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    fig = recall_figure({"TF-IDF": [0.5, 0.9]}, (1, 3))
+    assert fig._repr_png_().startswith(b"\x89PNG") and plt.get_fignums() == before

@@ -10,13 +10,10 @@ matplotlib ``Figure``; the numbers it draws come from small pure functions besid
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-# The figures are made without pyplot and returned: Jupyter shows a cell's last value once, through the PNG
-# formatter that pyplot's import registers with the notebook's inline backend. (Made with pyplot, a returned
-# figure would be shown twice: as the value and by the backend at the end of the cell.)
-import matplotlib.pyplot  # noqa: F401
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -24,6 +21,19 @@ from matplotlib.patches import Rectangle
 from tinyformer import vllm_rules
 
 NULL_COLOUR, FREE_COLOUR = "black", "white"
+
+
+class ShownFigure(Figure):
+    """A figure that shows itself as a PNG where it is a cell's last value (or passed to ``display``), whatever
+    matplotlib backend the kernel has loaded, if any. Made without pyplot, so it is shown once, not again by
+    pyplot's inline backend at the end of the cell, and never kept alive by pyplot's list of open figures."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=80)
+        return buffer.getvalue()
+
+
 PREFILL_COLOUR, DECODE_COLOUR, BLOCKS_COLOUR = "tab:orange", "tab:blue", "black"
 
 
@@ -66,7 +76,7 @@ class Pool:
 def kv_pool_figure(pools: Mapping[str, Pool], bytes_per_token: int) -> Figure:
     """One row per pool, drawn to scale in bytes: the null block black, each full-length request's blocks in its
     own colour (the unused tail of its last block hatched), free blocks white."""
-    fig = Figure(figsize=(12, 0.75 * len(pools) + 1.1))
+    fig = ShownFigure(figsize=(12, 0.75 * len(pools) + 1.1))
     ax = fig.subplots()
     for row, pool in enumerate(pools.values()):
         block_kib = pool.block_size * bytes_per_token / 1024
@@ -130,7 +140,7 @@ def vllm_steps(iterations, num_blocks: int) -> list[StepCounts]:
 
 def engine_vs_vllm_figure(ours: Sequence[StepCounts], vllm: Sequence[StepCounts], num_blocks: int) -> Figure:
     """Two panels on the same axes, step by step: requests in the step (orange: those prefilling) and blocks used."""
-    fig = Figure(figsize=(13, 3.4))
+    fig = ShownFigure(figsize=(13, 3.4))
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
     for ax, steps, title in ((axes[0], ours, "our engine"), (axes[1], vllm, "vLLM (its iteration log)")):
         x = range(len(steps))
@@ -153,7 +163,7 @@ def bits_figure(bytes_per_param: Mapping[str, float], loss: Mapping[str, float],
                 floor: float) -> Figure:  # fmt: skip
     """Validation loss (against the Bayes floor) and agreement with the fp32 model's next-token choices, both
     against bits per weight (scales and zero points included), one point per weight format."""
-    fig = Figure(figsize=(11, 3.3))
+    fig = ShownFigure(figsize=(11, 3.3))
     loss_ax, agree_ax = fig.subplots(1, 2, sharex=True)
     names = list(loss)
     bits = [8 * bytes_per_param[n] for n in names]
@@ -181,7 +191,7 @@ def argmax_agreement(logits, reference_logits) -> float:
 
 def recall_figure(table: Mapping[str, Sequence[float]], ks: Sequence[int]) -> Figure:
     """One curve per retriever: recall@k against k (the values of the lesson's table, ``table[name][i]`` at ks[i])."""
-    fig = Figure(figsize=(7.5, 3.4))
+    fig = ShownFigure(figsize=(7.5, 3.4))
     ax = fig.subplots()
     for name, row in table.items():
         if len(row) != len(ks):

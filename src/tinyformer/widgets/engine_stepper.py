@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ipywidgets as w
 import numpy as np
+from matplotlib.collections import PatchCollection
 from matplotlib.colors import to_rgba
+from matplotlib.patches import Rectangle
 
 from tinyformer.engine import Engine
 from tinyformer.engine.block_manager import NULL_BLOCK_ID
@@ -74,12 +76,13 @@ def queue_cells(snap: StepSnapshot) -> dict[str, list[tuple[int, str]]]:
 
 
 def step_summary(snap: StepSnapshot) -> str:
-    parts = [f"step {snap.step}: {snap.prefill_tokens} prefill tokens, {snap.decodes} decodes"]
-    if snap.preempted:
-        parts.append("preempted " + ", ".join(f"r{s}" for s in snap.preempted))
+    decodes = f"{snap.decodes} decode{'' if snap.decodes == 1 else 's'}"
+    parts = [f"step {snap.step}: {snap.prefill_tokens} prefill tokens, {decodes}"]
     hits = sum(snap.prefix_hits.values())
     if hits:
-        parts.append(f"{hits} blocks from the prefix cache")
+        parts.append(f"{hits} cached block{'' if hits == 1 else 's'} reused")
+    if snap.preempted:
+        parts.append("preempted " + ", ".join(f"r{s}" for s in snap.preempted))
     return "; ".join(parts)
 
 
@@ -126,10 +129,8 @@ class EngineStepper(LiveFigureWidget):
         first = self.snapshots[0]
         rows, columns = pool_grid_shape(first.num_blocks)
         self.pool_image = pool_ax.imshow(pool_colours(first), interpolation="nearest", aspect="auto")
-        pool_ax.set_xticks(np.arange(-0.5, columns), minor=True)
-        pool_ax.set_yticks(np.arange(-0.5, rows), minor=True)
-        pool_ax.grid(which="minor", color="0.4", lw=0.8)
-        pool_ax.tick_params(which="minor", length=0)
+        outlines = [Rectangle((i % columns - 0.5, i // columns - 0.5), 1, 1) for i in range(first.num_blocks)]
+        pool_ax.add_collection(PatchCollection(outlines, facecolor="none", edgecolor="0.35", lw=0.8, zorder=3))
         pool_ax.set_xticks(range(columns), [f"+{c}" for c in range(columns)], fontsize=7)
         pool_ax.set_yticks(range(rows), [str(r * columns) for r in range(rows)], fontsize=7)
         pool_ax.set_ylabel("block id", fontsize=8)
@@ -172,7 +173,7 @@ class EngineStepper(LiveFigureWidget):
         time_ax.set_ylim(0, top * 1.2)
         time_ax.set_xlim(-0.5, len(self.snapshots) - 0.5)
         time_ax.set_xlabel("step")
-        time_ax.legend(fontsize=6, loc="upper right", ncols=2)
+        time_ax.legend(fontsize=6, loc="upper right", bbox_to_anchor=(1, 0.86), ncols=2)
         self.now_line = time_ax.axvline(0, color="k", lw=1.5, ls=":")
         self.time_ax = time_ax
 
@@ -200,7 +201,7 @@ class EngineStepper(LiveFigureWidget):
         preempted = "; preempted " + ", ".join(f"r{q}" for q in s.preempted) if s.preempted else ""
         self.queue_ax.set_title(f"queues (P n: prefill chunk, D: decode){preempted}", fontsize=9)
         self.now_line.set_xdata([s.step, s.step])
-        self.time_ax.set_title(step_summary(s), fontsize=9)
+        self.time_ax.set_title(step_summary(s), fontsize=8)
 
 
 def engine_stepper(engine: Engine) -> EngineStepper:
