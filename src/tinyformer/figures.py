@@ -170,8 +170,9 @@ def bits_figure(bytes_per_param: Mapping[str, float], loss: Mapping[str, float],
     for ax, values, label in ((loss_ax, loss, "validation loss (nats/token)"),
                               (agree_ax, agreement, "next-token choices equal to fp32's")):  # fmt: skip
         ax.plot(bits, [values[n] for n in names], "o", color=DECODE_COLOUR)
-        for n, b in zip(names, bits, strict=True):
-            ax.annotate(n, (b, values[n]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for i, (n, b) in enumerate(zip(names, bits, strict=True)):
+            above = i % 2 == 0  # in turn above and below: int4 g64 and g32 sit less than a bit apart
+            ax.annotate(n, (b, values[n]), textcoords="offset points", xytext=(4, 4 if above else -11), fontsize=8)
         ax.set_xscale("log", base=2)
         ax.set(xlabel="bits per weight (scales and zero points included)", ylabel=label)
     loss_ax.axhline(floor, color="grey", ls="--", label="Bayes floor")
