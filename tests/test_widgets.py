@@ -191,7 +191,7 @@ def test_debouncer_runs_a_lone_event_at_once_and_a_burst_as_one_more_run():
     asyncio.run(burst())
 
 
-@pytest.mark.parametrize("which", ["explorer", "stepper", "budget", "viewer"])
+@pytest.mark.parametrize("which", ["explorer", "stepper", "budget", "viewer", "engine"])
 def test_blitted_frames_look_like_a_full_drawing(which):
     """The widgets draw only what moved over frames drawn once (FigureRenderer). After slider moves, what
     is sent must look like a full drawing of the same figure: the same size, and at most 0.5 % of pixels
@@ -228,6 +228,7 @@ def test_blitted_frames_look_like_a_full_drawing(which):
             attention_weights_viewer(model, tokenizer),
             [("query", 1), ("query", 5), ("sentence", "the dogs run .")],
         ),
+        "engine": lambda: (engine_stepper_of(model), [("step", 3), ("step", 9)]),  # its timeline kept still
     }[which]()
     previous = pixels(bytes(widget.image.value))
     for control, value in moves:
@@ -237,6 +238,15 @@ def test_blitted_frames_look_like_a_full_drawing(which):
         assert (sent != full).any(axis=2).mean() < 0.005, f"after {control} = {value!r}"
         assert (sent != previous).any()  # the move changed the picture
         previous = sent
+
+
+def engine_stepper_of(model):
+    from tinyformer.engine import Engine
+    from tinyformer.widgets.engine_stepper import engine_stepper
+
+    engine = Engine(model, num_blocks=9, block_size=8, max_num_seqs=4, max_num_batched_tokens=16, record_steps=True)
+    engine.generate([[5, 6, 7] * 4, [8, 9] * 7, [10] * 20], 12)
+    return engine_stepper(engine)
 
 
 def test_budget_calculator_shows_image_tokens_and_how_many_images_fit():

@@ -20,7 +20,7 @@ from tinyformer.engine import Engine
 from tinyformer.engine.block_manager import NULL_BLOCK_ID
 from tinyformer.engine.recorder import StepSnapshot
 from tinyformer.figures import request_colour
-from tinyformer.widgets.base import LiveFigureWidget, number, slider
+from tinyformer.widgets.base import LiveFigureWidget, keep_still, number, slider
 
 NULL_COLOUR = to_rgba("black")
 EMPTY_COLOUR = to_rgba("white")
@@ -144,10 +144,9 @@ class EngineStepper(LiveFigureWidget):
         width = self.widest_queue
         self.queue_colours = np.zeros((2, width, 4))
         self.queue_image = queue_ax.imshow(self.queue_colours, interpolation="nearest", aspect="auto")
-        queue_ax.set_xticks(np.arange(-0.5, width), minor=True)
-        queue_ax.set_yticks([0.5], minor=True)
-        queue_ax.grid(which="minor", color="white", lw=2)
-        queue_ax.tick_params(which="minor", length=0)
+        # cell borders above the image (a grid would lie under it: the image is redrawn over the frames)
+        queue_ax.vlines(np.arange(0.5, width - 1), -0.5, 1.5, color="white", lw=2, zorder=3)
+        queue_ax.axhline(0.5, color="white", lw=2, zorder=3)
         queue_ax.set_xticks(range(width), [str(i) for i in range(width)], fontsize=7)
         queue_ax.set_yticks([0, 1], ["running", "waiting"], fontsize=8)
         queue_ax.set_xlabel("position in the queue (running: newest last, preempted first)", fontsize=7)
@@ -174,6 +173,8 @@ class EngineStepper(LiveFigureWidget):
         time_ax.set_xlim(-0.5, len(self.snapshots) - 0.5)
         time_ax.set_xlabel("step")
         time_ax.legend(fontsize=6, loc="upper right", bbox_to_anchor=(1, 0.86), ncols=2)
+        # The whole run is drawn once, with the frames; only the step's dotted line and the title move.
+        keep_still(*(a for a in time_ax.get_children() if a is not time_ax.title))
         self.now_line = time_ax.axvline(0, color="k", lw=1.5, ls=":")
         self.time_ax = time_ax
 
