@@ -200,6 +200,77 @@ def test_preemption_takes_the_newest_running_request_and_queues_it_first(model):
     assert [s.seq_id for s in e.scheduler.running] == [0, 1]
 
 
+# ----- the recorder: what the pictures of lesson 13 are drawn from ---------------------------------
+
+
+def watched_trace() -> list[list[int]]:
+    """Three prompts sharing a 20-token prefix (prefix-cache hits) and five others up to 40 tokens long (chunked
+    prefill under a 16-token budget); with 11 usable blocks of 8 tokens they cannot all grow (preemption)."""
+    shared = prompts_of(1, 20, 20, seed=5)[0]
+    return [shared + tail for tail in prompts_of(3, 2, 6, seed=6)] + prompts_of(5, 4, 40, seed=7)
+
+
+def watched_engine(model, **kw) -> Engine:
+    return engine(model, num_blocks=12, block_size=8, max_num_seqs=4, max_num_batched_tokens=16, **kw)
+
+
+def spy_on_runner(e: Engine) -> list[dict]:
+    """What the model runner is handed at each step, seen from outside the recorder: every running request's block
+    table, the queues, the tokens scheduled per request, and which blocks are free and still cached."""
+    seen, run = [], e.runner.run
+
+    def spy(scheduled):
+        seen.append(
+            dict(
+                tables={s.seq_id: tuple(s.block_table) for s in e.scheduler.running},
+                running=tuple(s.seq_id for s in e.scheduler.running),
+                waiting=tuple(s.seq_id for s in e.scheduler.waiting),
+                scheduled=tuple((s.seq_id, n) for s, n in scheduled),
+                cached_free={b for b in e.block_manager.free if e.block_manager.blocks[b].hash is not None},
+            )
+        )
+        return run(scheduled)
+
+    e.runner.run = spy
+    return seen
+
+
+def test_each_snapshot_holds_the_block_tables_and_queues_the_model_ran_with(model):
+    """Rejects a recorder that copies state at the wrong moment (before admission, after the step's appends), drops
+    a queue's order, or miscounts prefill against decode, preemptions or prefix hits."""
+    e = watched_engine(model, record_steps=True)
+    seen = spy_on_runner(e)
+    prompts = watched_trace()
+    assert [o.tokens for o in e.generate(prompts, MAX_NEW)] == [generate(model, p, MAX_NEW).tokens[0] for p in prompts]
+    snaps = e.snapshots
+    assert len(snaps) == len(seen) == len(e.stats.timeline)  # every step ran something
+    for snap, model_saw, counts in zip(snaps, seen, e.stats.timeline, strict=True):
+        assert snap.block_tables == model_saw["tables"]
+        assert (snap.running, snap.waiting) == (model_saw["running"], model_saw["waiting"])
+        assert tuple((share.seq_id, share.tokens) for share in snap.scheduled) == model_saw["scheduled"]
+        assert snap.cached_free == model_saw["cached_free"]
+        assert snap.blocks_used == counts.blocks_used and snap.prefill_tokens == counts.prefill_tokens
+        assert len(snap.preempted) == counts.preempted
+        assert NULL_BLOCK_ID not in snap.owners() and NULL_BLOCK_ID not in snap.free
+    # the trace shows everything the stepper draws: preemption, prefix hits, a prompt prefilled over two steps
+    assert sum(len(s.preempted) for s in snaps) == e.stats.preemptions > 0
+    hit_blocks = sum(n for s in snaps for n in s.prefix_hits.values())  # new and recomputed requests alike
+    assert hit_blocks * 8 == e.stats.prefix_cache_hit_tokens + e.stats.recomputed_hit_tokens
+    assert e.stats.prefix_cache_hit_tokens > 0
+    chunked = [
+        a.step
+        for a, b in zip(snaps, snaps[1:], strict=False)
+        if {x.seq_id for x in a.scheduled if x.prefill} & {x.seq_id for x in b.scheduled if x.prefill}
+    ]
+    assert chunked, "no prompt was prefilled in two consecutive steps"
+
+
+def test_recording_is_off_unless_asked_for(model):
+    e = watched_engine(model)
+    e.generate(watched_trace()[:2], 4)
+    assert e.snapshots is None and len(e.stats.timeline) > 0
+
+
 def test_capacity_is_the_usable_blocks(model):
     """N blocks of one-block requests run N - 1 at once: the null block is held back, as in vLLM."""
     e = engine(model, num_blocks=9, block_size=32, max_num_seqs=64)

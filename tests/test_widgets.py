@@ -191,7 +191,7 @@ def test_debouncer_runs_a_lone_event_at_once_and_a_burst_as_one_more_run():
     asyncio.run(burst())
 
 
-@pytest.mark.parametrize("which", ["explorer", "stepper", "budget", "viewer"])
+@pytest.mark.parametrize("which", ["explorer", "stepper", "budget", "viewer", "engine"])
 def test_blitted_frames_look_like_a_full_drawing(which):
     """The widgets draw only what moved over frames drawn once (FigureRenderer). After slider moves, what
     is sent must look like a full drawing of the same figure: the same size, and at most 0.5 % of pixels
@@ -228,6 +228,7 @@ def test_blitted_frames_look_like_a_full_drawing(which):
             attention_weights_viewer(model, tokenizer),
             [("query", 1), ("query", 5), ("sentence", "the dogs run .")],
         ),
+        "engine": lambda: (engine_stepper_of(model), [("step", 3), ("step", 9)]),  # its timeline kept still
     }[which]()
     previous = pixels(bytes(widget.image.value))
     for control, value in moves:
@@ -237,6 +238,15 @@ def test_blitted_frames_look_like_a_full_drawing(which):
         assert (sent != full).any(axis=2).mean() < 0.005, f"after {control} = {value!r}"
         assert (sent != previous).any()  # the move changed the picture
         previous = sent
+
+
+def engine_stepper_of(model):
+    from tinyformer.engine import Engine
+    from tinyformer.widgets.engine_stepper import engine_stepper
+
+    engine = Engine(model, num_blocks=9, block_size=8, max_num_seqs=4, max_num_batched_tokens=16, record_steps=True)
+    engine.generate([[5, 6, 7] * 4, [8, 9] * 7, [10] * 20], 12)
+    return engine_stepper(engine)
 
 
 def test_budget_calculator_shows_image_tokens_and_how_many_images_fit():
@@ -261,3 +271,107 @@ def test_budget_calculator_says_llama_vision_images_are_cross_attention_and_name
     assert "profiling run" in widget.numbers.value and "256 maximal dummy images" in widget.numbers.value
     fix = memory.cheapest_fix(widget.plan())
     assert fix.change.startswith("--max-num-seqs") and fix.change in widget.numbers.value
+
+
+# ----- lesson 13's engine stepper ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def watched():
+    """A tight engine run (11 usable blocks of 8 tokens, a 16-token budget): prefix hits, chunked prefill and
+    preemption. Besides the engine's own recorder, a spy notes what the model runner was handed at each step."""
+    from tinyformer.engine import Engine
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=60, n_positions=128, n_embd=64, n_layer=1, n_head=2)).eval()
+    shared = list(range(1, 21))
+    prompts = [shared + [30 + i, 40 + i] for i in range(3)] + [
+        [(7 * i + j) % 60 for j in range(4 + 9 * i)] for i in range(5)
+    ]
+    e = Engine(model, num_blocks=12, block_size=8, max_num_seqs=4, max_num_batched_tokens=16, record_steps=True)
+    seen, run = [], e.runner.run
+
+    def spy(scheduled):
+        seen.append(
+            dict(
+                tables={s.seq_id: list(s.block_table) for s in e.scheduler.running},
+                running=[s.seq_id for s in e.scheduler.running],
+                waiting=[s.seq_id for s in e.scheduler.waiting],
+                tokens={s.seq_id: n for s, n in scheduled},
+                cached_free={b for b in e.block_manager.free if e.block_manager.blocks[b].hash is not None},
+            )
+        )
+        return run(scheduled)
+
+    e.runner.run = spy
+    e.generate(prompts, 24)
+    assert e.stats.preemptions and e.stats.prefix_cache_hit_tokens and len(seen) == len(e.snapshots)
+    return e, seen
+
+
+def test_engine_stepper_draws_at_step_k_the_blocks_and_queues_the_engine_ran_with(watched):
+    """Rejects a picture off by one step, a block coloured for the wrong request (or left out), a free block drawn
+    as held, a queue out of order, and a prefill chunk shown as a decode."""
+    from tinyformer.widgets.engine_stepper import NULL_COLOUR, engine_stepper, request_colour
+
+    e, seen = watched
+    stepper = engine_stepper(e)
+    for k, truth in enumerate(seen):
+        stepper.step.value = k  # no event loop here: the figure is redrawn at once
+        cells = stepper.pool_image.get_array().reshape(-1, 4)[: len(e.block_manager.blocks)]
+        first_holder = {}
+        for seq_id in truth["running"]:
+            for block in truth["tables"][seq_id]:
+                first_holder.setdefault(block, seq_id)
+        for seq_id in truth["running"]:
+            coloured = {b for b, c in enumerate(cells) if tuple(c) == request_colour(seq_id)}
+            assert coloured == {b for b, s in first_holder.items() if s == seq_id}, (k, seq_id)
+        assert tuple(cells[0]) == NULL_COLOUR
+        free = set(range(1, len(cells))) - set(first_holder)
+        grey = {b for b in free if tuple(cells[b]) == (0.78, 0.78, 0.78, 1.0)}
+        assert grey == truth["cached_free"], k
+        assert all(tuple(cells[b]) == (1.0, 1.0, 1.0, 1.0) for b in free - grey), k
+
+        running_row = stepper.queue_colours[0][: len(truth["running"])]
+        assert [tuple(c) for c in running_row] == [request_colour(s) for s in truth["running"]], k
+        waiting_row = stepper.queue_colours[1][: len(truth["waiting"])]
+        assert [tuple(c) for c in waiting_row] == [request_colour(s) for s in truth["waiting"]], k
+        for seq_id, text in zip(truth["running"], stepper.queue_texts[0], strict=False):
+            label = text.get_text()
+            n = truth["tokens"].get(seq_id)
+            if n is None:
+                assert label == f"r{seq_id}"
+            elif label.endswith(" D"):
+                assert n == 1, (k, seq_id, label)
+            else:
+                assert label == f"r{seq_id} P{n}", (k, seq_id)
+        assert shown(stepper, "tf-eng-running") == " ".join(map(str, truth["running"]))
+        assert shown(stepper, "tf-eng-waiting") == " ".join(map(str, truth["waiting"]))
+    assert bytes(stepper.image.value).startswith(PNG_MAGIC)
+
+
+def test_engine_stepper_marks_every_prefix_hit_and_preemption(watched):
+    from tinyformer.widgets.engine_stepper import engine_stepper
+
+    e, _ = watched
+    stepper = engine_stepper(e)
+    for snap in e.snapshots[1:]:  # step 0 was drawn when the widget was made
+        if not (snap.prefix_hits or snap.preempted or snap.step % 10 == 0):
+            continue  # a sample of the quiet steps: each redraw sends a PNG
+        stepper.step.value = snap.step
+        assert len(stepper.hit_marks.get_xdata()) == sum(snap.prefix_hits.values())
+        title = stepper.queue_ax.get_title()
+        assert all(f"r{s}" in title.split("preempted")[-1] for s in snap.preempted) and (
+            ("preempted" in title) == bool(snap.preempted)
+        )
+
+
+def test_engine_stepper_needs_recorded_steps():
+    from tinyformer.engine import Engine
+    from tinyformer.widgets.engine_stepper import EngineStepper, engine_stepper
+
+    model = Transformer(ModelConfig(vocab_size=60, n_positions=128, n_embd=64, n_layer=1, n_head=2))
+    with pytest.raises(ValueError, match="record_steps=True"):
+        engine_stepper(Engine(model, num_blocks=4, block_size=8, max_num_seqs=2, max_num_batched_tokens=16))
+    with pytest.raises(ValueError, match="no steps to show"):
+        EngineStepper([])

@@ -7,6 +7,7 @@ scheduler.py      waiting/running queues, the token budget, preemption, admissio
 kv_cache.py       the paged cache: one [num_blocks, block_size, nh, hd] tensor per layer for K and V
 model_runner.py   one step of packed tokens through the model's weights, attention read through block tables
 stats.py          counters and a per-step timeline
+recorder.py       which blocks each request held and who waited, step by step (for pictures)
 llm_engine.py     Engine: generate(prompts, max_new_tokens), step by step
 speculative.py    SpeculativeEngine: a draft model proposes, the target verifies in one pass (lesson 16)
 """
@@ -14,6 +15,7 @@ speculative.py    SpeculativeEngine: a draft model proposes, the target verifies
 from tinyformer.engine.block_manager import BlockManager, block_hash, blocks_needed
 from tinyformer.engine.kv_cache import PagedKVCache, slot_of
 from tinyformer.engine.llm_engine import Engine, Output
+from tinyformer.engine.recorder import Share, StepSnapshot
 from tinyformer.engine.scheduler import Scheduler
 from tinyformer.engine.sequence import Sequence
 from tinyformer.engine.speculative import SpecStats, SpeculativeEngine, accepted_tokens
@@ -26,10 +28,12 @@ __all__ = [
     "PagedKVCache",
     "Scheduler",
     "Sequence",
+    "Share",
     "SpecStats",
     "SpeculativeEngine",
     "Stats",
     "StepRecord",
+    "StepSnapshot",
     "accepted_tokens",
     "block_hash",
     "blocks_needed",

@@ -3,6 +3,7 @@
     engine = Engine(model, num_blocks=33, block_size=32, max_num_seqs=16, max_num_batched_tokens=256)
     outputs = engine.generate(prompts, max_new_tokens=32)   # outputs[i].tokens: the new ids of prompts[i]
     engine.stats.preemptions, engine.stats.prefix_cache_hit_tokens, engine.stats.timeline
+    Engine(..., record_steps=True).snapshots   # which blocks and queues, step by step (tinyformer.engine.recorder)
 
 Each step: the scheduler picks the requests and token counts (and takes their blocks from the block
 manager), the model runner runs them as one packed batch over the paged cache, and the scheduler
@@ -19,6 +20,7 @@ from itertools import count
 from tinyformer.engine.block_manager import BlockManager
 from tinyformer.engine.kv_cache import PagedKVCache
 from tinyformer.engine.model_runner import ModelRunner
+from tinyformer.engine.recorder import StepSnapshot, is_prefill, snapshot
 from tinyformer.engine.scheduler import Scheduler
 from tinyformer.engine.sequence import Sequence
 from tinyformer.engine.stats import Stats, StepRecord
@@ -47,9 +49,12 @@ class Engine:
         max_num_batched_tokens: int,
         enable_prefix_caching: bool = True,
         poison_unowned_slots: bool = False,
+        record_steps: bool = False,
     ):
         """``poison_unowned_slots`` (for tests): cache slots no request owns hold NaN, so attention that reads
-        one (a mask off by one, a stale block table) fails loudly; see :class:`PagedKVCache`."""
+        one (a mask off by one, a stale block table) fails loudly; see :class:`PagedKVCache`.
+        ``record_steps``: keep a :class:`StepSnapshot` of the block tables and queues of every step in
+        ``self.snapshots`` (for pictures; off by default, it copies every block table each step)."""
         if not isinstance(model, Transformer):
             raise ValueError(f"model must be a tinyformer Transformer, got {type(model).__name__}.")
         _check_positive(
@@ -74,6 +79,7 @@ class Engine:
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens, self.stats)
         self.runner = ModelRunner(model, self.cache)
         self._ids = count()
+        self.snapshots: list[StepSnapshot] | None = [] if record_steps else None
 
     @property
     def capacity_tokens(self) -> int:
@@ -110,7 +116,19 @@ class Engine:
         return self.scheduler.finish_step(scheduled, next_tokens)
 
     def _record(self, scheduled) -> None:
-        running = self.scheduler.running
+        running, preempted = self.scheduler.running, self.scheduler.preempted_this_step
+        if self.snapshots is not None:
+            self.snapshots.append(
+                snapshot(
+                    self.stats.steps,
+                    running,
+                    list(self.scheduler.waiting),
+                    scheduled,
+                    preempted,
+                    self.scheduler.prefix_hits_this_step,
+                    self.block_manager,
+                )
+            )
         self.stats.record(
             StepRecord(
                 step=self.stats.steps,
@@ -119,10 +137,8 @@ class Engine:
                 blocks_used=self.block_manager.num_used_blocks,
                 tokens_held=sum(s.num_computed_tokens for s in running) + sum(n for _, n in scheduled),
                 scheduled_tokens=sum(n for _, n in scheduled),
-                prefill_tokens=sum(
-                    n for s, n in scheduled if s.num_computed_tokens + n < s.num_tokens or n > 1 + len(s.draft_ids)
-                ),
-                preempted=self.scheduler.preempted_this_step,
+                prefill_tokens=sum(n for s, n in scheduled if is_prefill(s, n)),
+                preempted=len(preempted),
             )
         )
 

@@ -35,7 +35,8 @@ class Scheduler:
         self.stats = stats
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in the order they were admitted: the last one is the newest
-        self.preempted_this_step = 0
+        self.preempted_this_step: list[Sequence] = []  # in the order they were preempted
+        self.prefix_hits_this_step: dict[int, int] = {}  # for each request admitted: cached blocks it reused
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -46,7 +47,7 @@ class Scheduler:
     def schedule(self) -> Scheduled:
         budget = self.max_num_batched_tokens
         scheduled: Scheduled = []
-        self.preempted_this_step = 0
+        self.preempted_this_step, self.prefix_hits_this_step = [], {}
         i = 0
         while i < len(self.running) and budget > 0:  # 1. running requests
             seq = self.running[i]
@@ -66,6 +67,7 @@ class Scheduler:
             if not self.blocks.can_fit(seq, seq.num_tokens, hits) or not self.blocks.allocate(seq, n, hits):
                 break  # first come, first served: nobody overtakes the request at the head of the queue
             self.count_prefix_hits(seq, len(hits) * self.blocks.block_size)
+            self.prefix_hits_this_step[seq.seq_id] = len(hits)
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)
@@ -92,7 +94,7 @@ class Scheduler:
         seq.num_preemptions += 1
         self.waiting.appendleft(seq)
         self.stats.preemptions += 1
-        self.preempted_this_step += 1
+        self.preempted_this_step.append(seq)
 
     def count_prefix_hits(self, seq: Sequence, hit_tokens: int) -> None:
         """Count like vLLM's /metrics: queries and hits of new requests only, in tokens."""

@@ -84,9 +84,20 @@ class FigureRenderer:
 
 
 def moving_artists(ax) -> list:
-    """What a slider may move: everything in the axes but its background, spines and the two axes."""
+    """What a slider may move: everything in the axes but its background, spines, the two axes and what
+    ``keep_still`` marked."""
     frame = {ax.patch, *ax.spines.values(), ax.xaxis, ax.yaxis}
-    return [a for a in ax.get_children() if a not in frame]
+    return [a for a in ax.get_children() if a not in frame and not getattr(a, STILL, False)]
+
+
+STILL = "_tf_still"
+
+
+def keep_still(*artists) -> None:
+    """Draw these artists with the frames, once, instead of on every update: for what ``build`` makes and no update
+    ever changes (a whole-run timeline, its legend). They lie under everything that moves."""
+    for artist in artists:
+        setattr(artist, STILL, True)
 
 
 def frames_key(fig: Figure) -> tuple:
