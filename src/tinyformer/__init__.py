@@ -15,7 +15,7 @@ Lesson -> the modules it shows (each notebook imports these; ``checks`` holds ev
 08 max_model_len, KV capacity    ``vllm_rules`` (blocks, null block, capacity line, refusals),
                                  ``serving.budget`` (KVBudget), ``serving.vllm_log``
 09 batching and concurrency      ``serving.client`` (load generator), ``serving.metrics``
-10 images are tokens (VLM)       ``vision`` (pictures, patch tokens, the model, training), ``vision_export``
+10 images are tokens (VLM)       ``vision`` (tokens, model, data: the pictures, train), ``vision_export``
 11 fewer bits (quantisation)     ``quantize`` (int8/int4 weights), ``export_quantised`` (the AWQ folder)
 12 embeddings and retrieval      ``retrieval`` (pooling, collection, search, budget, finetune),
                                  ``serving.embeddings``, ``vllm_rules`` (pooling runner, chunked prefill)
