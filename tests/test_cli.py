@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from tinyformer import cli
 from tinyformer.checkpoint import load_checkpoint
-from tinyformer.export_quantised import awq_quantization_config, serve_dtype
+from tinyformer.export.awq import awq_quantization_config, serve_dtype
 
 STEPS = 3  # the command is under test here, not the training
 

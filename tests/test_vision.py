@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tinyformer import checks, vision
-from tinyformer.export import EXPORT_FILES
+from tinyformer.export.folder import EXPORT_FILES
+from tinyformer.export.llava import export_llava, verify_llava_export
 from tinyformer.vision import data as vision_data
 from tinyformer.vision import train as vision_train
-from tinyformer.vision_export import export_llava, verify_llava_export
 
 
 @pytest.fixture(scope="module")

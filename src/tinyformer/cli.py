@@ -277,7 +277,7 @@ def _run_export(args: argparse.Namespace) -> int:
         suffix = f"-{args.quantize}" if args.quantize else "-hf"
         args.out = artifacts_dir() / f"{checkpoint.stem}{suffix}"
     if args.quantize:
-        from tinyformer.export_quantised import export_quantised
+        from tinyformer.export.awq import export_quantised
 
         out = export_quantised(
             model, tokenizer, args.out, scheme=args.quantize, group_size=args.group_size, overwrite=args.overwrite
@@ -285,7 +285,7 @@ def _run_export(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({args.quantize} weights in AWQ's layout, quantization_config in config.json)")
         print(f"serve it: tinyformer serve {out}   (vLLM reads the quantization_config; --dtype float16)")
         return 0
-    from tinyformer.export import export_hf
+    from tinyformer.export.causal_lm import export_hf
 
     out = export_hf(model, tokenizer, args.out, overwrite=args.overwrite, verify=not args.no_verify)
     checked = "" if args.no_verify else ", checked against the checkpoint with transformers"

@@ -97,7 +97,7 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
         kind = hf.get("model_type")
         raise ServingConfigError(
             f"{path} describes a {kind!r} model; tinyformer serves GPT-2 and Llama exports, and LLaVA exports with "
-            "an OPT language model (tinyformer.vision_export.export_llava)."
+            "an OPT language model (tinyformer.export.llava.export_llava)."
         )
     missing = [f for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if f not in hf]
     if missing:

@@ -86,7 +86,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # VLLM_LOGGING_LEVEL's; vLLM
 def _dtype_for(model_dir: Path, dtype: str | None, check: bool) -> str:
     """The --dtype to serve ``model_dir`` with: what the export needs unless given; refuse float32 for a quantised
     export up front (vLLM dies in start-up: "torch.float32 is not supported for quantization method awq")."""
-    from tinyformer.export_quantised import SERVE_DTYPE, serve_dtype
+    from tinyformer.export.awq import SERVE_DTYPE, serve_dtype
 
     needed = serve_dtype(model_dir)
     if dtype is None:

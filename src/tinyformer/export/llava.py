@@ -1,4 +1,5 @@
-"""Export a tinyformer VisionLanguageModel as a Hugging Face LLaVA folder that transformers and vLLM load.
+"""The LLaVA format: a tinyformer VisionLanguageModel (lesson 10) as a Hugging Face folder that transformers and
+vLLM load.
 
 The folder is ``LlavaForConditionalGeneration`` with a CLIP vision tower and an OPT language model:
 
@@ -14,9 +15,12 @@ The folder is ``LlavaForConditionalGeneration`` with a CLIP vision tower and an 
   its token table, so ``lm_head`` is written as a copy of ``wte``.
 
 vLLM serves it with ``--model-impl transformers`` (its own LLaVA code imports torchvision, which the CPU
-install cannot load). As with :func:`tinyformer.export.export_hf`, the folder is written to a temp folder,
-loaded back with transformers (model AND processor) and compared with the tinyformer model before it is
-renamed into place.
+install cannot load). As with :func:`tinyformer.export.export_hf`, the folder is written to a temp folder
+(:func:`tinyformer.export.folder.atomic_folder`), loaded back with transformers (model AND processor) and
+compared with the tinyformer model (:func:`tinyformer.export.verify.check_logits_match`) before it is renamed
+into place.
+
+Boundary: LLaVA's config, weight names, processor and its verification. The model is :mod:`tinyformer.vision`.
 """
 
 from __future__ import annotations
@@ -39,26 +43,17 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from tinyformer.export import (
+from tinyformer.export.folder import atomic_folder, special_token_ids
+from tinyformer.export.verify import (
     VERIFY_ATOL,
     ExportVerificationError,
-    _no_transformers_progress_bars,
-    atomic_folder,
     check_logits_match,
-    special_token_ids,
+    no_transformers_progress_bars,
 )
 from tinyformer.model import eval_mode
-from tinyformer.vision import (
-    IMAGE_MEAN,
-    IMAGE_STD,
-    IMAGE_TOKEN,
-    PROMPT,
-    VisionLanguageModel,
-    pictures,
-    prompt_ids,
-    scenes,
-    to_pixels,
-)
+from tinyformer.vision.data import IMAGE_MEAN, IMAGE_STD, PROMPT, pictures, prompt_ids, scenes, to_pixels
+from tinyformer.vision.model import VisionLanguageModel
+from tinyformer.vision.tokens import IMAGE_TOKEN
 
 # A chat is its messages' parts in order: text as is, each image as one <image> placeholder that vLLM's
 # processor expands to the image's tokens. (vLLM's Transformers backend needs the template itself to place
@@ -173,7 +168,7 @@ def _block_weights(block, prefix: str, attn: str, names: dict[str, str]) -> dict
 
 def to_hf_llava(model: VisionLanguageModel, tokenizer) -> LlavaForConditionalGeneration:
     """An in-memory transformers LlavaForConditionalGeneration (eval mode) holding a copy of the weights."""
-    with _no_transformers_progress_bars():
+    with no_transformers_progress_bars():
         hf_model = LlavaForConditionalGeneration(llava_config(model, tokenizer))
     missing, unexpected = hf_model.load_state_dict(llava_state_dict(model), strict=False)
     if missing or unexpected:
@@ -219,7 +214,7 @@ def export_llava(
 def write_llava_folder(model: VisionLanguageModel, tokenizer, folder: Path) -> None:
     """config.json, model.safetensors, generation_config.json, the processor and tokenizer files."""
     hf_model = to_hf_llava(model, tokenizer)
-    with _no_transformers_progress_bars():
+    with no_transformers_progress_bars():
         hf_model.save_pretrained(folder)
     text = hf_model.config.text_config
     GenerationConfig(
@@ -236,7 +231,7 @@ def probe_pictures(model: VisionLanguageModel, n: int = 2) -> np.ndarray:
 @torch.inference_mode()
 def verify_llava_export(model: VisionLanguageModel, tokenizer, folder: Path, atol: float = VERIFY_ATOL) -> float:
     """Load ``folder`` with transformers; check its processor makes our ids and pixels and its model our logits."""
-    with _no_transformers_progress_bars():
+    with no_transformers_progress_bars():
         hf_model = LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     images = probe_pictures(model)
