@@ -9,7 +9,7 @@ Lesson -> the modules it shows (each notebook imports these; ``checks`` holds ev
 03 block and LM head             ``model`` (MLP, Block, lm_head), ``params``
 04 training with SGD             ``train`` (the loop, presets' recipes), ``checkpoint``
 05 generation and the KV cache   ``generate``, ``kv_cache``, ``widgets.kv_stepper``, ``export`` (GPT-2 folder)
-06 memory budget                 ``memory`` (formulas, catalogue, planner, measure), ``widgets.attention``,
+06 memory budget                 ``memory`` (formulas, catalogue, planner, measure), ``widgets.attention_memory``,
                                  ``widgets.budget``
 07 serving with vLLM             ``serving`` (server, client), ``export``
 08 max_model_len, KV capacity    ``vllm_rules`` (blocks, null block, capacity line, refusals),
