@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig
 
-from tinyformer.config import ModelConfig
+from tinyformer.config import ModelConfig, hf_sizes
 from tinyformer.export.folder import special_token_ids
 from tinyformer.model import Transformer
 from tinyformer.positions import ROPE_BASE
@@ -24,14 +24,8 @@ def llama_config(config: ModelConfig, tokenizer=None) -> LlamaConfig:
     ids = special_token_ids(tokenizer, config.vocab_size) if tokenizer is not None else {}
     return LlamaConfig(
         architectures=["LlamaForCausalLM"],
-        vocab_size=config.vocab_size,
-        hidden_size=config.n_embd,
-        intermediate_size=config.mlp_hidden,
-        num_hidden_layers=config.n_layer,
-        num_attention_heads=config.n_head,
-        num_key_value_heads=config.n_kv_head,
-        head_dim=config.head_dim,
-        max_position_embeddings=config.n_positions,  # RoPE has no table; this is the context vLLM serves
+        # every size, max_position_embeddings included: RoPE has no table, it is the context vLLM serves
+        **hf_sizes(config),
         rms_norm_eps=config.layer_norm_epsilon,
         rope_parameters={"rope_type": "default", "rope_theta": ROPE_BASE},
         hidden_act="silu",

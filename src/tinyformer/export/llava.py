@@ -43,6 +43,7 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from tinyformer.config import hf_sizes
 from tinyformer.export.folder import atomic_folder, special_token_ids
 from tinyformer.export.verify import (
     VERIFY_ATOL,
@@ -78,22 +79,15 @@ def llava_config(model: VisionLanguageModel, tokenizer) -> LlavaConfig:
     clip = CLIPVisionConfig(
         image_size=vision.image_size,
         patch_size=vision.patch_size,
-        hidden_size=vision.n_embd,
-        intermediate_size=4 * vision.n_embd,
-        num_hidden_layers=vision.n_layer,
-        num_attention_heads=vision.n_head,
+        **hf_sizes(vision, "n_embd", "mlp_hidden", "n_layer", "n_head"),
         hidden_act="gelu_new",  # tanh GELU, as in model.MLP
         layer_norm_eps=vision.layer_norm_epsilon,
         projection_dim=vision.n_embd,
     )
     opt = OPTConfig(
-        vocab_size=text.vocab_size,
-        hidden_size=text.n_embd,
+        **hf_sizes(text, "vocab_size", "n_embd", "n_layer", "n_head", "n_positions"),
         word_embed_proj_dim=text.n_embd,
-        num_hidden_layers=text.n_layer,
-        num_attention_heads=text.n_head,
-        ffn_dim=4 * text.n_embd,
-        max_position_embeddings=text.n_positions,
+        ffn_dim=text.mlp_hidden,  # OPT's name for intermediate_size
         do_layer_norm_before=True,  # pre-LN, as in model.Block
         activation_function="gelu_new",
         enable_bias=True,
