@@ -196,7 +196,8 @@ def _string_imports(tree: ast.Module, known) -> set[str]:
 def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
     """{module: the package's modules it imports}. Every import counts wherever it stands, inside functions too: a
     function-level import is a cycle that waits for its first call (tinyformer.checkpoint's old ``__getattr__``
-    forwarder to tinyformer.train). Only ``if TYPE_CHECKING:`` blocks are left out: they never run."""
+    forwarder to tinyformer.train). Only ``if TYPE_CHECKING:`` blocks are left out: they never run. So is the package
+    ``__init__`` that importing a submodule runs first: each one here only maps or re-exports its own modules."""
     graph = {}
     for module, path in modules.items():
         tree = ast.parse(path.read_text(), filename=str(path))

@@ -28,9 +28,9 @@ Lesson -> the modules it shows (each notebook imports these; ``checks`` holds ev
 17 structured outputs            ``structured`` (regex -> NFA -> DFA -> token mask)
 == ============================= =================================================================
 
-Front ends over those: ``cli`` (``tinyformer train|export|serve|workshop|doctor``), ``widgets``, ``workshop``
-(class server, student copies). vLLM's facts live in one place, ``vllm_rules``; byte formulas in
-``memory.formulas``; where files go in ``paths``.
+Front ends over those: ``cli`` (``tinyformer train|export|serve|workshop|doctor``; ``command`` defines a
+subcommand), ``widgets``, ``workshop`` (class server, student copies). vLLM's facts live in one place,
+``vllm_rules``; byte formulas in ``memory.formulas``; where files go in ``paths``; Hugging Face folders in ``export``.
 """
 
 from tinyformer.config import PRESETS, VLLM_CPU_HEAD_SIZES, HeadSizeWarning, ModelConfig
