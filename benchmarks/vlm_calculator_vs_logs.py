@@ -13,7 +13,7 @@ and states the card's memory. Then the cheapest fix the calculator names for eac
 from __future__ import annotations
 
 from tinyformer import memory
-from tinyformer.memory import vision
+from tinyformer.memory import vision_logs
 
 
 def kv_cell(tokens: int | None) -> str:
@@ -21,8 +21,8 @@ def kv_cell(tokens: int | None) -> str:
 
 
 def main() -> None:
-    results = [vision.plan_case(case) for case in vision.logged_cases()]
-    cases = {case["id"]: case for case in vision.logged_cases()}
+    results = [vision_logs.plan_case(case) for case in vision_logs.logged_cases()]
+    cases = {case["id"]: case for case in vision_logs.logged_cases()}
     header = f"{'case':28} {'predicted KV':>12} {'logged KV':>10} {'ratio':>6}  {'predicted':9} {'logged':9} images"
     print(header)
     print("-" * len(header))

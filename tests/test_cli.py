@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,8 @@ from transformers import AutoModelForCausalLM
 
 from tinyformer import cli
 from tinyformer.checkpoint import load_checkpoint
-from tinyformer.export_quantised import awq_quantization_config, serve_dtype
+from tinyformer.command import Command
+from tinyformer.export.awq import awq_quantization_config, serve_dtype
 
 STEPS = 3  # the command is under test here, not the training
 
@@ -199,7 +199,7 @@ def test_export_of_a_corrupted_checkpoint_is_a_clear_error(tmp_path: Path, capsy
 # -- adding a command ----------------------------------------------------------------------------------------
 
 
-def test_a_module_listed_in_command_modules_becomes_a_command(monkeypatch, capsys) -> None:
+def test_a_command_listed_in_subcommands_becomes_a_command(monkeypatch, capsys) -> None:
     def add_arguments(parser):
         parser.add_argument("--name", default="world")
 
@@ -207,10 +207,8 @@ def test_a_module_listed_in_command_modules_becomes_a_command(monkeypatch, capsy
         print(f"hello {args.name}")
         return 0
 
-    module = types.ModuleType("tinyformer_test_hello")
-    module.COMMAND = cli.Command("hello", "say hello", "Says hello.", add_arguments, run)
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setattr(cli, "COMMAND_MODULES", (module.__name__,))
+    hello = Command("hello", "say hello", "Says hello.", add_arguments, run)
+    monkeypatch.setattr(cli, "SUBCOMMANDS", (hello,))
 
     assert cli.main(["hello", "--name", "class"]) == 0
     assert capsys.readouterr().out == "hello class\n"

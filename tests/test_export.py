@@ -14,8 +14,11 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
 from tinyformer import ModelConfig, Transformer
-from tinyformer import export as export_module
-from tinyformer.export import ExportVerificationError, export_hf, gpt2_config, hf_state_dict, to_hf_gpt2
+from tinyformer.export import causal_lm, gpt2, llama
+from tinyformer.export.causal_lm import export_hf, hf_state_dict
+from tinyformer.export.folder import EXPORT_FILES
+from tinyformer.export.gpt2 import gpt2_config, to_hf_gpt2
+from tinyformer.export.verify import ExportVerificationError
 from tinyformer.generate import generate
 from tinyformer.paths import current_umask
 
@@ -151,8 +154,8 @@ def test_head_size_vllm_cannot_run_is_refused(tokenizer, tmp_path: Path) -> None
 
 def test_a_failed_verification_leaves_nothing(model, tokenizer, tmp_path: Path, monkeypatch) -> None:
     # Forget to transpose one square matrix: it still loads, but the model is wrong.
-    conv1d = tuple(name for name in export_module.CONV1D_WEIGHTS if name != "attn.c_proj.weight")
-    monkeypatch.setattr(export_module, "CONV1D_WEIGHTS", conv1d)
+    conv1d = tuple(name for name in gpt2.CONV1D_WEIGHTS if name != "attn.c_proj.weight")
+    monkeypatch.setattr(gpt2, "CONV1D_WEIGHTS", conv1d)
     with pytest.raises(ExportVerificationError, match="logits up to"):
         export_hf(model, tokenizer, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -171,8 +174,8 @@ def test_the_tolerance_scales_with_the_logits_and_still_refuses_a_wrong_export(t
     torch.manual_seed(0)
     big = scaled(Transformer(ModelConfig.preset("nano", vocab_size=len(tokenizer))).eval(), 8.0)
     export_hf(big, tokenizer, tmp_path / "big")
-    conv1d = tuple(name for name in export_module.CONV1D_WEIGHTS if name != "attn.c_proj.weight")
-    monkeypatch.setattr(export_module, "CONV1D_WEIGHTS", conv1d)
+    conv1d = tuple(name for name in gpt2.CONV1D_WEIGHTS if name != "attn.c_proj.weight")
+    monkeypatch.setattr(gpt2, "CONV1D_WEIGHTS", conv1d)
     with pytest.raises(ExportVerificationError, match="x the largest logit"):
         export_hf(big, tokenizer, tmp_path / "wrong")
 
@@ -184,7 +187,7 @@ def test_a_failed_overwrite_keeps_the_previous_export(model, tokenizer, tmp_path
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(export_module, "save_file", crash)
+    monkeypatch.setattr(causal_lm, "save_file", crash)
     with pytest.raises(OSError, match="disk full"):
         export_hf(make_model(tokenizer, seed=2), tokenizer, out, overwrite=True)
     assert (out / "model.safetensors").read_bytes() == before
@@ -237,10 +240,10 @@ def test_overwrite_never_deletes_a_file_an_export_does_not_write(model, tokenize
 
 
 def test_every_file_an_export_writes_is_one_overwrite_may_replace(model, tokenizer, tmp_path: Path) -> None:
-    from tinyformer.export_quantised import export_quantised
+    from tinyformer.export.awq import export_quantised
 
     for folder in (export_hf(model, tokenizer, tmp_path / "hf"), export_quantised(model, tokenizer, tmp_path / "q")):
-        assert {p.name for p in folder.iterdir()} <= export_module.EXPORT_FILES
+        assert {p.name for p in folder.iterdir()} <= EXPORT_FILES
         export_hf(model, tokenizer, folder, overwrite=True, verify=False)  # so each can be exported over
 
 
@@ -293,7 +296,7 @@ def test_llama_exports_as_llama_for_causal_lm_with_the_same_logits(tokenizer, tm
 
 def test_llama_export_without_reordering_q_and_k_fails_verification(tokenizer, tmp_path, monkeypatch) -> None:
     """The reordering of q/k rows is what makes the rotations agree: without it the export is refused."""
-    monkeypatch.setattr(export_module, "pairs_to_halves", lambda weight, head_dim: weight)
+    monkeypatch.setattr(llama, "pairs_to_halves", lambda weight, head_dim: weight)
     with pytest.raises(ExportVerificationError, match="LlamaForCausalLM"):
         export_hf(make_llama(tokenizer, seed=0, n_kv_head=2), tokenizer, tmp_path / "wrong")
     assert not (tmp_path / "wrong").exists()

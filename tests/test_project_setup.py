@@ -1,11 +1,14 @@
 """The project's set-up promises: pyproject and environment.yml agree, notebooks are stripped,
-README's two commands exist as Makefile targets, and CI runs `make test`."""
+README's two commands exist as Makefile targets, CI runs `make test`, and the package's modules import
+without a cycle."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -148,3 +151,124 @@ def test_precommit_hooks_strip_notebooks_and_use_the_pinned_ruff():
     assert {"nbstripout", "ruff-check", "ruff-format"} <= hooks.keys()
     dev = requirement_map(pyproject()["project"]["optional-dependencies"]["dev"], "dev extra")
     assert hooks["ruff-check"]["rev"] == "v" + dev["ruff"].removeprefix("==")
+
+
+# -- the package's import graph ------------------------------------------------------------------------------
+
+SRC = REPO / "src"
+PACKAGE = "tinyformer"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_modules() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted((SRC / PACKAGE).rglob("*.py"))}
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _import_targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, known) -> set[str]:
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names}
+    base = node.module or ""
+    if node.level:  # a relative import: resolve it against the importing module's package
+        package = module.split(".") if is_package else module.split(".")[:-1]
+        base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+    # `from tinyformer import checkpoint` imports the module tinyformer.checkpoint; `from x import name`, x itself.
+    return {f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names}
+
+
+def _string_imports(tree: ast.Module, known) -> set[str]:
+    """Modules named by string constants in a module that calls importlib.import_module or __import__: the
+    imports a reader (and ruff) cannot see."""
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    if not any(ast.unparse(call.func).split(".")[-1] in ("import_module", "__import__") for call in calls):
+        return set()
+    strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    return (strings & set(known)) - {PACKAGE}  # "tinyformer" alone is the program's name, never imported by name
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """{module: the package's modules it imports}. Every import counts wherever it stands, inside functions too: a
+    function-level import is a cycle that waits for its first call (tinyformer.checkpoint's old ``__getattr__``
+    forwarder to tinyformer.train). Only ``if TYPE_CHECKING:`` blocks are left out: they never run. So is the package
+    ``__init__`` that importing a submodule runs first: each one here only maps or re-exports its own modules."""
+    graph = {}
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        targets: set[str] = set()
+        pending: list[ast.AST] = [tree]
+        while pending:
+            node = pending.pop()
+            for child in ast.iter_child_nodes(node):
+                if _is_type_checking_block(child):
+                    continue
+                if isinstance(child, ast.Import | ast.ImportFrom):
+                    targets |= _import_targets(child, module, path.name == "__init__.py", modules)
+                pending.append(child)
+        targets |= _string_imports(tree, modules)
+        graph[module] = {target for target in targets if target in modules and target != module}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each cycle found by a depth-first walk, as the path that closes it (a module importing itself, via others)."""
+    cycles, done, path = [], set(), []
+
+    def walk(module: str) -> None:
+        path.append(module)
+        for target in sorted(graph[module]):
+            if target in path:
+                cycles.append(path[path.index(target) :] + [target])
+            elif target not in done:
+                walk(target)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            walk(module)
+    return cycles
+
+
+def test_import_cycles_finds_a_cycle_hidden_in_a_function_or_a_string():
+    """What the check below rejects: a cycle closed by an import inside a function, or by importlib and a name."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_cycles(graph) == [["a", "b", "c", "a"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+    lazy = ast.parse("def f():\n    from tinyformer import train\n")
+    stringly = ast.parse("import importlib\nNAMES = ('tinyformer.serving.cli',)\nimportlib.import_module(NAMES[0])\n")
+    known = {"tinyformer.train", "tinyformer.serving.cli"}
+    assert _import_targets(lazy.body[0].body[0], "tinyformer.checkpoint", False, known) == {"tinyformer.train"}
+    assert _string_imports(stringly, known) == {"tinyformer.serving.cli"}
+
+
+def test_the_package_has_no_import_cycle():
+    cycles = import_cycles(import_graph(package_modules()))
+    assert not cycles, "import cycles among tinyformer's modules:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_cli_names_its_subcommand_modules_in_imports_not_strings():
+    """cli.py imports each subcommand's module with an import statement (lazily or not), never by name through
+    importlib: a string import hides the edge from readers and tools, and hid the cycle cli -> serving.cli -> cli."""
+    tree = ast.parse((SRC / PACKAGE / "cli.py").read_text())
+    assert not _string_imports(tree, package_modules())
+    assert "importlib" not in {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+
+
+@pytest.mark.slow
+def test_every_module_imports_in_a_fresh_interpreter():
+    """Each module of the package imports in a new process (one process for all, in sorted order): a cycle at
+    import time would stop one with an ImportError on a partly initialised module."""
+    names = sorted(name for name in package_modules() if not name.endswith(".__main__"))  # those run a command
+    script = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run([sys.executable, "-c", script, *names], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from tinyformer import ModelConfig, Transformer
 from tinyformer import quantize as qz
-from tinyformer.export_quantised import awq_quantization_config, export_quantised
+from tinyformer.export.awq import awq_quantization_config, export_quantised
 
 
 @pytest.fixture(scope="module")

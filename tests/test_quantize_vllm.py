@@ -9,7 +9,7 @@ import torch
 from tinyformer import ModelConfig, Transformer
 from tinyformer import quantize as qz
 from tinyformer.export import export_hf
-from tinyformer.export_quantised import SERVE_DTYPE, export_quantised
+from tinyformer.export.awq import SERVE_DTYPE, export_quantised
 from tinyformer.serving import VLLMServer, VLLMStartupError, run_load
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from tinyformer.config import ModelConfig
-from tinyformer.export_quantised import SERVE_DTYPE, awq_quantization_config
+from tinyformer.export.awq import SERVE_DTYPE, awq_quantization_config
 from tinyformer.serving import KVBudget, ServingConfigError, VLLMServer, bytes_for_tokens, kv_bytes_per_token
 from tinyformer.serving.budget import check_serving_config, model_config_from_dir
 from tinyformer.serving.metrics import metric_labels, parse_metrics

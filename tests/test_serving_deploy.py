@@ -16,7 +16,9 @@ import psutil
 import pytest
 from test_serving_server import decisive_model
 
-from tinyformer.export import REMOTE_CODE_FILE, REMOTE_CODE_MARK, REMOTE_MODEL_TYPE, export_hf
+from tinyformer.export import export_hf
+from tinyformer.export.folder import REMOTE_CODE_FILE
+from tinyformer.export.gpt2 import REMOTE_CODE_MARK, REMOTE_MODEL_TYPE
 from tinyformer.generate import generate
 from tinyformer.serving import VLLMServer, VLLMStartupError, complete, run_load
 from tinyformer.tokenizer import build_tokenizer

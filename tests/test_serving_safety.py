@@ -27,13 +27,13 @@ from tinyformer.export import export_hf
 from tinyformer.model import Transformer
 from tinyformer.serving import ServingConfigError, VLLMServer, VLLMStartupError, read_metrics
 from tinyformer.serving.cli import read_or_create_key
+from tinyformer.serving.process import listening_ports
 from tinyformer.serving.server import (
     API_KEY_ENV,
     GUARD_MIDDLEWARE,
     URL_ENV,
     check_port_free,
     free_port,
-    listening_ports,
 )
 from tinyformer.tokenizer import build_tokenizer
 from tinyformer.workshop.classroom import learner_env

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from tinyformer import checks, vision
-from tinyformer.export import EXPORT_FILES
-from tinyformer.vision_export import export_llava, verify_llava_export
+from tinyformer.export.folder import EXPORT_FILES
+from tinyformer.export.llava import export_llava, verify_llava_export
+from tinyformer.vision import data as vision_data
+from tinyformer.vision import train as vision_train
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +139,7 @@ def test_load_or_train_vlm_trains_once_then_loads(tmp_path, monkeypatch):
     first = vision.load_or_train_vlm(TINY, path=path, progress=False)
     assert not first.loaded and path.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".vlm.pt.lock", "vlm.pt"]  # no temp file left behind
-    monkeypatch.setattr(vision, "train_pair", lambda *a, **k: pytest.fail("load_or_train_vlm trained again"))
+    monkeypatch.setattr(vision_train, "train_pair", lambda *a, **k: pytest.fail("load_or_train_vlm trained again"))
     again = vision.load_or_train_vlm(TINY, path=path, progress=False)
     assert again.loaded and not again.model.training and not again.baseline.training
     assert same_weights(again.model, first.model) and same_weights(again.baseline, first.baseline)
@@ -150,8 +152,8 @@ def test_load_or_train_vlm_trains_once_then_loads(tmp_path, monkeypatch):
     "change",
     [
         lambda mp: dataclasses.replace(TINY, steps=3),  # another training setting
-        lambda mp: mp.setattr(vision, "SHAPE_RADIUS", (5.0, 7.0)) or TINY,  # other pictures, same settings
-        lambda mp: mp.setattr(vision, "VISION_WORDS", [*vision.VISION_WORDS, "purple"]) or TINY,  # a new word
+        lambda mp: mp.setattr(vision_data, "SHAPE_RADIUS", (5.0, 7.0)) or TINY,  # other pictures, same settings
+        lambda mp: mp.setattr(vision_data, "VISION_WORDS", [*vision.VISION_WORDS, "purple"]) or TINY,  # a new word
     ],
     ids=["steps", "pictures", "vocabulary"],
 )
@@ -160,7 +162,7 @@ def test_load_or_train_vlm_trains_again_for_another_recipe(tmp_path, monkeypatch
     vision.load_or_train_vlm(TINY, path=path, progress=False)
     calls = []
     real = vision.train_pair
-    monkeypatch.setattr(vision, "train_pair", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(vision_train, "train_pair", lambda *a, **k: calls.append(a) or real(*a, **k))
     cfg = change(monkeypatch)
     retrained = vision.load_or_train_vlm(cfg, path=path, progress=False)
     assert len(calls) == 1 and not retrained.loaded

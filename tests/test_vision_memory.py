@@ -7,6 +7,7 @@ import pytest
 
 from tinyformer import memory
 from tinyformer.memory import vision as vm
+from tinyformer.memory import vision_logs
 
 PHI = "microsoft/Phi-3.5-vision-instruct"
 LLAVA = "llava-hf/llava-1.5-7b-hf"
@@ -175,12 +176,12 @@ def test_unknown_engine_is_refused():
 # ---- the public start-up logs ------------------------------------------------------------------------
 
 
-CASES = vm.logged_cases()
+CASES = vision_logs.logged_cases()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_every_logged_case_gets_its_failure_class(case):
-    result = vm.plan_case(case)
+    result = vision_logs.plan_case(case)
     assert result.predicted_class == result.logged_class, result.plan.message
 
 
@@ -190,14 +191,14 @@ def test_every_logged_case_gets_its_failure_class(case):
     ids=lambda c: c["id"],
 )
 def test_logged_kv_tokens_within_10_percent(case):
-    result = vm.plan_case(case)
+    result = vision_logs.plan_case(case)
     assert result.predicted_kv_tokens == pytest.approx(result.logged_kv_tokens, rel=0.10)
 
 
 def test_a_card_calibrated_on_a_text_model_of_the_same_log_is_a_24_gb_card():
     case = next(c for c in CASES if "calibrate" in c["gpu"])
-    assert 23 * memory.GiB < vm.implied_memory_bytes(case) < 24 * memory.GiB
-    result = vm.plan_case(case)  # then the VLM's own line: the vision tower's weights and 7 dummy images
+    assert 23 * memory.GiB < vision_logs.implied_memory_bytes(case) < 24 * memory.GiB
+    result = vision_logs.plan_case(case)  # then the VLM's own line: the vision tower's weights and 7 dummy images
     assert result.plan.images_profiled == 4096 // 576
     assert result.plan.weights_on_gpu / memory.GiB == pytest.approx(case["logged"]["weights_gib"], rel=0.01)
 
@@ -212,5 +213,5 @@ def test_cases_cover_every_vlm_and_every_failure_class():
 def test_weights_per_gpu_match_the_logged_loading_line_within_2_percent(case):
     # "Loading model weights took X GB" (GiB) per GPU; vLLM leaves out a layer or two of the vision towers and
     # does not shard every vision weight across tensor-parallel ranks, hence not exact
-    plan = vm.plan_case(case).plan
+    plan = vision_logs.plan_case(case).plan
     assert plan.weights_on_gpu / memory.GiB == pytest.approx(case["logged"]["weights_gib"], rel=0.02)

@@ -52,7 +52,7 @@ def test_explorer_updates_its_numbers_when_a_slider_moves():
 
 def test_explorer_measures_small_settings_on_this_machine():
     widget = AttentionExplorer(seq_len=256, n_head=2, n_layer=1, batch=1, dtype="fp32", head_dim=32, measure=True)
-    from tinyformer.widgets.attention import measured_scores
+    from tinyformer.widgets.attention_memory import measured_scores
 
     measured = measured_scores(256, 2, 1, "fp32", 32)
     assert measured == pytest.approx(memory.attention_scores_bytes(256, 2, 1, "fp32"), rel=0.02)

@@ -8,34 +8,34 @@ Lesson -> the modules it shows (each notebook imports these; ``checks`` holds ev
 02 self-attention                ``model`` (CausalSelfAttention), ``widgets.attention_weights``
 03 block and LM head             ``model`` (MLP, Block, lm_head), ``params``
 04 training with SGD             ``train`` (the loop, presets' recipes), ``checkpoint``
-05 generation and the KV cache   ``generate``, ``kv_cache``, ``widgets.kv_stepper``, ``export``
-06 memory budget                 ``memory`` (formulas, catalogue, planner, measure), ``widgets.attention``,
+05 generation and the KV cache   ``generate``, ``kv_cache``, ``widgets.kv_stepper``, ``export`` (GPT-2 folder)
+06 memory budget                 ``memory`` (formulas, catalogue, planner, measure), ``widgets.attention_memory``,
                                  ``widgets.budget``
 07 serving with vLLM             ``serving`` (server, client), ``export``
 08 max_model_len, KV capacity    ``vllm_rules`` (blocks, null block, capacity line, refusals),
                                  ``serving.budget`` (KVBudget), ``serving.vllm_log``
 09 batching and concurrency      ``serving.client`` (load generator), ``serving.metrics``
-10 images are tokens (VLM)       ``vision`` (pictures, patch tokens, the model, training), ``vision_export``
-11 fewer bits (quantisation)     ``quantize`` (int8/int4 weights), ``export_quantised`` (the AWQ folder)
+10 images are tokens (VLM)       ``vision`` (tokens, model, data: the pictures, train), ``export.llava``
+11 fewer bits (quantisation)     ``quantize`` (int8/int4 weights), ``export.awq`` (the AWQ folder)
 12 embeddings and retrieval      ``retrieval`` (pooling, collection, search, budget, finetune),
                                  ``serving.embeddings``, ``vllm_rules`` (pooling runner, chunked prefill)
 13 the engine itself             ``engine`` (paged KV cache, scheduler, prefix caching, model runner)
 14 the Llama architecture        ``model`` (RMSNorm, SwiGLU, grouped-query attention), ``positions`` (rotary),
-                                 ``export`` (``LlamaForCausalLM``), ``memory`` (KV bytes of real models)
+                                 ``export.llama`` (``LlamaForCausalLM``), ``memory`` (KV bytes of real models)
 15 LoRA adapters                 ``lora`` (LoRALinear, fine-tune, merge, PEFT folder), ``serving.metrics``
 16 speculative decoding          ``engine.speculative`` (SpeculativeEngine, the acceptance rule),
                                  ``serving.metrics`` (vLLM's spec-decode counters)
 17 structured outputs            ``structured`` (regex -> NFA -> DFA -> token mask)
 == ============================= =================================================================
 
-Front ends over those: ``cli`` (``tinyformer train|export|serve|workshop|doctor``), ``widgets``, ``workshop``
-(class server, student copies). vLLM's facts live in one place, ``vllm_rules``; byte formulas in
-``memory.formulas``; where files go in ``paths``.
+Front ends over those: ``cli`` (``tinyformer train|export|serve|workshop|doctor``; ``command`` defines a
+subcommand), ``widgets``, ``workshop`` (class server, student copies). vLLM's facts live in one place,
+``vllm_rules``; byte formulas in ``memory.formulas``; where files go in ``paths``; Hugging Face folders in ``export``.
 """
 
 from tinyformer.config import PRESETS, VLLM_CPU_HEAD_SIZES, HeadSizeWarning, ModelConfig
 from tinyformer.data import Corpus, TokenStream
-from tinyformer.export import export_hf
+from tinyformer.export.causal_lm import export_hf
 from tinyformer.generate import generate, generate_batch
 from tinyformer.kv_cache import KVCache
 from tinyformer.model import Transformer

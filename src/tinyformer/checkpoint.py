@@ -91,12 +91,3 @@ def load_payload(path: Path, format: str, keys: tuple[str, ...]) -> dict:
     if missing:
         raise ValueError(f"checkpoint {path} lacks {missing}; it was not written by tinyformer. Train it again.")
     return payload
-
-
-def __getattr__(name: str):
-    """``train_preset`` and ``load_or_train`` moved to :mod:`tinyformer.train`; imports from here keep working."""
-    if name in ("train_preset", "load_or_train"):
-        from tinyformer import train
-
-        return getattr(train, name)
-    raise AttributeError(f"module 'tinyformer.checkpoint' has no attribute {name!r}")

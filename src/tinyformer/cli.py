@@ -1,9 +1,12 @@
 """The ``tinyformer`` command: ``tinyformer train|export|serve|workshop|doctor`` (``--help`` on each).
 
-Each subcommand is a :class:`Command` (its name, help text, arguments and a ``run`` function
-returning an exit code). To add one, define ``COMMAND = Command(...)`` in your own module and add
-that module's name to ``COMMAND_MODULES``, as ``tinyformer.serving.cli`` adds ``serve``; keep heavy
-imports (torch, vLLM) inside ``run`` so that ``tinyformer --help`` stays instant.
+Each subcommand is a :class:`~tinyformer.command.Command` (its name, help text, arguments and a ``run``
+function returning an exit code). To add one, define ``COMMAND = Command(...)`` in your own module, import
+that module here and add its ``COMMAND`` to ``SUBCOMMANDS``, as ``tinyformer.serving.cli`` adds ``serve``;
+keep heavy imports (torch, vLLM) inside ``run`` so that ``tinyformer --help`` stays instant.
+
+Boundary: the parser, the exit codes and ``train``/``export``. ``Command`` and the argument types live below
+every subcommand module in :mod:`tinyformer.command`, so those modules never import this one.
 
 Mistakes in what the user asked for (a missing file, an existing output, a bad config) print one
 clear line and exit with status 1; set TINYFORMER_DEBUG=1 to see the traceback instead.
@@ -12,32 +15,22 @@ clear line and exit with status 1; set TINYFORMER_DEBUG=1 to see the traceback i
 from __future__ import annotations
 
 import argparse
-import importlib
-import math
 import os
 import shlex
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from tinyformer.command import Command, positive_int
 from tinyformer.config import ARCHS, PRESETS, ModelConfig
+from tinyformer.memory import doctor
+from tinyformer.serving import cli as serving_cli
+from tinyformer.workshop import cli as workshop_cli
 
-# Modules that each define ``COMMAND``; their commands are listed after this module's own.
-COMMAND_MODULES: tuple[str, ...] = ("tinyformer.serving.cli", "tinyformer.workshop.cli", "tinyformer.memory.doctor")
+# The other modules' commands, listed after this module's own.
+SUBCOMMANDS: tuple[Command, ...] = (serving_cli.COMMAND, workshop_cli.COMMAND, doctor.COMMAND)
 
 # What a user can get wrong: these are reported as one line, never as a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    summary: str  # one line, shown by `tinyformer --help`
-    description: str  # shown by `tinyformer NAME --help`
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]  # returns the exit code
-    epilog: str = ""  # examples, shown after the options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def all_commands() -> list[Command]:
-    return [TRAIN, EXPORT] + [importlib.import_module(name).COMMAND for name in COMMAND_MODULES]
+    return [TRAIN, EXPORT, *SUBCOMMANDS]
 
 
 def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
@@ -85,48 +78,6 @@ def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)
     return parser
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
-    return value
-
-
-def port_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a TCP port, a whole number from 1 to 65535, got {text!r}")
-    return value
-
-
-def _finite_float(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def positive_float(text: str) -> float:
-    value = _finite_float(text)
-    if value is None or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0 (e.g. 2 or 0.5), got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _finite_float(text)
-    if value is None or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of 0 or more (e.g. 0 or 1.5), got {text!r}")
-    return value
 
 
 # -- tinyformer train ----------------------------------------------------------------------------------------
@@ -277,7 +228,7 @@ def _run_export(args: argparse.Namespace) -> int:
         suffix = f"-{args.quantize}" if args.quantize else "-hf"
         args.out = artifacts_dir() / f"{checkpoint.stem}{suffix}"
     if args.quantize:
-        from tinyformer.export_quantised import export_quantised
+        from tinyformer.export.awq import export_quantised
 
         out = export_quantised(
             model, tokenizer, args.out, scheme=args.quantize, group_size=args.group_size, overwrite=args.overwrite
@@ -285,7 +236,7 @@ def _run_export(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({args.quantize} weights in AWQ's layout, quantization_config in config.json)")
         print(f"serve it: tinyformer serve {out}   (vLLM reads the quantization_config; --dtype float16)")
         return 0
-    from tinyformer.export import export_hf
+    from tinyformer.export.causal_lm import export_hf
 
     out = export_hf(model, tokenizer, args.out, overwrite=args.overwrite, verify=not args.no_verify)
     checked = "" if args.no_verify else ", checked against the checkpoint with transformers"

@@ -149,5 +149,32 @@ class ModelConfig:
         return cls(**d)
 
 
+# Hugging Face's config.json names for ModelConfig's sizes: the one place the two spellings meet. LlamaConfig, OPTConfig
+# and CLIPVisionConfig are written with them (tinyformer.export), an export's config.json is read back with them
+# (serving.budget), and ModelSpec (memory.catalogue) follows them where its names are Hugging Face's. GPT2Config keeps
+# GPT-2's own names, which are ModelConfig's.
+HF_NAMES = {
+    "vocab_size": "vocab_size",
+    "n_positions": "max_position_embeddings",
+    "n_embd": "hidden_size",
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "n_kv_head": "num_key_value_heads",
+    "mlp_hidden": "intermediate_size",
+    "head_dim": "head_dim",
+}
+
+
+def hf_sizes(config, *fields: str) -> dict[str, int]:
+    """``config``'s sizes under Hugging Face's names: the ``fields`` named (all of HF_NAMES by default). ``config``
+    is a ModelConfig, or anything with its attribute names (vision.VisionConfig)."""
+    return {HF_NAMES[field]: getattr(config, field) for field in fields or HF_NAMES}
+
+
+def sizes_from_hf(hf: dict, *fields: str) -> dict[str, int]:
+    """The inverse: ModelConfig keyword arguments for ``fields``, read from a config.json dict ``hf``."""
+    return {field: hf[HF_NAMES[field]] for field in fields}
+
+
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -7,7 +7,7 @@ A projection ``y = W x`` with W [out, in] gets an update of rank r:
 so an adapted model starts out exactly equal to its base, and training moves only A and B: r x (in + out) numbers
 instead of out x in. ``merge_lora`` folds the update into W (W + (alpha / r) B A): a plain model, no extra work per
 token. ``save_adapter`` writes the adapter alone in PEFT's folder format, which vLLM serves beside the base
-model's Llama export (``tinyformer.export``) and peft loads onto transformers' model.
+model's Llama export (``tinyformer.export.llama``) and peft loads onto transformers' model.
 
 Targets use the Llama export's module names (the ones PEFT and vLLM read): ``q_proj``, ``k_proj``, ``v_proj``,
 ``o_proj``, ``gate_proj``, ``up_proj``, ``down_proj``. Our attention computes q, k and v in one matrix
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from tinyformer.data import Corpus, TokenStream
-from tinyformer.export import pairs_to_halves
+from tinyformer.export.llama import pairs_to_halves
 from tinyformer.model import Transformer
 from tinyformer.paths import atomic_file
 from tinyformer.train import TrainConfig, TrainResult, train

@@ -1,12 +1,12 @@
 """Lesson 10 exercises: how many tokens an image becomes, the placeholder expansion, and their KV bytes.
 
-Expected answers: :mod:`tinyformer.vision` (``image_tokens``, ``expand_placeholders``, ``image_kv_bytes``).
+Expected answers: :mod:`tinyformer.vision.tokens` (``image_tokens``, ``expand_placeholders``, ``image_kv_bytes``).
 """
 
 from __future__ import annotations
 
-from tinyformer import vision
 from tinyformer.checks.core import Case, compare_numbers, ratio_is, run_check
+from tinyformer.vision import tokens as vision
 
 # (image_size, patch_size, drop_cls): the lesson's 32/8, CLIP ViT-L/14 at 224 and 336 px (LLaVA-1.5), SigLIP 384/14.
 PATCH_CASES = ((32, 8, True), (32, 8, False), (224, 14, True), (336, 14, True), (336, 14, False), (384, 16, False))

@@ -4,6 +4,7 @@ formulas.py    bytes of weights, attention scores, KV per token, activations; dt
 catalogue.py   real models and GPUs (ModelSpec, GPU, the shipped tables), weights by dtype incl. quantised
 planner.py     plan_serving: what vLLM would do with a model on a GPU (or the CPU backend), and fixes
 vision.py      vision-language models: image tokens per image, vLLM's profiling with maximal dummy images
+vision_logs.py the public VLM start-up logs replayed through the planner (plan_case)
 architecture.py  a config.json's parameters, weights per GPU (TP/PP, quantised, MoE, MLA) and KV bytes per token
 startup.py     predict_startup: a vLLM GPU start-up term by term, per release, scored against public logs
 measure.py     peak_bytes (profiler / CUDA counters), naive vs fused attention, storage_bytes

@@ -92,10 +92,6 @@ class Architecture:
         return bool(self.get("full_attention_interval"))
 
     @property
-    def attention_layers(self) -> int:
-        return self.layers // self.config["full_attention_interval"] if self.hybrid_linear else self.layers
-
-    @property
     def vision(self) -> dict | None:
         return self.config.get("vision_config")
 

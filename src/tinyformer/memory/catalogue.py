@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+from tinyformer.config import hf_sizes
 from tinyformer.memory.formulas import MiB, dtype_name, kv_bytes_per_token, weight_bytes
 from tinyformer.memory.vision import VisionSpec
 
@@ -99,13 +100,9 @@ class ModelSpec:
         return cls(
             name=name,
             n_layer=config.n_layer,
-            hidden_size=config.n_embd,
             n_head=config.n_head,
             n_kv_heads=config.n_kv_head,
-            head_dim=config.head_dim,
-            intermediate_size=config.mlp_hidden,
-            vocab_size=config.vocab_size,
-            max_position_embeddings=config.n_positions,
+            **hf_sizes(config, "n_embd", "head_dim", "mlp_hidden", "vocab_size", "n_positions"),
             tie_word_embeddings=config.tie_word_embeddings,
             mlp="gelu" if gpt2 else "gated",
             norm="layernorm" if gpt2 else "rmsnorm",

@@ -22,6 +22,7 @@ from functools import cache
 from pathlib import Path
 
 from tinyformer import vllm_rules
+from tinyformer.command import Command
 from tinyformer.memory import startup
 from tinyformer.memory.architecture import Architecture
 
@@ -417,9 +418,7 @@ def _run(args) -> int:
     return 0
 
 
-def _command():
-    from tinyformer.cli import Command
-
+def _command() -> Command:
     return Command(
         name="doctor",
         summary="explain a vLLM GPU start-up log: predicted vs logged memory, the deciding term, the cheapest fix",

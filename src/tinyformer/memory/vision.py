@@ -4,7 +4,8 @@ vLLM's start-up profiling run takes with maximal dummy images.
 Pure functions of sizes copied from each model's public config (``reference/vlm_models.json``); the planner
 (:func:`tinyformer.memory.planner.plan_serving`) calls :func:`profile_images` and
 :func:`vision_activation_bytes` when a :class:`~tinyformer.memory.catalogue.ModelSpec` carries a
-:class:`VisionSpec`; :func:`plan_case` replays a public start-up log through it. Nothing here runs a model.
+:class:`VisionSpec`; :mod:`tinyformer.memory.vision_logs` replays public start-up logs through it. Nothing here
+runs a model.
 
 Image tokens per image, each model's own rule (what its processor and vLLM's placeholder expansion do):
 
@@ -27,10 +28,8 @@ requests a maximal image, so its vision encoder sees 256 x 4 tiles at the defaul
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from importlib import resources
 
 SCHEMES = ("fixed", "crops", "dynamic", "tiles")
 
@@ -207,87 +206,6 @@ def profile_images(
     else:
         requests = max(1, min(max_num_seqs, max_num_batched_tokens // per_request))
     return requests * limit_mm_per_prompt
-
-
-# --------------------------------------------------------------------------------------------------
-# Public start-up logs the calculator is checked against (reference/vlm_models.json "cases")
-# --------------------------------------------------------------------------------------------------
-
-FAILURE_CLASS = {
-    "ok": "fits",
-    "max_model_len_too_long": "kv_error",
-    "no_kv_memory": "kv_error",
-    "weights_dont_fit": "oom",
-    "profile_oom": "oom",
-}
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    case_id: str
-    predicted_class: str
-    logged_class: str
-    predicted_kv_tokens: int  # whole blocks x block size, what vLLM <= 0.6 printed as "KV cache (N)"
-    logged_kv_tokens: int | None
-    plan: object  # the memory.ServingPlan
-
-    @property
-    def kv_ratio(self) -> float | None:
-        return None if not self.logged_kv_tokens else self.predicted_kv_tokens / self.logged_kv_tokens
-
-
-def logged_cases() -> list[dict]:
-    """The public vLLM start-up logs of reference/vlm_models.json (card, settings, what was logged, source)."""
-    return json.loads((resources.files("tinyformer") / "reference" / "vlm_models.json").read_text())["cases"]
-
-
-def case_gpu(case: dict):
-    """The case's card: a row of the shipped GPU table, the total memory its own log printed, or the memory
-    implied by a text-only model's "# GPU blocks" line from the same machine and settings (``calibrate``)."""
-    from tinyformer import memory
-
-    gpu = case["gpu"]
-    if "calibrate" in gpu:
-        return memory.GPU(gpu["name"], implied_memory_bytes(case), gpu["compute_capability"])
-    if "memory_gib" not in gpu:
-        return memory.lookup(memory.gpus(), gpu["name"], "GPU")
-    return memory.GPU(gpu["name"], int(gpu["memory_gib"] * memory.GiB), gpu["compute_capability"])
-
-
-def implied_memory_bytes(case: dict) -> int:
-    """Total GPU memory that makes the planner reproduce the calibration model's logged block count.
-
-    vLLM: blocks = (total x utilisation - weights - activations - overhead) // block bytes, so
-    total = (weights + activations + overhead + blocks x block bytes) / utilisation, with the planner's
-    own weights and activation estimates for the text model.
-    """
-    from tinyformer import memory
-
-    calibrate = case["gpu"]["calibrate"]
-    spec = memory.ModelSpec(name=calibrate["name"], **calibrate["text"])
-    probe = memory.GPU("probe", 2**50, case["gpu"]["compute_capability"])
-    settings = dict(case["settings"]) | {"dtype": calibrate["dtype"]}
-    plan = memory.plan_serving(spec, probe, engine=case["engine"], **settings)
-    kv = calibrate["gpu_blocks"] * plan.block_size * plan.bytes_per_token
-    used = plan.weights_on_gpu + plan.activations + plan.overhead + kv
-    return math.ceil(used / plan.gpu_memory_utilization)
-
-
-def plan_case(case: dict) -> CaseResult:
-    """The calculator's prediction for one logged start-up, next to what the log says."""
-    from tinyformer import memory
-
-    settings = dict(case["settings"])
-    plan = memory.plan_serving(case["model"], case_gpu(case), engine=case["engine"], **settings)
-    blocks = memory.kv_cache_blocks(max(plan.kv_budget, 0), plan.bytes_per_token, plan.block_size)
-    return CaseResult(
-        case_id=case["id"],
-        predicted_class=FAILURE_CLASS[plan.status],
-        logged_class=case["logged"]["class"],
-        predicted_kv_tokens=blocks * plan.block_size,
-        logged_kv_tokens=case["logged"].get("kv_tokens"),
-        plan=plan,
-    )
 
 
 def images_per_request(vision: VisionSpec, max_model_len: int, text_tokens: int = 0) -> int | None:

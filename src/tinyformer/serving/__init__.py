@@ -2,6 +2,8 @@
 
 server.py    VLLMServer: start, wait for health, always stop the whole process group; shared-server mode;
              an API key off loopback, a free port that stays ours
+process.py   the process group: started in its own session under the watchdog, stopped whole (SIGTERM, grace,
+             SIGKILL), the processes listening on a port
 watchdog.py  the process-group leader that stops vLLM if this Python process dies without cleaning up,
              and stops the engine if vLLM's API process dies
 guard.py     the API key on every route but GET /health (vLLM's own --api-key guards /v1 only)
@@ -51,8 +53,8 @@ _HOMES = {
     "embeddings": ("EmbeddingLoad", "embeddings", "image_embedding", "run_embedding_load", "send_embedding_load"),
     "offline": ("engine_settings", "llm_settings", "offline_llm"),
     "metrics": ("WATCHED", "MetricsSampler", "cache_config", "read_metrics"),
+    "process": ("STARTED_PROCESS_GROUPS",),
     "server": (
-        "STARTED_PROCESS_GROUPS",
         "VLLMServer",
         "VLLMStartupError",
         "own_server_allowed",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinyformer import vllm_rules
-from tinyformer.config import ModelConfig
+from tinyformer.config import HF_NAMES, ModelConfig, sizes_from_hf
 from tinyformer.memory.architecture import stage_layer_counts
 from tinyformer.memory.formulas import kv_bytes_per_token as kv_formula
 from tinyformer.vllm_rules import BLOCK_SIZE
@@ -83,13 +83,7 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
     hf = read_config_json(model_dir)
     text = hf.get("text_config", {}) if hf.get("model_type") == "llava" else {}
     if text.get("model_type") == "opt":  # a LLaVA export (lesson 10): its language model holds the KV cache
-        return ModelConfig(
-            vocab_size=text["vocab_size"],
-            n_positions=text["max_position_embeddings"],
-            n_embd=text["hidden_size"],
-            n_layer=text["num_hidden_layers"],
-            n_head=text["num_attention_heads"],
-        )
+        return ModelConfig(**sizes_from_hf(text, *TEXT_SIZES))
     if hf.get("model_type") == "llama":
         return _llama_config(hf, path)
     # vLLM picks its model code by `architectures`: a GPT-2 under a config class of its own (remote code) is GPT-2
@@ -97,7 +91,7 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
         kind = hf.get("model_type")
         raise ServingConfigError(
             f"{path} describes a {kind!r} model; tinyformer serves GPT-2 and Llama exports, and LLaVA exports with "
-            "an OPT language model (tinyformer.vision_export.export_llava)."
+            "an OPT language model (tinyformer.export.llava.export_llava)."
         )
     missing = [f for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if f not in hf]
     if missing:
@@ -115,7 +109,8 @@ def model_config_from_dir(model_dir: str | Path) -> ModelConfig:
     )
 
 
-LLAMA_FIELDS = ("vocab_size", "max_position_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads")
+TEXT_SIZES = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")  # what an OPT or Llama config.json must give
+LLAMA_FIELDS = tuple(HF_NAMES[field] for field in TEXT_SIZES)
 
 
 def _llama_config(hf: dict, path: Path) -> ModelConfig:
@@ -124,11 +119,7 @@ def _llama_config(hf: dict, path: Path) -> ModelConfig:
     if missing:
         raise ServingConfigError(f"{path} lacks {missing}: export the model again with export_hf.")
     config = ModelConfig(
-        vocab_size=hf["vocab_size"],
-        n_positions=hf["max_position_embeddings"],
-        n_embd=hf["hidden_size"],
-        n_layer=hf["num_hidden_layers"],
-        n_head=hf["num_attention_heads"],
+        **sizes_from_hf(hf, *TEXT_SIZES),
         n_kv_head=hf.get("num_key_value_heads", hf["num_attention_heads"]),
         layer_norm_epsilon=hf.get("rms_norm_eps", 1e-5),
         tie_word_embeddings=hf.get("tie_word_embeddings", True),

@@ -1,6 +1,6 @@
 """``tinyformer serve EXPORT_DIR``: a vLLM server for an exported model, until Ctrl-C.
 
-Plugged into the ``tinyformer`` command through ``COMMAND`` (see tinyformer.cli.COMMAND_MODULES).
+Plugged into the ``tinyformer`` command through ``COMMAND`` (see tinyformer.cli.SUBCOMMANDS).
 vLLM is imported only when the command runs, so ``tinyformer --help`` stays instant.
 """
 
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tinyformer.cli import Command, port_number, positive_float, positive_int
+from tinyformer.command import Command, port_number, positive_float, positive_int
 
 KEY_FILE_MODE = 0o600  # a generated key file: readable and writable by its owner only
 

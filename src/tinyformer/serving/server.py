@@ -10,6 +10,10 @@ Stopping it (on exit, on an exception, on a Jupyter interrupt, at interpreter ex
 group, so the engine and worker processes vLLM spawns go with it. A small watchdog process leads the
 group and stops it when this Python process disappears without cleaning up (a killed kernel).
 
+Boundary: what runs and how it is asked (vLLM's command line and environment, the checks before a start, health,
+the log's report, the shared-server mode). Starting, signalling and reaping the process group, and which process
+listens on a port, are :mod:`tinyformer.serving.process`.
+
 When ``TINYFORMER_VLLM_URL`` is set (a classroom's shared server), the same object connects to that
 server instead of starting one, and never stops it.
 """
@@ -21,7 +25,6 @@ import ipaddress
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -49,18 +52,19 @@ from tinyformer.serving.budget import (
     model_config_from_dir,
 )
 from tinyformer.serving.metrics import cache_config
+from tinyformer.serving.process import (
+    STARTING_GRACE_SECONDS,
+    STOP_GRACE_SECONDS,
+    listening_ports,
+    port_owners,
+    start_group,
+)
 
 URL_ENV, API_KEY_ENV = "TINYFORMER_VLLM_URL", "TINYFORMER_VLLM_API_KEY"
 # "1": other people log in to this machine and reach its loopback (JupyterHub's servers are recognised without it).
 MULTI_USER_ENV = "TINYFORMER_MULTI_USER"
 DEFAULT_CONCURRENT_REQUESTS = 64  # default KV budget: this many max_model_len requests at once
-STOP_GRACE_SECONDS = 10.0  # SIGTERM, then this long to shut down cleanly, then SIGKILL
-# While starting, vLLM's API process does not act on SIGTERM (and has nothing to save): kill it sooner.
-STARTING_GRACE_SECONDS = 2.0
-WATCHDOG = Path(__file__).with_name("watchdog.py")  # run as a script: the leader of the server's process group
 _STARTER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vllm-start")  # start_in_background()
-# Process groups this Python process started, so tests (and the curious) can check none outlive us.
-STARTED_PROCESS_GROUPS: list[int] = []
 
 
 # vLLM's --api-key guards /v1 only; a server on the network gets this ASGI class around its whole app (guard.py).
@@ -86,7 +90,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # VLLM_LOGGING_LEVEL's; vLLM
 def _dtype_for(model_dir: Path, dtype: str | None, check: bool) -> str:
     """The --dtype to serve ``model_dir`` with: what the export needs unless given; refuse float32 for a quantised
     export up front (vLLM dies in start-up: "torch.float32 is not supported for quantization method awq")."""
-    from tinyformer.export_quantised import SERVE_DTYPE, serve_dtype
+    from tinyformer.export.awq import SERVE_DTYPE, serve_dtype
 
     needed = serve_dtype(model_dir)
     if dtype is None:
@@ -344,7 +348,7 @@ class VLLMServer:
     def stop(self) -> None:
         """Stop the whole process group (no-op for a shared server or one never started)."""
         if self._finalizer is not None:
-            self._finalizer()  # runs _stop_process_group once, then detaches itself
+            self._finalizer()  # runs process.stop_process_group once, then detaches itself
 
     def is_running(self) -> bool:
         if self.shared:
@@ -446,19 +450,9 @@ class VLLMServer:
 
     def _spawn(self) -> subprocess.Popen:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:  # the child keeps its own copy of the descriptor
-            process = subprocess.Popen(
-                [sys.executable, str(WATCHDOG), *self.command()],
-                stdin=subprocess.PIPE,  # the watchdog stops the group when this pipe closes, even if we are killed
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._environment(),
-                start_new_session=True,  # its own process group: one signal reaches vLLM's children too
-            )
-        STARTED_PROCESS_GROUPS.append(process.pid)  # new session: pgid == pid
-        self._stop_grace[0] = STARTING_GRACE_SECONDS
-        # Also runs at interpreter exit. It must not refer to self, so the grace period travels in a list.
-        self._finalizer = weakref.finalize(self, _stop_process_group, process, self._stop_grace)
+        process, self._finalizer = start_group(
+            self, self.command(), self.log_path, self._environment(), self._stop_grace
+        )
         return process
 
     def _wait_until_healthy(self, started: float) -> None:
@@ -811,34 +805,6 @@ def machine_memory(device: str) -> tuple[int, str]:
     return psutil.virtual_memory().total, "RAM"
 
 
-def listening_ports(pgid: int) -> set[int]:
-    """TCP ports that processes of the group led by ``pgid`` (and their descendants) listen on."""
-    try:
-        leader = psutil.Process(pgid)
-        group = [leader, *leader.children(recursive=True)]
-    except psutil.Error:
-        return set()
-    ports = set()
-    for proc in group:
-        try:
-            ports |= {c.laddr.port for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
-        except psutil.Error:
-            continue
-    return ports
-
-
-def port_owners(port: int) -> list[str]:
-    """'pid 1234 (python3)' for each process seen listening on ``port`` (only the user's own are visible)."""
-    owners = []
-    for proc in psutil.process_iter(["pid", "name"]):
-        try:
-            if any(c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in proc.net_connections(kind="tcp")):
-                owners.append(f"pid {proc.pid} ({proc.info['name']})")
-        except psutil.Error:
-            continue
-    return owners
-
-
 def cpu_binding(workers: int) -> str:
     """VLLM_CPU_OMP_THREADS_BIND for ``workers`` workers (tensor-parallel ranks x pipeline stages): the allowed cores
     split into groups, one per worker."""
@@ -889,79 +855,6 @@ def _eager_for(asked: bool | None, device: str, pipeline_parallel_size: int, che
             "path serves (it starts a few seconds later). Or pass check=False to see the failure."
         )
     return asked
-
-
-def _stop_process_group(process: subprocess.Popen, grace: list[float]) -> None:
-    """SIGTERM the group, wait ``grace[0]`` seconds, SIGKILL what is left (the group and any descendant that
-    left it)."""
-    if process.returncode is not None and not _group_alive(process.pid):
-        _close(process.stdin)
-        return
-    descendants = _descendants(process.pid)
-    _close(process.stdin)  # tells the watchdog to stop the group too
-    _signal_group(process.pid, signal.SIGTERM)
-    try:
-        _wait_for_exit(process, descendants, grace[0])
-    except KeyboardInterrupt:  # a second interrupt while stopping: don't wait, kill
-        _kill_all(process, descendants)
-        raise
-    _kill_all(process, descendants)
-
-
-def _kill_all(process: subprocess.Popen, descendants: list[psutil.Process]) -> None:
-    _signal_group(process.pid, signal.SIGKILL)
-    for child in descendants:
-        try:
-            child.kill()  # psutil checks the pid still belongs to the process we listed
-        except psutil.Error:
-            pass
-    process.wait()
-    psutil.wait_procs(descendants, timeout=5.0)
-
-
-def _wait_for_exit(process: subprocess.Popen, descendants: list[psutil.Process], grace: float) -> None:
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        process.poll()
-        if (
-            process.returncode is not None
-            and not _group_alive(process.pid)
-            and not any(d.is_running() for d in descendants)
-        ):
-            return
-        time.sleep(0.1)
-
-
-def _close(pipe) -> None:
-    try:
-        pipe.close()
-    except OSError:
-        pass
-
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    """True while any non-zombie process is left in the group."""
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return False
 
 
 def _with_blocks(reported: vllm_log.ReportedKV, info: dict[str, str]) -> vllm_log.ReportedKV:

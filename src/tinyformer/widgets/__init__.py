@@ -6,7 +6,7 @@ works), and also carries a static PNG of its current figure, which is what a rea
 front end (nbmake, nbconvert, a static notebook viewer) sees.
 """
 
-from tinyformer.widgets.attention import AttentionExplorer, attention_explorer, explorer_numbers
+from tinyformer.widgets.attention_memory import AttentionExplorer, attention_explorer, explorer_numbers
 from tinyformer.widgets.attention_weights import (
     AttentionWeightsViewer,
     attention_row,

@@ -1,10 +1,7 @@
-"""``python -m tinyformer.workshop ARGS`` = ``tinyformer workshop ARGS``, also before the command is listed
-in tinyformer.cli.COMMAND_MODULES."""
+"""``python -m tinyformer.workshop ARGS`` = ``tinyformer workshop ARGS``."""
 
 import sys
 
 from tinyformer import cli
 
-if "tinyformer.workshop.cli" not in cli.COMMAND_MODULES:
-    cli.COMMAND_MODULES = (*cli.COMMAND_MODULES, "tinyformer.workshop.cli")
 sys.exit(cli.main(["workshop", *sys.argv[1:]]))

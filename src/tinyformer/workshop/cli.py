@@ -1,7 +1,7 @@
 """``tinyformer workshop ...``: student copies of the notebooks, nbgrader courses, one vLLM server for the room.
 
-Plugged into the ``tinyformer`` command through ``COMMAND`` (add ``"tinyformer.workshop.cli"`` to
-tinyformer.cli.COMMAND_MODULES); ``python -m tinyformer.workshop ...`` runs the same command on its own.
+Plugged into the ``tinyformer`` command through ``COMMAND`` (listed in tinyformer.cli.SUBCOMMANDS);
+``python -m tinyformer.workshop ...`` runs the same command on its own.
 Heavy imports (torch, vLLM) happen inside the subcommands, so ``--help`` stays instant.
 """
 
@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinyformer.cli import Command, non_negative_float, port_number, positive_float, positive_int
+from tinyformer.command import Command, non_negative_float, port_number, positive_float, positive_int
 from tinyformer.serving.cli import add_key_file_argument
 
 

@@ -1,4 +1,8 @@
-"""Attention memory explorer: the n x n score matrix (grows as n^2) next to the KV cache (grows as n)."""
+"""Attention memory explorer (lesson 06): the n x n score matrix (grows as n^2) next to the KV cache (grows as n).
+
+Boundary: the widget and the numbers it draws (from :mod:`tinyformer.memory`). The attention weights themselves,
+row by row, are :mod:`tinyformer.widgets.attention_weights`.
+"""
 
 from __future__ import annotations
 

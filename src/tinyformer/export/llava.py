@@ -1,4 +1,5 @@
-"""Export a tinyformer VisionLanguageModel as a Hugging Face LLaVA folder that transformers and vLLM load.
+"""The LLaVA format: a tinyformer VisionLanguageModel (lesson 10) as a Hugging Face folder that transformers and
+vLLM load.
 
 The folder is ``LlavaForConditionalGeneration`` with a CLIP vision tower and an OPT language model:
 
@@ -14,9 +15,12 @@ The folder is ``LlavaForConditionalGeneration`` with a CLIP vision tower and an 
   its token table, so ``lm_head`` is written as a copy of ``wte``.
 
 vLLM serves it with ``--model-impl transformers`` (its own LLaVA code imports torchvision, which the CPU
-install cannot load). As with :func:`tinyformer.export.export_hf`, the folder is written to a temp folder,
-loaded back with transformers (model AND processor) and compared with the tinyformer model before it is
-renamed into place.
+install cannot load). As with :func:`tinyformer.export.export_hf`, the folder is written to a temp folder
+(:func:`tinyformer.export.folder.atomic_folder`), loaded back with transformers (model AND processor) and
+compared with the tinyformer model (:func:`tinyformer.export.verify.check_logits_match`) before it is renamed
+into place.
+
+Boundary: LLaVA's config, weight names, processor and its verification. The model is :mod:`tinyformer.vision`.
 """
 
 from __future__ import annotations
@@ -39,26 +43,18 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from tinyformer.export import (
+from tinyformer.config import hf_sizes
+from tinyformer.export.folder import atomic_folder, special_token_ids
+from tinyformer.export.verify import (
     VERIFY_ATOL,
     ExportVerificationError,
-    _no_transformers_progress_bars,
-    atomic_folder,
     check_logits_match,
-    special_token_ids,
+    no_transformers_progress_bars,
 )
 from tinyformer.model import eval_mode
-from tinyformer.vision import (
-    IMAGE_MEAN,
-    IMAGE_STD,
-    IMAGE_TOKEN,
-    PROMPT,
-    VisionLanguageModel,
-    pictures,
-    prompt_ids,
-    scenes,
-    to_pixels,
-)
+from tinyformer.vision.data import IMAGE_MEAN, IMAGE_STD, PROMPT, pictures, prompt_ids, scenes, to_pixels
+from tinyformer.vision.model import VisionLanguageModel
+from tinyformer.vision.tokens import IMAGE_TOKEN
 
 # A chat is its messages' parts in order: text as is, each image as one <image> placeholder that vLLM's
 # processor expands to the image's tokens. (vLLM's Transformers backend needs the template itself to place
@@ -83,22 +79,15 @@ def llava_config(model: VisionLanguageModel, tokenizer) -> LlavaConfig:
     clip = CLIPVisionConfig(
         image_size=vision.image_size,
         patch_size=vision.patch_size,
-        hidden_size=vision.n_embd,
-        intermediate_size=4 * vision.n_embd,
-        num_hidden_layers=vision.n_layer,
-        num_attention_heads=vision.n_head,
+        **hf_sizes(vision, "n_embd", "mlp_hidden", "n_layer", "n_head"),
         hidden_act="gelu_new",  # tanh GELU, as in model.MLP
         layer_norm_eps=vision.layer_norm_epsilon,
         projection_dim=vision.n_embd,
     )
     opt = OPTConfig(
-        vocab_size=text.vocab_size,
-        hidden_size=text.n_embd,
+        **hf_sizes(text, "vocab_size", "n_embd", "n_layer", "n_head", "n_positions"),
         word_embed_proj_dim=text.n_embd,
-        num_hidden_layers=text.n_layer,
-        num_attention_heads=text.n_head,
-        ffn_dim=4 * text.n_embd,
-        max_position_embeddings=text.n_positions,
+        ffn_dim=text.mlp_hidden,  # OPT's name for intermediate_size
         do_layer_norm_before=True,  # pre-LN, as in model.Block
         activation_function="gelu_new",
         enable_bias=True,
@@ -173,7 +162,7 @@ def _block_weights(block, prefix: str, attn: str, names: dict[str, str]) -> dict
 
 def to_hf_llava(model: VisionLanguageModel, tokenizer) -> LlavaForConditionalGeneration:
     """An in-memory transformers LlavaForConditionalGeneration (eval mode) holding a copy of the weights."""
-    with _no_transformers_progress_bars():
+    with no_transformers_progress_bars():
         hf_model = LlavaForConditionalGeneration(llava_config(model, tokenizer))
     missing, unexpected = hf_model.load_state_dict(llava_state_dict(model), strict=False)
     if missing or unexpected:
@@ -219,7 +208,7 @@ def export_llava(
 def write_llava_folder(model: VisionLanguageModel, tokenizer, folder: Path) -> None:
     """config.json, model.safetensors, generation_config.json, the processor and tokenizer files."""
     hf_model = to_hf_llava(model, tokenizer)
-    with _no_transformers_progress_bars():
+    with no_transformers_progress_bars():
         hf_model.save_pretrained(folder)
     text = hf_model.config.text_config
     GenerationConfig(
@@ -236,7 +225,7 @@ def probe_pictures(model: VisionLanguageModel, n: int = 2) -> np.ndarray:
 @torch.inference_mode()
 def verify_llava_export(model: VisionLanguageModel, tokenizer, folder: Path, atol: float = VERIFY_ATOL) -> float:
     """Load ``folder`` with transformers; check its processor makes our ids and pixels and its model our logits."""
-    with _no_transformers_progress_bars():
+    with no_transformers_progress_bars():
         hf_model = LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     images = probe_pictures(model)

@@ -1,4 +1,5 @@
-"""A quantised checkpoint vLLM loads: the int4 weights in AWQ's packed layout, with its quantization_config.
+"""The AWQ format: a quantised checkpoint vLLM loads, the int4 weights in AWQ's packed layout, with its
+quantization_config.
 
 What makes a checkpoint "AWQ" is nothing but file contents, which is why ``--quantization awq`` on a
 plain fp32 folder fails: vLLM looks for this config and these tensors and finds neither.
@@ -12,6 +13,11 @@ plain fp32 folder fails: vLLM looks for this config and these tensors and finds 
 
 vLLM 0.32 runs such layers on CPU with its W4A16 kernel (``CPUWNA16LinearKernel``), which needs input and
 output widths that are multiples of 32 and activations in bf16 or fp16 (see :data:`SERVE_DTYPE`).
+
+Boundary: AWQ's tensors and quantization_config on top of :func:`tinyformer.export.causal_lm.write_hf_folder`,
+written through :func:`tinyformer.export.folder.atomic_folder`. The quantisation itself is :mod:`tinyformer.quantize`.
+Unlike the other formats it is not loaded back to compare logits: transformers loads AWQ only through gptqmodel,
+which the suite does not install; tests/test_quantize_vllm.py compares vLLM's tokens with the dequantised model.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import torch
 from safetensors.torch import save_file
 
 from tinyformer import quantize
-from tinyformer.export import atomic_folder, hf_state_dict, write_hf_folder
+from tinyformer.export.causal_lm import hf_state_dict, write_hf_folder
+from tinyformer.export.folder import atomic_folder
 from tinyformer.model import Transformer
 
 SERVED_SCHEMES = ("int4",)  # what vLLM 0.32 runs on CPU from a checkpoint (its CPU kernel is 4-bit only)
