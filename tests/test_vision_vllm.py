@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyformer import vision
+from tinyformer.export.llava import export_llava, vllm_args
 from tinyformer.serving import (
     ServingConfigError,
     VLLMServer,
@@ -26,7 +27,6 @@ from tinyformer.serving import (
     llm_settings,
     offline_llm,
 )
-from tinyformer.vision_export import export_llava, vllm_args
 
 BLOCK = 32
 SETTINGS = dict(max_model_len=48, kv_cache_tokens=8 * BLOCK, block_size=BLOCK, extra_args=vllm_args(2))

@@ -11,15 +11,17 @@ Lesson -> the modules it shows (each notebook imports these; ``checks`` holds ev
 05 generation and the KV cache   ``generate``, ``kv_cache``, ``widgets.kv_stepper``, ``export`` (GPT-2 folder)
 06 memory budget                 ``memory`` (formulas, catalogue, planner, measure), ``widgets.attention_memory``,
                                  ``widgets.budget``
-07 serving with vLLM             ``serving`` (server, client), ``export``
+07 serving with vLLM             ``serving`` (server, client, command_lines), ``export``
 08 max_model_len, KV capacity    ``vllm_rules`` (blocks, null block, capacity line, refusals),
-                                 ``serving.budget`` (KVBudget), ``serving.vllm_log``
-09 batching and concurrency      ``serving.client`` (load generator), ``serving.metrics``
-10 images are tokens (VLM)       ``vision`` (tokens, model, data: the pictures, train), ``export.llava``
+                                 ``serving.budget`` (KVBudget), ``serving.vllm_log``, ``figures`` (the pool)
+09 batching and concurrency      ``serving.client`` (load generator), ``serving.metrics``, ``serving.bench``
+10 images are tokens (VLM)       ``vision`` (tokens, model, data: the pictures, train), ``export.llava``,
+                                 ``serving.offline`` (vllm.LLM in the kernel)
 11 fewer bits (quantisation)     ``quantize`` (int8/int4 weights), ``export.awq`` (the AWQ folder)
 12 embeddings and retrieval      ``retrieval`` (pooling, collection, search, budget, finetune),
                                  ``serving.embeddings``, ``vllm_rules`` (pooling runner, chunked prefill)
-13 the engine itself             ``engine`` (paged KV cache, scheduler, prefix caching, model runner)
+13 the engine itself             ``engine`` (paged KV cache, scheduler, prefix caching, model runner,
+                                 recorder), ``widgets.engine_stepper``, ``figures``
 14 the Llama architecture        ``model`` (RMSNorm, SwiGLU, grouped-query attention), ``positions`` (rotary),
                                  ``export.llama`` (``LlamaForCausalLM``), ``memory`` (KV bytes of real models)
 15 LoRA adapters                 ``lora`` (LoRALinear, fine-tune, merge, PEFT folder), ``serving.metrics``

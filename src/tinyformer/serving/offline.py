@@ -5,7 +5,7 @@
 
 The settings are VLLMServer's (the same KV budget in tokens, the same dtype choice, the same up-front refusals) and
 ``extra_args`` are the server's command-line flags, read by vLLM's own parser (command_lines.py), so one export's
-needs (``vision_export.vllm_args``) are written once for both.
+needs (``export.llava.vllm_args``) are written once for both.
 
 Why in-process: on CPU, vLLM runs ``LLM``'s engine core in a process of its own and its worker in a third one,
 started with multiprocessing's *spawn*, which re-imports the calling script (a script must guard

@@ -14,12 +14,14 @@ from tinyformer.widgets.attention_weights import (
     attention_weights_viewer,
 )
 from tinyformer.widgets.budget import BudgetCalculator, budget_calculator
+from tinyformer.widgets.engine_stepper import EngineStepper, engine_stepper
 from tinyformer.widgets.kv_stepper import KVCacheStepper, KVTrace, kv_cache_stepper, trace_generation
 
 __all__ = [
     "AttentionExplorer",
     "AttentionWeightsViewer",
     "BudgetCalculator",
+    "EngineStepper",
     "KVCacheStepper",
     "KVTrace",
     "attention_explorer",
@@ -27,6 +29,7 @@ __all__ = [
     "attention_weights",
     "attention_weights_viewer",
     "budget_calculator",
+    "engine_stepper",
     "explorer_numbers",
     "kv_cache_stepper",
     "trace_generation",
