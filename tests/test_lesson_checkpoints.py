@@ -29,13 +29,15 @@ def test_lesson_10s_vlm_reads_the_picture_and_its_text_only_twin_guesses():
 @pytest.mark.slow
 def test_lesson_16s_draft_is_a_smaller_worse_model_of_the_same_language():
     """Lesson 16's draft (one-layer pico llama) beside its target (lesson 14's nano llama): the same vocabulary, a
-    quarter of the parameters or fewer, and a validation loss near the corpus's floor but above the target's, so
-    it often, not always, guesses the target's token. Measured 2026-12-06: pico 0.075 nats above the floor, nano
-    0.011 (uniform guessing: 2.3)."""
+    quarter of the parameters or fewer, and both near the corpus's floor, so the draft often, not always, guesses
+    the target's token (lesson 16 measures how often). Which of the two lands closer to the floor depends on the
+    machine's float arithmetic, not on the recipe: on 2026-12-06 one box gave pico +0.075 nats, nano +0.011; on
+    2026-12-07 another (AVX-512/AMX) gave pico +0.010, nano +0.035 with one thread and +0.021 with two (uniform
+    guessing: +2.3). So the draft being worse is not asserted; being near the floor is."""
     target, tokenizer = load_or_train("nano", arch="llama", progress=False)
     draft, _ = load_or_train("pico", arch="llama", progress=False)
     assert draft.config.vocab_size == target.config.vocab_size
     assert draft.num_parameters() * 4 < target.num_parameters()
     stream = TokenStream(Corpus(seed=0), tokenizer)
     floor = stream.bayes_loss(stream.val_windows(128, 128))
-    assert evaluate(target, stream, 128) < evaluate(draft, stream, 128) < floor + 0.15
+    assert evaluate(target, stream, 128) < floor + 0.15 and evaluate(draft, stream, 128) < floor + 0.15
