@@ -218,6 +218,7 @@ LONGEST_GROUPS = (
     "test_workshop_nbgrader",
     "test_workshop_server",
     "test_hub",
+    "test_vision_vllm",
     "test_serving_parallel",
 )
 
