@@ -207,12 +207,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = _longest_first(items)
 
 
-# The groups that took longest in the clean-clone runs of `make test` (setup included; ci5/ci6 of 2026-12-06):
+# The groups that took longest in the clean-clone runs of `make test` (setup included; 2026-12-06 and -07):
 # structured outputs' server (113 s, it waits for the nano llama's training), lesson 04 autograded (112 s), the
-# class server (82 s), the hub (65 s), pipeline parallel (4 starts). xdist hands out
+# class server (82 s), the hub (65 s), the VLM under vLLM (60 s), pipeline parallel (4 starts). xdist hands out
 # groups in the order they come (`make unit` passes --no-loadscope-reorder), so these go first and the run ends
-# on short tests that either worker can take: no worker sits idle while the other finishes a long group. (The lesson
-# checkpoints' two tests are ungrouped and marked slow, so they lead the ungrouped tests.)
+# on short tests that either worker can take: no worker sits idle while the other finishes a long group. (The
+# lesson checkpoints' two tests are ungrouped and marked slow, so they lead the ungrouped tests.)
 LONGEST_GROUPS = (
     "test_serving_structured",
     "test_workshop_nbgrader",
