@@ -14,7 +14,7 @@ that owns them, so this file is also the map of where each lives.
 
 from __future__ import annotations
 
-import importlib
+from tinyformer.lazy import lazy_names
 
 _HOMES = {
     "tinyformer.export.causal_lm": ("CHAT_TEMPLATE", "export_hf", "hf_config", "hf_state_dict", "write_hf_folder"),
@@ -25,17 +25,4 @@ _HOMES = {
     "tinyformer.export.folder": ("EXPORT_FILES", "REMOTE_CODE_FILE", "atomic_folder"),
     "tinyformer.export.verify": ("ExportVerificationError", "check_logits_match", "verify_export"),
 }
-_WHERE = {name: module for module, names in _HOMES.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'tinyformer.export' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_names(__name__, _HOMES)

@@ -18,7 +18,7 @@ use from the module that owns them (the table below), so this file is also the m
 
 from __future__ import annotations
 
-import importlib
+from tinyformer.lazy import lazy_names
 
 _HOMES = {
     "tinyformer.memory.formulas": (
@@ -93,17 +93,4 @@ _HOMES = {
         "vllm_kv_capacity",
     ),
 }
-_WHERE = {name: module for module, names in _HOMES.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'tinyformer.memory' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_names(__name__, _HOMES)

@@ -24,7 +24,7 @@ Names are imported on first use, so `tinyformer --help` (which imports cli.py) s
 
 from __future__ import annotations
 
-import importlib
+from tinyformer.lazy import lazy_names
 
 _HOMES = {
     "client": (
@@ -62,17 +62,4 @@ _HOMES = {
     ),
     "vllm_log": ("Iteration", "ReportedKV"),
 }
-_WHERE = {name: module for module, names in _HOMES.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'tinyformer.serving' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"tinyformer.serving.{_WHERE[name]}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_names(__name__, {f"tinyformer.serving.{m}": names for m, names in _HOMES.items()})
