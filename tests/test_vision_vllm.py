@@ -14,6 +14,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 
 from tinyformer import vision
 from tinyformer.export.llava import export_llava, vllm_args
@@ -109,6 +110,8 @@ def test_offline_llm_with_pictures_gives_the_models_greedy_tokens(lesson_vlm, em
     ids = vision.prompt_ids(tokenizer, 1, model.tokens_per_image)
     by_hand = pooled_by_hand(model, tokenizer, ids, pictures(2)[:1])
     assert (torch.tensor(out.outputs.embedding) - by_hand).abs().max().item() <= 1e-5
+    # Rejects transformers' classes left decorated by vLLM ("Current vLLM config is not set" once the engine is gone).
+    assert transformers.LlavaForConditionalGeneration.from_pretrained(folder).config.image_token_id == ids[0]
 
 
 def pooled_by_hand(model, tokenizer, ids: list[int], images) -> torch.Tensor:

@@ -15,7 +15,9 @@ kernel too, but each start imports vLLM twice more (lesson 10's VLM on a busy 2-
 10-26 s in-process; a second in-process engine, vLLM imported already: 3-4 s). The price: the engine changes this
 process while it lives (torch's thread count and ``torch.set_num_threads`` itself, which vLLM's CPU worker replaces
 with a function that only warns; ``gc.freeze()``; environment variables, and vLLM's cache of them, filled at
-start-up). Leaving the ``with`` block shuts the engine down and puts those back.
+start-up; with ``model_impl="transformers"``, the transformers classes it builds the model from, which it decorates in
+place for torch.compile, so that a model built from them later fails with "Current vLLM config is not set").
+Leaving the ``with`` block shuts the engine down and puts those back.
 """
 
 from __future__ import annotations
@@ -118,6 +120,13 @@ def offline_llm(model_dir: str | Path, *, quiet: bool = True, **settings):
     """A ``vllm.LLM`` for ``model_dir`` running in this process (settings: see ``llm_settings``), shut down when the
     ``with`` block ends. quiet: vLLM logs errors only (its CPU worker otherwise warns at every request that it will
     not change torch's thread count), draws no bar while it loads the weights and hides its FutureWarnings."""
+    with _classes_restored_afterwards(), _engine_in_this_process(model_dir, quiet, settings) as llm:
+        yield llm
+
+
+@contextlib.contextmanager
+def _engine_in_this_process(model_dir: str | Path, quiet: bool, settings: dict):
+    """offline_llm's engine; on the way out, this process's threads and environment as they were before."""
     import vllm.envs as vllm_envs
     from vllm import LLM  # 5-25 s the first time in a process
 
@@ -148,3 +157,34 @@ def offline_llm(model_dir: str | Path, *, quiet: bool = True, **settings):
         torch.set_num_threads(saved_threads)
         del llm
         gc.collect()
+
+
+@contextlib.contextmanager
+def _classes_restored_afterwards():
+    """Every class vLLM decorates for torch.compile while the block runs is put back as it was when it ends.
+
+    vLLM's Transformers backend calls ``support_torch_compile`` on the transformers classes of the model it loads
+    (``LlamaModel``, ``CLIPVisionModel``...): it adds a base class and replaces ``__init__`` (which then asks for the
+    running engine's config) and ``__call__``. In a server's process that lasts as long as the engine; here it
+    would outlive it."""
+    from vllm.compilation import decorators
+
+    decorate = decorators._support_torch_compile
+    before: list[tuple[type, tuple[type, ...], dict]] = []
+
+    def remember_then_decorate(cls, *args, **kwargs):
+        before.append((cls, cls.__bases__, dict(vars(cls))))
+        return decorate(cls, *args, **kwargs)
+
+    decorators._support_torch_compile = remember_then_decorate
+    try:
+        yield
+    finally:
+        decorators._support_torch_compile = decorate
+        for cls, bases, attributes in reversed(before):
+            for name in set(vars(cls)) - set(attributes):
+                delattr(cls, name)
+            for name, value in attributes.items():
+                if vars(cls).get(name) is not value:
+                    setattr(cls, name, value)
+            cls.__bases__ = bases
