@@ -140,6 +140,9 @@ def test_saved_folder_is_what_peft_expects(tokenizer, tmp_path):
     names = set(load_file(folder / "adapter_model.safetensors"))
     assert "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight" in names
     assert len(names) == model.config.n_layer * 2 * 2
+    save_adapter(model, folder, base_model="again")  # replaces an adapter folder: the old one is gone, no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "again"
 
 
 @pytest.mark.parametrize("targets", [("q_proj", "v_proj"), ALL])

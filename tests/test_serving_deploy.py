@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import httpx
 import psutil
@@ -128,8 +127,8 @@ def test_streamed_deltas_join_to_the_greedy_reply(remote_server):
 def test_asyncio_is_one_thread_and_a_semaphore_of_one_sends_one_request_per_engine_step(remote_server):
     before = len(remote_server.iterations())
     load = run_load(remote_server, PROMPTS * 3, concurrency=1, max_tokens=8, ignore_eos=True)
-    time.sleep(0.5)  # the last step's log line is written just after its answer goes out
-    steps = remote_server.iterations()[before:]
+    sent = sum(len(reply.prompt_token_ids) + 8 - 1 for reply in load.replies)  # prompts, then 7 decode steps each
+    steps = remote_server.iterations_covering(before, sent)  # waits for the last steps' log lines, written just after
     assert len({reply.thread_id for reply in load.replies}) == 1  # nine coroutines, one thread
     assert load.replies[0].thread_id == threading.get_ident()  # no running loop here: asyncio.run in this thread
     assert {step.requests for step in steps} == {1}  # every engine step held exactly one request

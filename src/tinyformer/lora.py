@@ -23,8 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -33,9 +31,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from tinyformer.data import Corpus, TokenStream
+from tinyformer.export.folder import folder_written_in_one_step
 from tinyformer.export.llama import pairs_to_halves
 from tinyformer.model import Transformer
-from tinyformer.paths import atomic_file
 from tinyformer.train import TrainConfig, TrainResult, train
 
 # Llama export name -> (our module inside a block, which rows of its output: "q", "k", "v" of c_attn, or all).
@@ -200,26 +198,14 @@ def save_adapter(model: Transformer, out_dir: str | Path, *, base_model: str = "
     """Write ``model``'s adapters to ``out_dir`` as a PEFT folder (adapter_config.json, adapter_model.safetensors);
     return its path. ``base_model``: the base export's folder or name, recorded in the config.
 
-    Atomic: written into a temp folder beside ``out_dir`` and renamed into place; an existing folder is replaced
-    only if it holds nothing but those two files."""
+    Atomic, as every export (export/folder.py): written into a temp folder beside ``out_dir`` and renamed into
+    place; an existing folder is replaced only if it holds nothing but those two files."""
     _require_adapters(model, "save_adapter")
     out_dir = Path(out_dir)
     _check_adapter_destination(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        with atomic_file(tmp / "adapter_config.json") as path:
-            path.write_text(json.dumps(adapter_config(model, base_model), indent=2) + "\n")
-        with atomic_file(tmp / "adapter_model.safetensors") as path:
-            save_file(peft_state_dict(model), path, metadata={"format": "pt"})
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a server running as another account reads it
-        (tmp / "adapter_model.safetensors").chmod(0o644)  # safetensors writes 0600 whatever the umask
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with folder_written_in_one_step(out_dir) as tmp:
+        (tmp / "adapter_config.json").write_text(json.dumps(adapter_config(model, base_model), indent=2) + "\n")
+        save_file(peft_state_dict(model), tmp / "adapter_model.safetensors", metadata={"format": "pt"})
     return out_dir
 
 

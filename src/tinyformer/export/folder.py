@@ -64,6 +64,14 @@ def atomic_folder(out_dir: str | Path, overwrite: bool):
     on any error removed. Every export (GPT-2, LLaVA, AWQ) writes through this, so none leaves half a folder."""
     out_dir = Path(out_dir)
     _check_destination(out_dir, overwrite)
+    with folder_written_in_one_step(out_dir) as tmp:
+        yield tmp
+
+
+@contextmanager
+def folder_written_in_one_step(out_dir: Path):
+    """atomic_folder without the check of what ``out_dir`` holds now (the caller's: a LoRA adapter folder holds
+    other files than an export)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
