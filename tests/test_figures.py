@@ -12,14 +12,17 @@ from tinyformer.figures import (
     Pool,
     StepCounts,
     argmax_agreement,
+    arrivals_figure,
     bits_figure,
     engine_vs_vllm_figure,
     kv_pool_figure,
     recall_figure,
     request_blocks,
+    startup_figure,
+    startup_segments,
     vllm_steps,
 )
-from tinyformer.serving.vllm_log import Iteration
+from tinyformer.serving.vllm_log import READY, STAGES, Iteration
 
 
 def test_request_blocks_hold_back_the_null_block_and_round_up_to_whole_blocks():
@@ -104,3 +107,29 @@ def test_figures_show_themselves_as_png_without_pyplot():
     before = plt.get_fignums()
     fig = recall_figure({"TF-IDF": [0.5, 0.9]}, (1, 3))
     assert fig._repr_png_().startswith(b"\x89PNG") and plt.get_fignums() == before
+
+
+def test_startup_segments_cut_the_start_at_each_milestone_and_merge_one_the_polls_missed():
+    milestones = [milestone for _, milestone, _ in STAGES]
+    seen = dict(zip(milestones, (7.0, 14.0, 14.5, 16.0, 17.0), strict=True))
+    segments = startup_segments(seen, 18.0)
+    assert [(begin, end) for _, begin, end in segments] == [(0, 7), (7, 14), (14, 14.5), (14.5, 16), (16, 17), (17, 18)]
+    assert [what for what, _, _ in segments] == [before for _, _, before in STAGES] + [READY[1]]
+    del seen["loading weights"]  # seen in the same poll as the next one, or not at all: one stretch for both
+    merged = startup_segments(seen, 18.0)
+    assert len(merged) == 5 and merged[2] == (f"{STAGES[2][2]}; {STAGES[3][2]}", 14.0, 16.0)
+    assert startup_segments({}, 18.0) == [("; ".join([s[2] for s in STAGES] + [READY[1]]), 0.0, 18.0)]
+
+
+def test_startup_figure_draws_one_bar_segment_per_stretch():
+    seen = {"API server parsed its arguments": 7.0, "engine process started": 14.0}
+    ax = startup_figure(seen, 18.0).axes[0]
+    assert [(p.get_x(), p.get_width()) for p in ax.patches] == [(0.0, 7.0), (7.0, 7.0), (14.0, 4.0)]
+
+
+def test_arrivals_figure_draws_the_stream_as_it_came_and_the_plain_reply_at_its_end():
+    ax = arrivals_figure([(0.010, 1), (0.020, 3), (0.030, 6)], plain_seconds=0.025).axes[0]
+    streamed, first, plain = ax.lines
+    assert list(streamed.get_xdata()) == pytest.approx([0, 10, 20, 30]) and list(streamed.get_ydata()) == [0, 1, 3, 6]
+    assert (first.get_xdata()[0], first.get_ydata()[0]) == (pytest.approx(10), 1)
+    assert list(plain.get_xdata()) == pytest.approx([0, 25]) and list(plain.get_ydata()) == [0, 6]

@@ -146,6 +146,15 @@ def test_reported_kv_capacity_is_the_prediction(server):
     assert server.log_path.parent == Path(logs) and "KV cache size" in server.log_text()
 
 
+def test_the_start_records_vllms_milestones_in_order(server):
+    """What lesson 07's start-up picture draws: each milestone when the log first showed it, in vLLM's order."""
+    seen = list(server.stage_seconds)
+    assert seen == [milestone for _, milestone, _ in vllm_log.STAGES if milestone in seen]
+    assert {"API server parsed its arguments", "engine process started", "KV cache allocated"} <= set(seen)
+    times = list(server.stage_seconds.values())
+    assert 0 < times[0] and times == sorted(times) and times[-1] <= server.ready_seconds
+
+
 def test_the_one_worker_runs_inside_the_engine_process_on_any_core(server):
     """Two vLLM processes, not three (VLLMServer.worker_in_engine), and the engine free to use every core: vLLM's
     own CPU binding would pin it to core 0, where every other server side by side would compute too."""

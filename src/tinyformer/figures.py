@@ -2,6 +2,8 @@
 reported pool, the engine's recorded steps, vLLM's iteration log, a table of losses or recalls) and returns a
 matplotlib ``Figure``; the numbers it draws come from small pure functions beside it, which the tests check.
 
+    startup_figure          lesson 07: where a vLLM start's seconds went, milestone by milestone
+    arrivals_figure         lesson 07: tokens received over time, streamed vs one plain reply
     kv_pool_figure          lesson 08: vLLM's block pool, the null block, each request's blocks, free blocks
     engine_vs_vllm_figure   lesson 13: our engine and vLLM on the same per-step axis
     bits_figure             lesson 11: validation loss and agreement with fp32 vs bits per weight
@@ -19,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from tinyformer import vllm_rules
+from tinyformer.serving import vllm_log
 
 NULL_COLOUR, FREE_COLOUR = "black", "white"
 
@@ -35,6 +38,54 @@ class ShownFigure(Figure):
 
 
 PREFILL_COLOUR, DECODE_COLOUR, BLOCKS_COLOUR = "tab:orange", "tab:blue", "black"
+
+
+# ----- lesson 07: a start, and a streamed reply ---------------------------------------------------------------
+
+
+def startup_segments(stage_seconds: Mapping[str, float], ready_seconds: float) -> list[tuple[str, float, float]]:
+    """(what the server did, from, to) in seconds after ``start()`` began, one stretch per milestone reached
+    (``VLLMServer.stage_seconds``, ``ready_seconds``); a milestone the polls never saw merges into the next."""
+    segments, begin, unseen = [], 0.0, []
+    milestones = [(milestone, before) for _, milestone, before in vllm_log.STAGES] + [vllm_log.READY]
+    for milestone, before in milestones:
+        end = ready_seconds if milestone == vllm_log.READY[0] else stage_seconds.get(milestone)
+        if end is None:
+            unseen.append(before)
+        else:
+            segments.append(("; ".join(unseen + [before]), begin, end))
+            begin, unseen = end, []
+    return segments
+
+
+def startup_figure(stage_seconds: Mapping[str, float], ready_seconds: float) -> Figure:
+    """One bar from start() to /health answering, cut at the log's milestones."""
+    fig = ShownFigure(figsize=(12, 2.4))
+    ax = fig.subplots()
+    for i, (what, begin, end) in enumerate(startup_segments(stage_seconds, ready_seconds)):
+        ax.barh(
+            0, end - begin, left=begin, color=request_colour(i), edgecolor="white", label=f"{what}: {end - begin:.1f} s"
+        )
+    ax.set(xlabel="seconds after start()", yticks=[], xlim=(0, ready_seconds * 1.01))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.subplots_adjust(left=0.02, right=0.62, bottom=0.25, top=0.95)
+    return fig
+
+
+def arrivals_figure(streamed: Sequence[tuple[float, int]], plain_seconds: float) -> Figure:
+    """Tokens the client holds over time: a streamed reply ((seconds after sending, tokens so far) per piece)
+    against a plain request of the same reply, which holds nothing until it all arrives at ``plain_seconds``."""
+    fig = ShownFigure(figsize=(7, 3.2))
+    ax = fig.subplots()
+    times, counts = [0.0] + [1e3 * t for t, _ in streamed], [0] + [n for _, n in streamed]
+    ax.step(times, counts, where="post", color=DECODE_COLOUR, label="streamed: each piece as it comes")
+    ax.plot(times[1], counts[1], "o", color=PREFILL_COLOUR, label=f"first token after {times[1]:.0f} ms")
+    ax.step([0, 1e3 * plain_seconds], [0, counts[-1]], where="post", color="k", ls="--",
+            label=f"plain: all {counts[-1]} tokens after {1e3 * plain_seconds:.0f} ms")  # fmt: skip
+    ax.set(xlabel="ms after sending", ylabel="tokens the client holds")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.16, top=0.96)
+    return fig
 
 
 # ----- lesson 08: the KV pool -------------------------------------------------------------------------------

@@ -244,6 +244,7 @@ class VLLMServer:
         self.log_path = Path(log_path) if log_path is not None else None
         self.reported: vllm_log.ReportedKV | None = None
         self.ready_seconds: float | None = None
+        self.stage_seconds: dict[str, float] = {}  # start-up milestone -> seconds after start() began (polled)
         self._process: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
         self._stop_grace = [STARTING_GRACE_SECONDS]  # shared with the finalizer; longer once healthy
@@ -321,7 +322,7 @@ class VLLMServer:
         self.port = self.port or free_port(self.host)
         self.url = f"http://{_client_host(self.host)}:{self.port}"
         self.log_path = self.log_path or _new_log_path(self.port)
-        started = time.perf_counter()
+        started, self.stage_seconds = time.perf_counter(), {}
         try:
             self._process = self._spawn()
             self._wait_until_healthy(started)
@@ -460,6 +461,9 @@ class VLLMServer:
         bar = tqdm(total=int(self.startup_timeout), desc="starting vLLM", unit="s", disable=not self.progress)
         try:
             while True:
+                log = self.log_text()
+                for milestone in vllm_log.stages_reached(log):  # when a poll first saw it: within half a second
+                    self.stage_seconds.setdefault(milestone, time.perf_counter() - started)
                 if self._process.poll() is not None:
                     raise self._startup_error(f"vLLM exited during start-up (exit code {self._process.returncode})")
                 if self._healthy():
@@ -468,9 +472,9 @@ class VLLMServer:
                     return
                 if time.perf_counter() > deadline:
                     raise self._startup_error(f"vLLM was not healthy after {self.startup_timeout:.0f} s")
-                time.sleep(0.5)
                 bar.n = min(int(time.perf_counter() - started), bar.total)
-                bar.set_postfix_str(vllm_log.startup_stage(self.log_text()), refresh=True)
+                bar.set_postfix_str(vllm_log.startup_stage(log), refresh=True)
+                time.sleep(0.5)
         finally:
             bar.close()
 

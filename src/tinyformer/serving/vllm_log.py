@@ -42,14 +42,16 @@ LOADED_WEIGHT = re.compile(
     r"(?:\S*?\.)?(?:h|layers)\.(?P<layer>\d+)\.",
     re.MULTILINE,
 )
-# Stages of a start-up, for the progress bar: (text in the log, what the learner sees).
+# Milestones of a start-up, in order, for the progress bar and lesson 07's start-up picture:
+# (text in the log, the milestone the learner sees, what the seconds before it went on).
 STAGES = (
-    ("non-default args", "API server parsed its arguments"),
-    ("Initializing a V1 LLM engine", "engine process started"),
-    ("Starting to load model", "loading weights"),
-    ("KV cache size", "KV cache allocated"),
-    ("Starting vLLM server", "HTTP server starting"),
+    ("non-default args", "API server parsed its arguments", "the API server's process imports vLLM"),
+    ("Initializing a V1 LLM engine", "engine process started", "the engine's process starts and imports vLLM"),
+    ("Starting to load model", "loading weights", "the engine sets up its worker"),
+    ("KV cache size", "KV cache allocated", "weights loaded, a profiling pass sizes the KV cache"),
+    ("Starting vLLM server", "HTTP server starting", "the KV cache is allocated, the model warmed up"),
 )
+READY = ("ready", "the HTTP server starts and /health answers")  # the last milestone: VLLMServer's, not the log's
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,13 @@ def layers_loaded(log: str) -> dict[str, list[int]]:
 
 def startup_stage(log: str) -> str:
     """The last start-up milestone the log shows."""
-    reached = [label for marker, label in STAGES if marker in log]
+    reached = stages_reached(log)
     return reached[-1] if reached else "importing vLLM"
+
+
+def stages_reached(log: str) -> list[str]:
+    """The start-up milestones the log shows, in order."""
+    return [milestone for marker, milestone, _ in STAGES if marker in log]
 
 
 def root_cause(log: str) -> str | None:
