@@ -337,6 +337,19 @@ LONG_CONTEXT_CHUNKED_SINCE = (0, 5, 3)  # that default's first release (absent f
 # model's dummy run and the sampler's, so it adds to their peak.
 QWEN3_VL_TOKENS_PER_VIDEO_TOKEN = 12.5  # qwen3_vl.get_max_video_tokens: a timestamp text around each soft token
 MLA_LATENT_CACHE_SINCE = (0, 7, 1)  # vLLM 0.7.1 caches MLA's latent; before, K and V per head
+# Pixel values reach the GPU in the HF image processor's dtype, float32, before 0.9.0: the model runner's
+# MultiModalKwargs.as_kwargs(inputs, device=...) only moves them (a .to(device); read in 0.8.3, 0.8.4, 0.8.5, V0
+# model_runner.execute_model and V1 gpu_model_runner), and the tower then takes a model-dtype copy that lives
+# through it (gemma3_mm._image_pixels_to_features: pixel_values.to(dtype=target_dtype); qwen2_5_vl's
+# _process_image_input: pixel_values.type(self.visual.dtype)), so each pixel value holds 4 + 2 bytes. 0.9.0's
+# as_kwargs(..., dtype=model_config.dtype) casts before the copy: one model-dtype tensor. Releases before 0.8.3
+# (0.6.x: log20, the seeds) are taken to do the same as 0.8.3 (not read).
+PIXELS_IN_MODEL_DTYPE_SINCE = (0, 9, 0)
+
+
+def pixel_value_bytes(version: tuple[int, int, int], model_bytes: int) -> int:
+    """Bytes each pixel value of a dummy image holds on the GPU while the vision tower runs."""
+    return model_bytes if version >= PIXELS_IN_MODEL_DTYPE_SINCE else 4 + model_bytes
 
 
 def parse_version(text: str | None) -> tuple[int, int, int]:

@@ -260,20 +260,22 @@ def encoder_cache_bytes(arch: Architecture, tokens: int, b: int) -> int:
     return budget * width * b
 
 
-def vision_peak_bytes(arch: Architecture, images: int, patches: int, tp: int, b: int) -> int:
+def vision_peak_bytes(arch: Architecture, images: int, patches: int, tp: int, b: int, pixel_bytes: int) -> int:
     """The vision tower's largest transient on all dummy images' patches, counted like a decoder layer's
-    (residual copies + MLP), plus its fp32 rotary tables and the pixel input, times the fitted
+    (residual copies + MLP), plus the dummy pixels (``pixel_bytes`` a value: :func:`vllm_rules.pixel_value_bytes`,
+    the processor's float32 tensor and the tower's model-dtype copy before 0.9.0), times the fitted
     ``vision_activation_factor`` (attention copies and unfused elementwise temporaries the count leaves out)."""
     v = arch.vision
     n = images * patches
     mlp = (3 if v.get("mlp") == "gated" else 2) * v["intermediate_size"] // tp
-    pixels = 3 * v.get("temporal_patch_size", 1) * v["patch_size"] ** 2
-    count = n * (RESIDUAL_COPIES * v["hidden_size"] + mlp + pixels) * b
+    pixels = 3 * v.get("temporal_patch_size", 1) * v["patch_size"] ** 2  # values per patch
+    count = n * ((RESIDUAL_COPIES * v["hidden_size"] + mlp) * b + pixels * pixel_bytes)
     return math.ceil(count * fitted("vision_activation_factor"))
 
 
-def activation_peak_bytes(arch, tokens, seqs, tp, b, *, last_stage=True, first_stage=True, engine="V0"):
-    """(peak bytes, dummy images, parts) of the profiling run on one rank."""
+def activation_peak_bytes(arch, tokens, seqs, tp, b, *, last_stage=True, first_stage=True, engine="V0", version=None):
+    """(peak bytes, dummy images, parts) of the profiling run on one rank; ``version`` (a parsed release, the
+    latest if None) decides the dummy pixels' dtype."""
     parts = {"decoder": decoder_peak_bytes(arch, tokens, tp, b)}
     if last_stage:
         parts["sampler"] = sampler_peak_bytes(arch, tokens, seqs, b)
@@ -284,7 +286,8 @@ def activation_peak_bytes(arch, tokens, seqs, tp, b, *, last_stage=True, first_s
             parts["encoder_cache"] = encoder_cache_bytes(arch, tokens, b)
             parts = {name: value + (parts["encoder_cache"] if name in ("decoder", "sampler") else 0)
                      for name, value in parts.items()}  # fmt: skip
-        parts["vision"] = vision_peak_bytes(arch, images, patches, tp, b)
+        pixel_bytes = vllm_rules.pixel_value_bytes(version or vllm_rules.parse_version(LATEST_VERSION), b)
+        parts["vision"] = vision_peak_bytes(arch, images, patches, tp, b, pixel_bytes)
     return max(parts.values()), images, parts
 
 
@@ -368,7 +371,15 @@ def predict_startup(case: dict) -> StartupPrediction:
     stages = []
     for stage in range(pp):
         peak, images, parts = activation_peak_bytes(
-            arch, tokens, seqs, tp, b, last_stage=stage == pp - 1, first_stage=stage == 0, engine=engine
+            arch,
+            tokens,
+            seqs,
+            tp,
+            b,
+            last_stage=stage == pp - 1,
+            first_stage=stage == 0,
+            engine=engine,
+            version=version,
         )
         kv = usable - weights[stage] - peak - non_torch
         per_token = arch.kv_bytes_per_token(kv_dtype, tp, layers[stage], latent)
