@@ -59,16 +59,16 @@ def startup_segments(stage_seconds: Mapping[str, float], ready_seconds: float) -
 
 
 def startup_figure(stage_seconds: Mapping[str, float], ready_seconds: float) -> Figure:
-    """One bar from start() to /health answering, cut at the log's milestones."""
-    fig = ShownFigure(figsize=(12, 2.4))
+    """One bar from start() to /health answering, cut at the log's milestones; the legend below it."""
+    fig = ShownFigure(figsize=(12, 3.2))
     ax = fig.subplots()
     for i, (what, begin, end) in enumerate(startup_segments(stage_seconds, ready_seconds)):
         ax.barh(
-            0, end - begin, left=begin, color=request_colour(i), edgecolor="white", label=f"{what}: {end - begin:.1f} s"
+            0, end - begin, left=begin, color=request_colour(i), edgecolor="white", label=f"{end - begin:.1f} s: {what}"
         )
     ax.set(xlabel="seconds after start()", yticks=[], xlim=(0, ready_seconds * 1.01))
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.subplots_adjust(left=0.02, right=0.62, bottom=0.25, top=0.95)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0, -0.3), ncol=2, frameon=False)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.5, top=0.97)
     return fig
 
 
