@@ -143,7 +143,7 @@ def _decode(model, padded, steps, choose, cache, eos_token_id, on_step):
 
 @dataclass(frozen=True)
 class CacheSpeedup:
-    """Median seconds of the same greedy generation with and without the KV cache, and the tokens of each."""
+    """Median CPU seconds of the same greedy generation with and without the KV cache, and the tokens of each."""
 
     cached_seconds: float
     uncached_seconds: float
@@ -152,7 +152,7 @@ class CacheSpeedup:
 
     @property
     def speedup(self) -> float:
-        """How many times faster the cached loop is: uncached seconds / cached seconds."""
+        """How many times less time the cached loop takes: uncached seconds / cached seconds."""
         return self.uncached_seconds / self.cached_seconds
 
 
@@ -161,17 +161,20 @@ def time_cache_speedup(model: Transformer, prompt_ids, max_new_tokens: int, repe
 
     After one short warm-up call, the runs alternate cached, uncached, cached, ..., cached: ``repeats``
     uncached runs, each between two cached ones (``repeats + 1``), so a machine that slows down or speeds up
-    during the measurement shifts both sides alike. The seconds are medians over each side's runs.
+    during the measurement shifts both sides alike. Each run is timed in CPU seconds of this process
+    (``time.process_time``): on a shared machine the time other programs hold the processor is left out, and
+    on an idle one with one torch thread it is about the wall time. The seconds are medians over each side's runs.
     """
     if not _is_int(repeats) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer (uncached runs to time), got {repeats!r}.")
-    generate(model, prompt_ids, min(max_new_tokens, 2))  # warm-up: first-call allocations, thread pools
+    warm_up = [prompt[:8] for prompt in _as_prompts(prompt_ids)]  # short: first-call costs, not the work
+    generate(model, warm_up, min(max_new_tokens, 2))
     seconds: dict[bool, list[float]] = {True: [], False: []}
     tokens: dict[bool, list[list[int]]] = {}
     for use_cache in [True, False] * repeats + [True]:
-        start = time.perf_counter()
+        start = time.process_time()
         tokens[use_cache] = generate(model, prompt_ids, max_new_tokens, use_cache=use_cache).tokens
-        seconds[use_cache].append(time.perf_counter() - start)
+        seconds[use_cache].append(time.process_time() - start)
     return CacheSpeedup(
         cached_seconds=statistics.median(seconds[True]),
         uncached_seconds=statistics.median(seconds[False]),
