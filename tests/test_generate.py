@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from conftest import random_model
 
 from tinyformer import ModelConfig, Transformer
-from tinyformer.generate import generate, generate_batch, left_pad, next_token
+from tinyformer.generate import generate, generate_batch, left_pad, next_token, time_cache_speedup
 
 LOGITS_ATOL = 1e-4  # float32: cached and uncached paths sum the same numbers in a different order
 LOGITS_RTOL = 1e-5
@@ -260,3 +262,31 @@ def test_generation_leaves_the_model_in_its_mode(model: Transformer) -> None:
         assert model.training
     finally:
         model.eval()
+
+
+# ---- time_cache_speedup: what it runs and returns (its timings are the benchmarks' business) -------------------------
+
+
+def test_time_cache_speedup_puts_each_uncached_run_between_two_cached_ones(model, monkeypatch) -> None:
+    calls = []
+
+    def recording_generate(*args, use_cache=True, **kwargs):
+        calls.append(use_cache)
+        return generate(*args, use_cache=use_cache, **kwargs)
+
+    module = importlib.import_module("tinyformer.generate")  # the module: the package's `generate` is the function
+    monkeypatch.setattr(module, "generate", recording_generate)
+    prompts = [random_prompt(model.config, 6, seed=3), random_prompt(model.config, 6, seed=4)]
+    result = time_cache_speedup(model, prompts, 5, repeats=2)
+
+    assert calls == [True, True, False, True, False, True]  # warm-up, then cached/uncached alternating
+    expected = generate(model, prompts, 5).tokens
+    assert result.cached_tokens == result.uncached_tokens == expected  # both ways, the tokens of generate
+    assert result.cached_seconds > 0 and result.uncached_seconds > 0
+    assert result.speedup == result.uncached_seconds / result.cached_seconds
+
+
+@pytest.mark.parametrize("repeats", [0, -1, 1.5, True])
+def test_time_cache_speedup_refuses_a_repeat_count_that_is_not_a_positive_integer(model, repeats) -> None:
+    with pytest.raises(ValueError, match="repeats must be a positive integer"):
+        time_cache_speedup(model, [1, 2, 3], 2, repeats=repeats)

@@ -103,6 +103,25 @@ def test_tinyformer_spec_counts_the_same_parameters_as_the_model():
     assert spec.kv_bytes_per_token("fp32") == 2048
 
 
+def test_gpt2_spec_becomes_a_tinyformer_config_of_the_same_parameters():
+    from tinyformer import ModelConfig
+
+    gpt2 = memory.find_model("openai-community/gpt2")
+    config = gpt2.to_tinyformer()
+    # GPT-2 small's sizes, read from the catalogue (rejects a field copied to the wrong place)
+    assert (config.n_layer, config.n_embd, config.n_head, config.vocab_size, config.n_positions) == (
+        12, 768, 12, 50257, 1024,
+    )  # fmt: skip
+    assert memory.ModelSpec.from_tinyformer(config).n_params == gpt2.n_params_published == 124_439_808
+    micro = ModelConfig.preset("micro", vocab_size=60)
+    assert memory.ModelSpec.from_tinyformer(micro).to_tinyformer() == micro  # the inverse of from_tinyformer
+
+
+def test_a_spec_that_is_not_gpt2_shaped_is_refused_with_what_differs():
+    with pytest.raises(ValueError, match=r"not GPT-2-shaped.*n_kv_heads=8.*mlp='gated'.*openai-community/gpt2"):
+        memory.find_model("meta-llama/Llama-3.2-1B").to_tinyformer()
+
+
 def test_quantised_weights_keep_embeddings_in_16_bits():
     llama = memory.real_models()["Llama-3.1-8B"]
     bf16 = memory.model_weight_bytes(llama, "bf16")

@@ -8,11 +8,16 @@ Both give the same tokens: the cache only removes repeated work.
 A sequence may hold at most ``n_positions`` tokens (prompt + generated), the rows of the position
 table; this is the same rule as vLLM's ``max_model_len``. Asking for more raises a ValueError, or,
 with ``on_limit="truncate"``, generation stops when the sequence reaches ``n_positions`` tokens.
+
+:func:`time_cache_speedup` times greedy generation both ways on the same prompts (lesson 05 and
+``benchmarks/kv_cache_speedup.py`` read their ratios from it).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -134,6 +139,48 @@ def _decode(model, padded, steps, choose, cache, eos_token_id, on_step):
     new = torch.stack(new_ids, dim=1) if new_ids else torch.empty(batch, 0, dtype=torch.long)  # [B, steps']
     logits = torch.stack(step_logits, dim=1) if step_logits else torch.empty(batch, 0, vocab)  # [B, steps', V]
     return new, logits, bool(new_ids) and bool(finished.all())
+
+
+@dataclass(frozen=True)
+class CacheSpeedup:
+    """Median CPU seconds of the same greedy generation with and without the KV cache, and the tokens of each."""
+
+    cached_seconds: float
+    uncached_seconds: float
+    cached_tokens: list[list[int]]
+    uncached_tokens: list[list[int]]
+
+    @property
+    def speedup(self) -> float:
+        """How many times less time the cached loop takes: uncached seconds / cached seconds."""
+        return self.uncached_seconds / self.cached_seconds
+
+
+def time_cache_speedup(model: Transformer, prompt_ids, max_new_tokens: int, repeats: int = 3) -> CacheSpeedup:
+    """Time greedy ``generate(model, prompt_ids, max_new_tokens)`` with the cache and without it.
+
+    After one short warm-up call, the runs alternate cached, uncached, cached, ..., cached: ``repeats``
+    uncached runs, each between two cached ones (``repeats + 1``), so a machine that slows down or speeds up
+    during the measurement shifts both sides alike. Each run is timed in CPU seconds of this process
+    (``time.process_time``): on a shared machine the time other programs hold the processor is left out, and
+    on an idle one with one torch thread it is about the wall time. The seconds are medians over each side's runs.
+    """
+    if not _is_int(repeats) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer (uncached runs to time), got {repeats!r}.")
+    warm_up = [prompt[:8] for prompt in _as_prompts(prompt_ids)]  # short: first-call costs, not the work
+    generate(model, warm_up, min(max_new_tokens, 2))
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    tokens: dict[bool, list[list[int]]] = {}
+    for use_cache in [True, False] * repeats + [True]:
+        start = time.process_time()
+        tokens[use_cache] = generate(model, prompt_ids, max_new_tokens, use_cache=use_cache).tokens
+        seconds[use_cache].append(time.process_time() - start)
+    return CacheSpeedup(
+        cached_seconds=statistics.median(seconds[True]),
+        uncached_seconds=statistics.median(seconds[False]),
+        cached_tokens=tokens[True],
+        uncached_tokens=tokens[False],
+    )
 
 
 def next_token(

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 from importlib import resources
 
-from tinyformer.config import hf_sizes
+from tinyformer.config import ModelConfig, hf_sizes
 from tinyformer.memory.formulas import MiB, dtype_name, kv_bytes_per_token, weight_bytes
 from tinyformer.memory.vision import VisionSpec
+
+DESCRIPTIVE_FIELDS = ("name", "hf_id", "notes", "n_params_published")  # words about a model, not its sizes
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,29 @@ class ModelSpec:
             linear_bias=gpt2,
             notes="the model this course builds and trains",
         )
+
+    def to_tinyformer(self) -> ModelConfig:
+        """The ``tinyformer.ModelConfig`` of a GPT-2-shaped spec, e.g. ``find_model("openai-community/gpt2")``: a
+        ``Transformer`` built from it holds this spec's parameters (random weights: only the sizes are copied)."""
+        config = ModelConfig(
+            vocab_size=self.vocab_size,
+            n_positions=self.max_position_embeddings,
+            n_embd=self.hidden_size,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+        )
+        as_built = ModelSpec.from_tinyformer(config)
+        differ = [
+            f"{field.name}={getattr(self, field.name)!r} (tinyformer's GPT-2: {getattr(as_built, field.name)!r})"
+            for field in fields(self)
+            if field.name not in DESCRIPTIVE_FIELDS and getattr(self, field.name) != getattr(as_built, field.name)
+        ]
+        if differ:
+            raise ValueError(
+                f"{self.name} is not GPT-2-shaped, so tinyformer's GPT-2 cannot hold it: {', '.join(differ)}. "
+                "Pick a GPT-2 model, e.g. find_model('openai-community/gpt2')."
+            )
+        return config
 
 
 @dataclass(frozen=True)
