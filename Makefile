@@ -108,18 +108,36 @@ lint: install
 # what they start (vLLM servers, nbgrader and hub kernels) compute on one thread each: with torch's two threads
 # each on two cores they wait on each other (lesson 04's autograde test, which trains nano in a grading kernel:
 # 360 s without this in a run beside other jobs, 110-112 s with it in the two runs since).
+# Three workers on two cores: the two-worker run kept the CPU only 44-67 % busy (sampled every 30 s through
+# /proc/stat), its workers mostly waiting on a vLLM start, a kernel or a hub.
+UNIT_WORKERS ?= 3
 PYTEST_UNIT = TINYFORMER_VLLM_LOG_DIR=$(VLLM_LOGS)/unit $(BIN)/pytest --durations=25
 unit: install
 	@TIMEFORMAT='== unit tests: %1Rs'; time { status=0; \
-		OMP_NUM_THREADS=1 $(PYTEST_UNIT) -n 2 --dist loadgroup --no-loadscope-reorder -m "not solo" tests || status=$$?; \
+		OMP_NUM_THREADS=1 $(PYTEST_UNIT) -n $(UNIT_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not solo" tests \
+			|| status=$$?; \
 		$(PYTEST_UNIT) -m solo tests || status=$$?; exit $$status; }
 
-# Each notebook in a fresh kernel, one at a time: two side by side were measured to break what the serving lessons
-# show (lesson 09's 32 requests reached vLLM one by one while lessons 10 and 14 trained beside it: 745 engine steps
-# instead of ~24) and to double the training lessons' time (14: 727 s, 10: 467 s).
+# Each notebook in a fresh kernel. Those that train, or time and batch requests, run one at a time: two side by
+# side were measured to break what the serving lessons show (lesson 09's 32 requests reached vLLM one by one while
+# lessons 10 and 14 trained beside it: 745 engine steps instead of ~24) and to double the training lessons' time
+# (14: 727 s, 10: 467 s). The others wait mostly on vLLM starts (single-core imports) and run two at a time, each
+# kernel on one thread, longest first.
+NOTEBOOKS_ALONE := $(addprefix notebooks/,04_training_with_sgd.ipynb 07_serving_with_vllm.ipynb \
+	09_batching_and_concurrency.ipynb 13_build_the_engine.ipynb 14_llama_architecture.ipynb \
+	15_lora_adapters.ipynb 16_speculative_decoding.ipynb)
+NOTEBOOKS_BESIDE := $(addprefix notebooks/,08_max_model_len_and_kv_capacity.ipynb \
+	12_embeddings_and_context_budget.ipynb 11_fewer_bits.ipynb 10_images_are_tokens.ipynb \
+	17_structured_outputs.ipynb 05_generation_and_kv_cache.ipynb 06_memory_budget.ipynb 00_setup_check.ipynb \
+	01_tokens_and_positions.ipynb 02_self_attention.ipynb 03_block_and_lm_head.ipynb)
+$(if $(filter-out $(sort $(NOTEBOOKS_ALONE) $(NOTEBOOKS_BESIDE)),$(sort $(wildcard notebooks/*.ipynb))),\
+	$(error a notebook is in neither NOTEBOOKS_ALONE nor NOTEBOOKS_BESIDE: add it to one))
+PYTEST_NOTEBOOKS = TINYFORMER_VLLM_LOG_DIR=$(VLLM_LOGS)/notebooks \
+	$(BIN)/pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) --durations=0
 notebooks: install
-	@TIMEFORMAT='== notebooks (nbmake): %1Rs'; time TINYFORMER_VLLM_LOG_DIR=$(VLLM_LOGS)/notebooks \
-		$(BIN)/pytest --nbmake --nbmake-timeout=$(NBMAKE_TIMEOUT) --durations=0 notebooks
+	@TIMEFORMAT='== notebooks (nbmake): %1Rs'; time { status=0; \
+		OMP_NUM_THREADS=1 $(PYTEST_NOTEBOOKS) -n 2 --dist load $(NOTEBOOKS_BESIDE) || status=$$?; \
+		$(PYTEST_NOTEBOOKS) $(NOTEBOOKS_ALONE) || status=$$?; exit $$status; }
 
 # pip's resolver over the GPU flavour's requirements (needs the package index; no GPU). `make test` runs it only
 # when the pins differ from tests/gpu_resolution.json; this runs it always and records the result.
