@@ -337,6 +337,22 @@ LONG_CONTEXT_CHUNKED_SINCE = (0, 5, 3)  # that default's first release (absent f
 # model's dummy run and the sampler's, so it adds to their peak.
 QWEN3_VL_TOKENS_PER_VIDEO_TOKEN = 12.5  # qwen3_vl.get_max_video_tokens: a timestamp text around each soft token
 MLA_LATENT_CACHE_SINCE = (0, 7, 1)  # vLLM 0.7.1 caches MLA's latent; before, K and V per head
+# 0.7.1-0.7.3's MLA backend absorbs kv_b_proj into the query and output projections after loading and keeps the
+# products (W_Q_UK, W_UV_O) and a copy of the query's rotary columns (W_QR) next to the projections, in the model
+# dtype (attention/backends/mla/utils.py; VLLM_MLA_PERFORM_MATRIX_ABSORPTION, on by default): they count in the
+# "model weights" figure. 0.8.0's mla/common.py keeps views of kv_b_proj only.
+MLA_ABSORBED_WEIGHTS_UNTIL = (0, 8, 0)
+
+
+def mla_keeps_absorbed_weights(version: tuple[int, int, int], env: dict | None = None) -> bool:
+    """Whether an MLA model's start-up holds the absorbed matrices: 0.7.1-0.7.3, unless VLLM_MLA_DISABLE=1 or
+    VLLM_MLA_PERFORM_MATRIX_ABSORPTION=0 (fp8 checkpoints requantise the products to fp8: no shared log has one)."""
+    env = env or {}
+    mla_off = int(env.get("VLLM_MLA_DISABLE", "0")) != 0
+    absorption_off = int(env.get("VLLM_MLA_PERFORM_MATRIX_ABSORPTION", "1")) == 0
+    return MLA_LATENT_CACHE_SINCE <= version < MLA_ABSORBED_WEIGHTS_UNTIL and not (mla_off or absorption_off)
+
+
 # Pixel values reach the GPU in the HF image processor's dtype, float32, before 0.9.0: the model runner's
 # MultiModalKwargs.as_kwargs(inputs, device=...) only moves them (a .to(device); read in 0.8.3, 0.8.4, 0.8.5, V0
 # model_runner.execute_model and V1 gpu_model_runner), and the tower then takes a model-dtype copy that lives
