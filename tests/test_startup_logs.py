@@ -312,6 +312,20 @@ def test_mla_absorbed_matrices_count_in_0_7_weights():
     assert weights == pytest.approx(3.97, rel=0.005)
 
 
+def test_mla_keeps_a_dequantised_kv_b_proj_of_a_quantised_checkpoint_from_0_8():
+    """0.8's MLA backend has no quantised bmm, so an AWQ kv_b_proj is dequantised into a bf16 copy per layer: log11's
+    DeepSeek-V3 AWQ at TP16 holds 61 x 512 x 8 heads x (128 + 128) x 2 B = 0.119 GiB more a rank, the logged 21.21 GiB
+    (-0.6 % without). Rejects the copy missing, or kept for an unquantised checkpoint (views only: log13)."""
+    record = case("log11")
+    weights = startup.predict_startup(record).model_weights_gib
+    mla_off = startup.predict_startup(record | {"env": record["env"] | {"VLLM_MLA_DISABLE": "1"}}).model_weights_gib
+    assert (weights - mla_off) * GiB == pytest.approx(61 * 512 * 8 * 256 * 2, abs=1)
+    assert weights == pytest.approx(21.21, rel=0.002)
+    assert vllm_rules.mla_weight_copies((0, 8, 3), {}, quantised=False) is None
+    assert vllm_rules.mla_weight_copies((0, 7, 3), {}, quantised=False) == "absorbed"
+    assert vllm_rules.mla_weight_copies((0, 7, 0), {}, quantised=True) is None  # before MLA: K and V per head
+
+
 def test_rotary_tables_cover_the_positions_their_scaling_reaches():
     """One cos/sin table per rotary setup, in the model dtype, counted in the weights: llama3 scaling keeps Llama-3.1's
     131,072 positions, linear scaling multiplies them (log16: 16,384 x 4), YaRN covers original x factor (DeepSeek's

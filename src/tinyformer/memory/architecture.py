@@ -224,6 +224,14 @@ class Architecture:
         rank = c["kv_lora_rank"]
         return heads * (q_in * rank + q_in * c["qk_rope_head_dim"] + rank * self.hidden)
 
+    def mla_kv_b_params(self, tp: int = 1) -> int:
+        """One layer's kv_b_proj on one tensor-parallel rank (the latent's up-projection to the rank's heads' keys
+        and values): what vLLM 0.8's MLA backend dequantises into a model-dtype copy for a quantised checkpoint."""
+        if not self.mla:
+            return 0
+        c = self.config
+        return c["kv_lora_rank"] * max(1, self.heads // tp) * (c["qk_nope_head_dim"] + c["v_head_dim"])
+
     # ----- bytes per GPU --------------------------------------------------------------------------
     def quantised_bytes_per_weight(self, n_in: int) -> float:
         method, q = self.quant_method, self.config.get("quantization_config") or {}

@@ -11,7 +11,7 @@ the release's defaults. What a record logged is never read here: :mod:`benchmark
 Per release (:mod:`tinyformer.vllm_rules`: engine, chunked prefill, the profiling batch), then per GPU:
 
 * weights: :meth:`Architecture.weight_bytes_per_gpu` (tensor and pipeline parallel, quantised formats) plus what
-  loading builds beside them (:func:`load_time_bytes`: rotary tables, 0.7.x MLA's absorbed matrices);
+  loading builds beside them (:func:`load_time_bytes`: rotary tables, MLA's absorbed or dequantised copies);
 * activation peak (what ``torch.cuda.max_memory_allocated`` rises by in the profiling run): the largest of
   the decoder layer's transients for the batch's tokens, the sampler's on ``max_num_seqs`` logit rows, and a
   vision tower's on its dummy images (:func:`activation_peak_bytes`);
@@ -336,11 +336,13 @@ def load_time_bytes(
 ) -> int:
     """What vLLM builds on the GPU while loading beyond the checkpoint's tensors, on one rank of a stage with
     ``stage_layers`` layers, in the model dtype (``b`` bytes): the rotary cos/sin tables
-    (:meth:`Architecture.rope_cache_rows`; every stage builds its own) and, in 0.7.1-0.7.3, MLA's absorbed
-    matrices (:func:`vllm_rules.mla_keeps_absorbed_weights`). Both count in the logged "model weights"."""
+    (:meth:`Architecture.rope_cache_rows`; every stage builds its own) and MLA's copies
+    (:func:`vllm_rules.mla_weight_copies`: 0.7.1-0.7.3's absorbed matrices, 0.8's dequantised kv_b_proj). All of
+    it counts in the logged "model weights"."""
     rope = sum(positions * width for positions, width in arch.rope_cache_rows())
-    absorbed = stage_layers * arch.mla_absorbed_params(tp) if vllm_rules.mla_keeps_absorbed_weights(version, env) else 0
-    return (rope + absorbed) * b
+    copies = vllm_rules.mla_weight_copies(version, env, quantised=arch.quant_method is not None) if arch.mla else None
+    per_layer = {"absorbed": arch.mla_absorbed_params(tp), "kv_b": arch.mla_kv_b_params(tp), None: 0}[copies]
+    return (rope + stage_layers * per_layer) * b
 
 
 def predict_startup(case: dict) -> StartupPrediction:
