@@ -337,6 +337,28 @@ LONG_CONTEXT_CHUNKED_SINCE = (0, 5, 3)  # that default's first release (absent f
 # model's dummy run and the sampler's, so it adds to their peak.
 QWEN3_VL_TOKENS_PER_VIDEO_TOKEN = 12.5  # qwen3_vl.get_max_video_tokens: a timestamp text around each soft token
 MLA_LATENT_CACHE_SINCE = (0, 7, 1)  # vLLM 0.7.1 caches MLA's latent; before, K and V per head
+# What an MLA model's attention keeps next to its projections after loading (process_weights_after_loading), in the
+# model dtype; it counts in the "model weights" figure. 0.7.1-0.7.3 (attention/backends/mla/utils.py, with
+# VLLM_MLA_PERFORM_MATRIX_ABSORPTION on by default) absorb kv_b_proj into the query and output projections and
+# keep the products (W_Q_UK, W_UV_O) and a copy of the query's rotary columns (W_QR). From 0.8.0
+# (attention/backends/mla/common.py, read in 0.8.0 and 0.8.3) W_UK_T and W_UV are views of kv_b_proj's weight,
+# except that a quantised kv_b_proj is first dequantised into a model-dtype copy ("no quantized bmm's").
+MLA_ABSORBED_WEIGHTS_UNTIL = (0, 8, 0)
+
+
+def mla_weight_copies(version: tuple[int, int, int], env: dict | None = None, quantised: bool = False) -> str | None:
+    """Which copies an MLA model keeps after loading: "absorbed" (0.7.1-0.7.3: W_Q_UK, W_QR, W_UV_O), "kv_b"
+    (0.8.0 on, a quantised checkpoint: kv_b_proj dequantised) or None; None too when VLLM_MLA_DISABLE=1, and
+    before 0.8.0 when VLLM_MLA_PERFORM_MATRIX_ABSORPTION=0. (0.7.x fp8 checkpoints requantise the absorbed
+    products to fp8: no shared log has one.)"""
+    env = env or {}
+    if version < MLA_LATENT_CACHE_SINCE or int(env.get("VLLM_MLA_DISABLE", "0")) != 0:
+        return None
+    if version < MLA_ABSORBED_WEIGHTS_UNTIL:
+        return "absorbed" if int(env.get("VLLM_MLA_PERFORM_MATRIX_ABSORPTION", "1")) != 0 else None
+    return "kv_b" if quantised else None
+
+
 # Pixel values reach the GPU in the HF image processor's dtype, float32, before 0.9.0: the model runner's
 # MultiModalKwargs.as_kwargs(inputs, device=...) only moves them (a .to(device); read in 0.8.3, 0.8.4, 0.8.5, V0
 # model_runner.execute_model and V1 gpu_model_runner), and the tower then takes a model-dtype copy that lives

@@ -184,6 +184,54 @@ class Architecture:
             merger = h * self.hidden
         return blocks + patch + merger
 
+    def rope_cache_rows(self) -> list[tuple[int, int]]:
+        """(positions, rotary width) of each cos/sin table vLLM builds on the GPU for the text model while loading,
+        in the model dtype, one per rotary setup (get_rope shares a table between layers with the same setup;
+        rotary_embedding.py read in 0.7.1 and 0.8.3).
+
+        The table covers the positions the scaling reaches: ``max_position_embeddings`` times the factor for
+        linear and dynamic scaling (LinearScalingRotaryEmbedding), ``original_max_position_embeddings`` times it
+        for YaRN (DeepSeek's too); Phi-3's longrope holds a short and a long table. Models with a local base
+        (``rope_local_base_freq``: Gemma 3's sliding layers) build a second, unscaled table. The width is the
+        rotary part of a head: ``qk_rope_head_dim`` with MLA, else ``head_dim x partial_rotary_factor``."""
+        positions = self.get("max_position_embeddings", 2048)
+        width = (
+            self.config["qk_rope_head_dim"] if self.mla else int(self.head_dim * self.get("partial_rotary_factor", 1))
+        )
+        scaling = self.get("rope_scaling", {})
+        kind, factor = scaling.get("rope_type", scaling.get("type")), scaling.get("factor", 1)
+        if kind in ("linear", "dynamic"):
+            rows = [int(positions * factor)]
+        elif kind in ("yarn", "deepseek_yarn"):
+            rows = [int(scaling.get("original_max_position_embeddings", positions) * factor)]
+        elif kind in ("longrope", "su"):
+            rows = [scaling.get("original_max_position_embeddings", positions) + positions]
+        else:
+            rows = [positions]
+        if self.get("rope_local_base_freq"):
+            rows.append(positions)
+        return [(n, width) for n in rows]
+
+    def mla_absorbed_params(self, tp: int = 1) -> int:
+        """One layer's matrices vLLM 0.7.1-0.7.3's MLA backend adds after loading, on one tensor-parallel rank
+        (attention/backends/mla/utils.py process_weights_after_loading with matrix absorption): W_Q_UK (the query
+        projection times kv_b_proj's key half), W_QR (the query's rotary columns, copied) and W_UV_O (kv_b_proj's
+        value half times o_proj), each for the rank's heads. The projections themselves stay for the prefill."""
+        if not self.mla:
+            return 0
+        c, heads = self.config, max(1, self.heads // tp)
+        q_in = self.get("q_lora_rank", 0) or self.hidden
+        rank = c["kv_lora_rank"]
+        return heads * (q_in * rank + q_in * c["qk_rope_head_dim"] + rank * self.hidden)
+
+    def mla_kv_b_params(self, tp: int = 1) -> int:
+        """One layer's kv_b_proj on one tensor-parallel rank (the latent's up-projection to the rank's heads' keys
+        and values): what vLLM 0.8's MLA backend dequantises into a model-dtype copy for a quantised checkpoint."""
+        if not self.mla:
+            return 0
+        c = self.config
+        return c["kv_lora_rank"] * max(1, self.heads // tp) * (c["qk_nope_head_dim"] + c["v_head_dim"])
+
     # ----- bytes per GPU --------------------------------------------------------------------------
     def quantised_bytes_per_weight(self, n_in: int) -> float:
         method, q = self.quant_method, self.config.get("quantization_config") or {}

@@ -10,7 +10,8 @@ the release's defaults. What a record logged is never read here: :mod:`benchmark
 
 Per release (:mod:`tinyformer.vllm_rules`: engine, chunked prefill, the profiling batch), then per GPU:
 
-* weights: :meth:`Architecture.weight_bytes_per_gpu` (tensor and pipeline parallel, quantised formats);
+* weights: :meth:`Architecture.weight_bytes_per_gpu` (tensor and pipeline parallel, quantised formats) plus what
+  loading builds beside them (:func:`load_time_bytes`: rotary tables, MLA's absorbed or dequantised copies);
 * activation peak (what ``torch.cuda.max_memory_allocated`` rises by in the profiling run): the largest of
   the decoder layer's transients for the batch's tokens, the sampler's on ``max_num_seqs`` logit rows, and a
   vision tower's on its dummy images (:func:`activation_peak_bytes`);
@@ -327,6 +328,23 @@ def hybrid_block_size(arch: Architecture, tp: int, kv_dtype: str) -> tuple[int, 
     return block, block * per_token_layer
 
 
+# ----- weights ------------------------------------------------------------------------------------------------
+
+
+def load_time_bytes(
+    arch: Architecture, version: tuple[int, int, int], tp: int, stage_layers: int, b: int, env: dict | None = None
+) -> int:
+    """What vLLM builds on the GPU while loading beyond the checkpoint's tensors, on one rank of a stage with
+    ``stage_layers`` layers, in the model dtype (``b`` bytes): the rotary cos/sin tables
+    (:meth:`Architecture.rope_cache_rows`; every stage builds its own) and MLA's copies
+    (:func:`vllm_rules.mla_weight_copies`: 0.7.1-0.7.3's absorbed matrices, 0.8's dequantised kv_b_proj). All of
+    it counts in the logged "model weights"."""
+    rope = sum(positions * width for positions, width in arch.rope_cache_rows())
+    copies = vllm_rules.mla_weight_copies(version, env, quantised=arch.quant_method is not None) if arch.mla else None
+    per_layer = {"absorbed": arch.mla_absorbed_params(tp), "kv_b": arch.mla_kv_b_params(tp), None: 0}[copies]
+    return (rope + stage_layers * per_layer) * b
+
+
 def predict_startup(case: dict) -> StartupPrediction:
     """What vLLM logs at start-up for the settings in ``case`` (see the module docstring for the keys)."""
     s = _settings(case)
@@ -359,8 +377,11 @@ def predict_startup(case: dict) -> StartupPrediction:
         seqs = vision_dummy(arch, tokens, seqs, engine)[0] // (2 if arch.vision.get("video") else 1)
     total = int(card["total_gib"] * GiB)
     usable = int(total * gmu)
-    weights = arch.weight_bytes_per_gpu(act, tp, pp)
     layers = stage_layer_counts(arch.layers, pp)
+    weights = [
+        w + load_time_bytes(arch, version, tp, n, b, env)
+        for w, n in zip(arch.weight_bytes_per_gpu(act, tp, pp), layers, strict=True)
+    ]
     non_torch = non_torch_bytes(card, tp, pp, int(s["nodes"] or 1), not s["disable_custom_all_reduce"])
     latent = version >= vllm_rules.MLA_LATENT_CACHE_SINCE
     block_size = int(s["block_size"] or vllm_rules.GPU_BLOCK_SIZE)
