@@ -329,7 +329,8 @@ V0_MULTIMODAL_MIN_TOKENS = {(0, 6, 1): 4096, (0, 6, 5): 5120}
 LONG_CONTEXT = 32768  # EngineArgs: above this V0 turns chunked prefill on by default (text models)
 # Before 0.6.5 the V0 worker took the profiling peak as the drop in free memory after the profiling run
 # (torch.cuda.mem_get_info; 0.4.3's worker.py), so blocks PyTorch's allocator still caches count as used: such
-# a release leaves fewer KV blocks than the allocated peak implies, by an amount no log breaks down.
+# a release leaves fewer KV blocks than the allocated peak implies, by an amount no log breaks down: the start-up
+# calculator multiplies the allocated peak by the fitted ``free_memory_drop_factor`` (reference/vllm_startup_logs.json).
 FREE_MEMORY_PROFILING_BEFORE = (0, 6, 5)
 LONG_CONTEXT_CHUNKED_SINCE = (0, 5, 3)  # that default's first release (absent from 0.4.3-0.5.2's arg_utils.py)
 # V1 (read in 0.11.0's gpu_model_runner.profile_run): the dummy multimodal item's encoder output, padded to the
@@ -369,9 +370,22 @@ def mla_weight_copies(version: tuple[int, int, int], env: dict | None = None, qu
 PIXELS_IN_MODEL_DTYPE_SINCE = (0, 9, 0)
 
 
+# V0's dummy request carries a maximal video beside its image for a model whose processor takes videos (0.8.4
+# profiling: mm_counts of every modality) from 0.7.0; 0.6.6 (qwen2_vl's dummy processor inputs) built images only,
+# while its token budget already summed the image and video maxima. Read in 0.6.6 and 0.8.4; 0.7.0 is the release
+# this file took for the change before (its source not read).
+VIDEO_DUMMY_SINCE = (0, 7, 0)
+
+
 def pixel_value_bytes(version: tuple[int, int, int], model_bytes: int) -> int:
-    """Bytes each pixel value of a dummy image holds on the GPU while the vision tower runs."""
+    """Bytes each pixel value of a dummy image holds on the GPU while the vision tower runs on it."""
     return model_bytes if version >= PIXELS_IN_MODEL_DTYPE_SINCE else 4 + model_bytes
+
+
+def pixel_kwarg_bytes(version: tuple[int, int, int], model_bytes: int) -> int:
+    """Bytes each pixel value holds as the runner moved it to the GPU (float32 before 0.9.0): what an item holds
+    while the tower runs on another call, or the text model runs."""
+    return model_bytes if version >= PIXELS_IN_MODEL_DTYPE_SINCE else 4
 
 
 def parse_version(text: str | None) -> tuple[int, int, int]:

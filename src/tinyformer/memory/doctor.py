@@ -391,7 +391,7 @@ def report(text: str, **overrides) -> str:
     if prediction.engine == "V0" and prediction.version < vllm_rules.FREE_MEMORY_PROFILING_BEFORE:
         rows.append(
             "note: this release counts the allocator's cached blocks in its profiling peak (free-memory drop), "
-            "so it leaves fewer KV tokens than predicted"
+            "priced as the allocated peak times a factor fitted to one such log (free_memory_drop_factor)"
         )
     rows.append(f"deciding term: {deciding_term(prediction)}")
     fix = cheapest_fix(case)

@@ -12,9 +12,10 @@ Per release (:mod:`tinyformer.vllm_rules`: engine, chunked prefill, the profilin
 
 * weights: :meth:`Architecture.weight_bytes_per_gpu` (tensor and pipeline parallel, quantised formats) plus what
   loading builds beside them (:func:`load_time_bytes`: rotary tables, MLA's absorbed or dequantised copies);
-* activation peak (what ``torch.cuda.max_memory_allocated`` rises by in the profiling run): the largest of
-  the decoder layer's transients for the batch's tokens, the sampler's on ``max_num_seqs`` logit rows, and a
-  vision tower's on its dummy images (:func:`activation_peak_bytes`);
+* activation peak (what ``torch.cuda.max_memory_allocated`` rises by in the profiling run; before 0.6.5 the
+  drop in free memory, priced with a fitted factor): the largest of the decoder layer's transients for the
+  batch's tokens, the sampler's on ``max_num_seqs`` logit rows, and a vision tower's on its dummy images,
+  counted per patch from what its layers hold (:func:`activation_peak_bytes`, :func:`vision_layer_bytes`);
 * non-torch memory (CUDA context growth, NCCL and custom all-reduce buffers): constants fitted to the logs
   (:data:`FITTED`), by whether the ranks talk over NVLink;
 * KV bytes = total x gpu_memory_utilization - weights - activation peak - non-torch; whole blocks per rank,
@@ -204,23 +205,30 @@ def sampler_peak_bytes(arch: Architecture, tokens: int, seqs: int, b: int) -> in
     return math.ceil(seqs * arch.vocab * fitted("sampler_bytes_per_logit")) + tokens * arch.hidden * b
 
 
-def vision_dummy(arch: Architecture, tokens: int, seqs: int, engine: str) -> tuple[int, int]:
-    """(images, encoder patches per image) of the profiling run's dummy images.
+def vision_requests(arch: Architecture, tokens: int, seqs: int) -> int:
+    """V0's dummy requests: min(max_num_seqs, tokens // the multimodal token budget of one request), at least 1
+    (model_runner.profile_run); the budget sums every modality the model registers (an image's tokens, and as
+    many again for a model whose processor takes videos: registry.get_max_multimodal_tokens)."""
+    budget = (2 if arch.vision.get("video") else 1) * _image_patches_tokens(arch.vision)[1]
+    return max(1, min(seqs, tokens // budget))
 
-    V0: min(max_num_seqs, tokens // multimodal tokens) requests (at least 1), each with one maximal item of
-    every modality the model takes (model_runner.profile_run: a video as large as an image too, from vLLM
-    0.7, for models whose processor takes videos); V1: one maximal item of the modality with the most tokens
-    (the logs' "profiled with 1 ... items"), see :func:`v1_dummy_item`.
+
+def vision_dummy(arch: Architecture, tokens: int, seqs: int, engine: str, version=None) -> tuple[int, int]:
+    """(dummy items, encoder patches per item) of the profiling run.
+
+    V0: :func:`vision_requests` requests, each with one maximal image and, from
+    :data:`vllm_rules.VIDEO_DUMMY_SINCE`, a video as large for a model whose processor takes videos; V1: one
+    maximal item of the modality with the most tokens (the logs' "profiled with 1 ... items"), see
+    :func:`v1_dummy_item`.
     """
     v = arch.vision
     if not v:
         return 0, 0
     if engine == "V1":
         return 1, v1_dummy_item(arch)[0]
-    patches, lm_tokens = _image_patches_tokens(v)
-    items = 2 if v.get("video") else 1
-    images = max(1, min(seqs, tokens // (items * lm_tokens))) * items
-    return images, patches
+    version = version or vllm_rules.parse_version(LATEST_VERSION)
+    items = 2 if v.get("video") and version >= vllm_rules.VIDEO_DUMMY_SINCE else 1
+    return vision_requests(arch, tokens, seqs) * items, _image_patches_tokens(v)[0]
 
 
 def _image_patches_tokens(v: dict) -> tuple[int, int]:
@@ -261,34 +269,93 @@ def encoder_cache_bytes(arch: Architecture, tokens: int, b: int) -> int:
     return budget * width * b
 
 
-def vision_peak_bytes(arch: Architecture, images: int, patches: int, tp: int, b: int, pixel_bytes: int) -> int:
-    """The vision tower's largest transient on all dummy images' patches, counted like a decoder layer's
-    (residual copies + MLP), plus the dummy pixels (``pixel_bytes`` a value: :func:`vllm_rules.pixel_value_bytes`,
-    the processor's float32 tensor and the tower's model-dtype copy before 0.9.0), times the fitted
-    ``vision_activation_factor`` (attention copies and unfused elementwise temporaries the count leaves out)."""
+# What a vision tower holds at its peak, per patch, read in vLLM's towers (0.8.3 siglip.py, 0.6.1 clip.py: the
+# SigLIP/CLIP encoders with learned position embeddings; 0.6.6 qwen2_vl.py and 0.8.4 qwen2_5_vl.py: the Qwen ViTs
+# with a rotary embedding in the tower, ``position_embedding: rotary`` in the record's vision_config). Every layer
+# keeps its input (the encoder loop's variable), the residual sum and the normed input while its MLP runs; a
+# CLIP/SigLIP encoder also keeps its embedded input to the end (the transformer's ``hidden_states`` and the encoder's
+# ``hidden_states_pool``). MLP: fc1's output and the activation's (2 I); gated (Qwen2.5-VL's gate/up/down): the
+# activated gate, up and their product, then down's output (3 I + h). Attention of a learned-position tower: q, k, v
+# are views of the qkv output handed to MultiHeadAttention (xformers: no [T, T] matrix), plus its output. Attention
+# of a rotary tower (Qwen2VisionAttention, Qwen2_5_VisionAttention): the qkv output stays alive while q, k, v are
+# copied contiguous, and apply_rotary_pos_emb_vision rotates q, then k, in float32 (t.float(), x * cos,
+# rotate_half(x), its * sin: four fp32 copies of one of them alive at once), beside the fp32 tables: rotary_pos_emb,
+# its cos and sin, and their repeat to head_dim (14 B x head_dim). Checked on the logs: log07's SigLIP tower (2.17
+# GiB) is under the 2.21 GiB its lines leave, and log20's Qwen2-VL tower (0.49 GiB) under its text run, as its logged
+# 1.16 GiB says.
+FP32_ROTARY_COPIES = 4
+
+
+def vision_layer_bytes(v: dict, tp: int, b: int) -> int:
+    """Bytes per patch a vision tower layer holds at its peak (the larger of its attention and MLP phases)."""
+    h = v["hidden_size"]
+    width = v["intermediate_size"] // tp
+    rotary = v.get("position_embedding") == "rotary"
+    kept = 0 if rotary else h  # CLIP/SigLIP keep the embedded input through the encoder
+    mlp = 3 * width + h if v.get("mlp") == "gated" else 2 * width
+    mlp_phase = (kept + 3 * h + mlp) * b
+    if rotary:
+        head_dim = h // v["num_heads"]
+        attention_phase = (2 * h + 6 * h // tp) * b  # input, normed, qkv and its q/k/v copies
+        attention_phase += FP32_ROTARY_COPIES * 4 * h // tp + 14 * head_dim
+    else:
+        attention_phase = (kept + 2 * h + 4 * h // tp) * b  # input, normed, qkv, attention output
+    return max(mlp_phase, attention_phase)
+
+
+def pixel_values_per_patch(v: dict) -> int:
+    """RGB values of one patch (times temporal_patch_size frames for the Qwen ViTs' 3-D patches)."""
+    return 3 * v.get("temporal_patch_size", 1) * v["patch_size"] ** 2
+
+
+def vision_calls(arch: Architecture, images: int, engine: str, version) -> list[int]:
+    """Dummy items per call of the vision tower: V0 hands the model every request's items at once and the model
+    runs its tower once per modality (qwen2_5_vl.get_input_embeddings_v0: images, then videos), so a model that
+    takes videos makes two calls of half the items; V1 encodes its one item."""
+    if engine == "V0" and arch.vision.get("video") and version >= vllm_rules.VIDEO_DUMMY_SINCE:
+        return [images // 2, images - images // 2]
+    return [images]
+
+
+def vision_peak_bytes(arch: Architecture, images: int, patches: int, tp: int, b: int, version, engine: str) -> int:
+    """The vision tower's peak on the profiling run's dummy images: the largest call's patches times what a layer
+    holds per patch (:func:`vision_layer_bytes`), plus the dummy pixels: every item's as the runner moved them to
+    the GPU (:func:`vllm_rules.pixel_kwarg_bytes` a value) and the call's model-dtype copy the tower reads."""
     v = arch.vision
-    n = images * patches
-    mlp = (3 if v.get("mlp") == "gated" else 2) * v["intermediate_size"] // tp
-    pixels = 3 * v.get("temporal_patch_size", 1) * v["patch_size"] ** 2  # values per patch
-    count = n * ((RESIDUAL_COPIES * v["hidden_size"] + mlp) * b + pixels * pixel_bytes)
-    return math.ceil(count * fitted("vision_activation_factor"))
+    values = pixel_values_per_patch(v)
+    kwarg = vllm_rules.pixel_kwarg_bytes(version, b)
+    copy = vllm_rules.pixel_value_bytes(version, b) - kwarg
+    call = max(vision_calls(arch, images, engine, version)) * patches
+    return call * (vision_layer_bytes(v, tp, b) + values * copy) + images * patches * values * kwarg
 
 
 def activation_peak_bytes(arch, tokens, seqs, tp, b, *, last_stage=True, first_stage=True, engine="V0", version=None):
     """(peak bytes, dummy images, parts) of the profiling run on one rank; ``version`` (a parsed release, the
-    latest if None) decides the dummy pixels' dtype."""
-    parts = {"decoder": decoder_peak_bytes(arch, tokens, tp, b)}
-    if last_stage:
-        parts["sampler"] = sampler_peak_bytes(arch, tokens, seqs, b)
-    images = 0
+    latest if None) decides the dummy pixels' dtype.
+
+    V0 with a vision tower: the text model runs on the whole dummy prompt, which holds every request's
+    multimodal tokens even past the batch's ``tokens`` (0.8.4 profiling.get_decoder_dummy_data only warns), with
+    the dummy pixels still alive in the runner's multimodal kwargs."""
+    version = version or vllm_rules.parse_version(LATEST_VERSION)
+    images, patches, text_tokens, held = 0, 0, tokens, 0
     if first_stage and arch.vision:
-        images, patches = vision_dummy(arch, tokens, seqs, engine)
+        images, patches = vision_dummy(arch, tokens, seqs, engine, version)
+        if engine == "V0":
+            text_tokens = max(tokens, images * _image_patches_tokens(arch.vision)[1])
+            held = images * patches * pixel_values_per_patch(arch.vision) * vllm_rules.pixel_kwarg_bytes(version, b)
+    parts = {"decoder": decoder_peak_bytes(arch, text_tokens, tp, b) + held}
+    if last_stage:
+        parts["sampler"] = sampler_peak_bytes(arch, text_tokens, seqs, b) + held
+    if held:  # what the text model's count leaves out on a multimodal dummy prompt (fitted: see the data)
+        parts = {name: math.ceil(value * fitted("multimodal_text_run_factor")) for name, value in parts.items()}
+    if first_stage and arch.vision:
         if engine == "V1":  # the encoder's output is still cached while the text model and sampler run
             parts["encoder_cache"] = encoder_cache_bytes(arch, tokens, b)
             parts = {name: value + (parts["encoder_cache"] if name in ("decoder", "sampler") else 0)
                      for name, value in parts.items()}  # fmt: skip
-        pixel_bytes = vllm_rules.pixel_value_bytes(version or vllm_rules.parse_version(LATEST_VERSION), b)
-        parts["vision"] = vision_peak_bytes(arch, images, patches, tp, b, pixel_bytes)
+        parts["vision"] = vision_peak_bytes(arch, images, patches, tp, b, version, engine)
+    if engine == "V0" and version < vllm_rules.FREE_MEMORY_PROFILING_BEFORE:  # the allocator's cache counts too
+        parts = {name: math.ceil(value * fitted("free_memory_drop_factor")) for name, value in parts.items()}
     return max(parts.values()), images, parts
 
 
@@ -374,7 +441,7 @@ def predict_startup(case: dict) -> StartupPrediction:
         max_num_seqs=s["max_num_seqs"], version=version,
     )  # fmt: skip
     if engine == "V0" and arch.vision:  # one dummy request per maximal multimodal item set that fits the batch
-        seqs = vision_dummy(arch, tokens, seqs, engine)[0] // (2 if arch.vision.get("video") else 1)
+        seqs = vision_requests(arch, tokens, seqs)
     total = int(card["total_gib"] * GiB)
     usable = int(total * gmu)
     layers = stage_layer_counts(arch.layers, pp)
