@@ -108,9 +108,9 @@ lint: install
 # what they start (vLLM servers, nbgrader and hub kernels) compute on one thread each: with torch's two threads
 # each on two cores they wait on each other (lesson 04's autograde test, which trains nano in a grading kernel:
 # 360 s without this in a run beside other jobs, 110-112 s with it in the two runs since).
-# Three workers on two cores: the two-worker run kept the CPU only 44-67 % busy (sampled every 30 s through
-# /proc/stat), its workers mostly waiting on a vLLM start, a kernel or a hub.
-UNIT_WORKERS ?= 3
+# Two workers: three were measured slower on the 2-core box (unit phase 1,400 s against 826 s for two; each
+# vLLM-starting test about twice as long).
+UNIT_WORKERS ?= 2
 PYTEST_UNIT = TINYFORMER_VLLM_LOG_DIR=$(VLLM_LOGS)/unit $(BIN)/pytest --durations=25
 unit: install
 	@TIMEFORMAT='== unit tests: %1Rs'; time { status=0; \

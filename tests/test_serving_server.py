@@ -290,8 +290,12 @@ def test_shared_server_from_environment_is_used_and_left_running(server, exporte
 @contextmanager
 def interrupt_when(condition, poll: float = 0.05):
     """Raise KeyboardInterrupt in the main thread once ``condition()`` holds, as Jupyter's interrupt
-    button does (it sends SIGINT, which Python turns into KeyboardInterrupt in the main thread)."""
+    button does (it sends SIGINT, which Python turns into KeyboardInterrupt in the main thread).
+
+    Python's own SIGINT handler is put in place for the block, as a kernel has it: a test run started in the
+    background by a non-interactive shell inherits SIGINT ignored, and then ``interrupt_main`` does nothing."""
     done = threading.Event()
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def watch():
         while not done.is_set():
@@ -310,6 +314,7 @@ def interrupt_when(condition, poll: float = 0.05):
     finally:
         done.set()
         watcher.join()
+        signal.signal(signal.SIGINT, handler)
 
 
 def after(seconds: float):
