@@ -360,6 +360,13 @@ def mla_weight_copies(version: tuple[int, int, int], env: dict | None = None, qu
     return "kv_b" if quantised else None
 
 
+# V0's dummy request carries a maximal video beside its image for a model whose processor takes videos (0.8.4
+# profiling: mm_counts of every modality) from 0.7.0; 0.6.6 (qwen2_vl's dummy processor inputs) built images only,
+# while its token budget already summed the image and video maxima. Read in 0.6.6 and 0.8.4; 0.7.0 is the release
+# this file took for the change before (its source not read).
+VIDEO_DUMMY_SINCE = (0, 7, 0)
+
+
 # Pixel values reach the GPU in the HF image processor's dtype, float32, before 0.9.0: the model runner's
 # MultiModalKwargs.as_kwargs(inputs, device=...) only moves them (a .to(device); read in 0.8.3, 0.8.4, 0.8.5, V0
 # model_runner.execute_model and V1 gpu_model_runner), and the tower then takes a model-dtype copy that lives
@@ -368,13 +375,6 @@ def mla_weight_copies(version: tuple[int, int, int], env: dict | None = None, qu
 # as_kwargs(..., dtype=model_config.dtype) casts before the copy: one model-dtype tensor. Releases before 0.8.3
 # (0.6.x: log20, the seeds) are taken to do the same as 0.8.3 (not read).
 PIXELS_IN_MODEL_DTYPE_SINCE = (0, 9, 0)
-
-
-# V0's dummy request carries a maximal video beside its image for a model whose processor takes videos (0.8.4
-# profiling: mm_counts of every modality) from 0.7.0; 0.6.6 (qwen2_vl's dummy processor inputs) built images only,
-# while its token budget already summed the image and video maxima. Read in 0.6.6 and 0.8.4; 0.7.0 is the release
-# this file took for the change before (its source not read).
-VIDEO_DUMMY_SINCE = (0, 7, 0)
 
 
 def pixel_value_bytes(version: tuple[int, int, int], model_bytes: int) -> int:

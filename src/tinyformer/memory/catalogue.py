@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from functools import cache
 from importlib import resources
 
-from tinyformer.config import ModelConfig, hf_sizes
+from tinyformer.config import ModelConfig, hf_sizes, sizes_from_hf
 from tinyformer.memory.formulas import MiB, dtype_name, kv_bytes_per_token, weight_bytes
 from tinyformer.memory.vision import VisionSpec
 
@@ -117,13 +117,8 @@ class ModelSpec:
     def to_tinyformer(self) -> ModelConfig:
         """The ``tinyformer.ModelConfig`` of a GPT-2-shaped spec, e.g. ``find_model("openai-community/gpt2")``: a
         ``Transformer`` built from it holds this spec's parameters (random weights: only the sizes are copied)."""
-        config = ModelConfig(
-            vocab_size=self.vocab_size,
-            n_positions=self.max_position_embeddings,
-            n_embd=self.hidden_size,
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-        )
+        sizes = sizes_from_hf(vars(self), "vocab_size", "n_positions", "n_embd")  # config.HF_NAMES: one mapping
+        config = ModelConfig(n_layer=self.n_layer, n_head=self.n_head, **sizes)
         as_built = ModelSpec.from_tinyformer(config)
         differ = [
             f"{field.name}={getattr(self, field.name)!r} (tinyformer's GPT-2: {getattr(as_built, field.name)!r})"
