@@ -53,15 +53,20 @@ def start_group(
 def stop_process_group(process: subprocess.Popen, grace: list[float]) -> None:
     """SIGTERM the group, wait ``grace[0]`` seconds, SIGKILL what is left (the group and any descendant that
     left it)."""
-    if process.returncode is not None and not _group_alive(process.pid):
-        _close(process.stdin)
-        return
-    descendants = _descendants(process.pid)
-    _close(process.stdin)  # tells the watchdog to stop the group too
-    _signal_group(process.pid, signal.SIGTERM)
+    descendants: list[psutil.Process] = []
+    # The finalizer runs this once: an interrupt anywhere in it (not only while waiting) must still leave nothing
+    # behind. On a busy box listing the descendants took long enough for a second Ctrl-C to land there, and the
+    # watchdog and vLLM's API process outlived the stop.
     try:
+        if process.returncode is not None and not _group_alive(process.pid):
+            _close(process.stdin)
+            return
+        descendants = _descendants(process.pid)
+        _close(process.stdin)  # tells the watchdog to stop the group too
+        _signal_group(process.pid, signal.SIGTERM)
         _wait_for_exit(process, descendants, grace[0])
     except KeyboardInterrupt:  # a second interrupt while stopping: don't wait, kill
+        _close(process.stdin)
         _kill_all(process, descendants)
         raise
     _kill_all(process, descendants)
