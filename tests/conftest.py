@@ -213,6 +213,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # groups in the order they come (`make unit` passes --no-loadscope-reorder), so these go first and the run ends
 # on short tests that either worker can take: no worker sits idle while the other finishes a long group. (The
 # lesson checkpoints' two tests are ungrouped and marked slow, so they lead the ungrouped tests.)
+# Lesson 04 autograded is an ungrouped test of its own: it leads the ungrouped tests, or it is handed out near the end
+# of the run (the collection order is alphabetical) and one worker sits idle while the other trains nano for two
+# minutes (gw1 waited 59 s in the clean-clone run of 2026-12-07, 05:25).
+LONGEST_UNGROUPED = ("test_autograding_a_lesson_that_saves_the_model_leaves_the_class_files_as_they_were",)
 LONGEST_GROUPS = (
     "test_serving_structured",
     "test_workshop_nbgrader",
@@ -225,7 +229,8 @@ LONGEST_GROUPS = (
 
 def _longest_first(items: list[pytest.Item]) -> list[pytest.Item]:
     """The known longest groups, then the other groups (most tests first, as xdist's default order), then the
-    ungrouped tests, those marked ``slow`` first. Stable otherwise; every worker collects the same order."""
+    ungrouped tests: the known longest, then those marked ``slow``, then the rest. Stable otherwise; every worker
+    collects the same order."""
     groups: dict[str, list[pytest.Item]] = {}
     ungrouped = []
     for item in items:
@@ -236,7 +241,9 @@ def _longest_first(items: list[pytest.Item]) -> list[pytest.Item]:
         known = LONGEST_GROUPS.index(name) if name in LONGEST_GROUPS else len(LONGEST_GROUPS)
         return known, -len(groups[name])
 
-    ungrouped.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    ungrouped.sort(
+        key=lambda item: (item.originalname not in LONGEST_UNGROUPED, item.get_closest_marker("slow") is None)
+    )
     return [item for name in sorted(groups, key=rank) for item in groups[name]] + ungrouped
 
 
