@@ -127,7 +127,7 @@ NOTEBOOKS_ALONE := $(addprefix notebooks/,04_training_with_sgd.ipynb 07_serving_
 	09_batching_and_concurrency.ipynb 13_build_the_engine.ipynb 14_llama_architecture.ipynb \
 	15_lora_adapters.ipynb 16_speculative_decoding.ipynb)
 NOTEBOOKS_BESIDE := $(addprefix notebooks/,08_max_model_len_and_kv_capacity.ipynb \
-	12_embeddings_and_context_budget.ipynb 11_fewer_bits.ipynb 10_images_are_tokens.ipynb \
+	12_embeddings_and_context_budget.ipynb 18_pipeline_parallel.ipynb 11_fewer_bits.ipynb 10_images_are_tokens.ipynb \
 	17_structured_outputs.ipynb 05_generation_and_kv_cache.ipynb 06_memory_budget.ipynb 00_setup_check.ipynb \
 	01_tokens_and_positions.ipynb 02_self_attention.ipynb 03_block_and_lm_head.ipynb)
 $(if $(filter-out $(sort $(NOTEBOOKS_ALONE) $(NOTEBOOKS_BESIDE)),$(sort $(wildcard notebooks/*.ipynb))),\
