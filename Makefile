@@ -123,16 +123,17 @@ unit: install
 # the same recipe and seed) instead of training the same model again (about 100 CPU-seconds in the unit phase).
 # Of the rest, those that train, or time and batch requests, run one at a time: two side by side were measured to
 # break what the serving lessons show (lesson 09's 32 requests reached vLLM one by one while lessons 10 and 14
-# trained beside it: 745 engine steps instead of ~24) and to double the training lessons' time (14: 727 s, 10: 467 s). The others wait mostly on vLLM starts (single-core imports) and run two at a time, each
-# kernel on one thread, longest first.
+# trained beside it: 745 engine steps instead of ~24) and to double the training lessons' time (14: 727 s, 10: 467 s).
+# The others wait mostly on vLLM starts (single-core imports) and run two at a time, each kernel on one thread,
+# longest first.
 # Lesson 14 trains only when artifacts/nano-llama.pt is missing, and the unit tests have trained it by then; it only
 # predicts and reads capacity lines, so it runs beside another (alone it left a core idle a third of its 52 s).
 NOTEBOOKS_ALONE := $(addprefix notebooks/,07_serving_with_vllm.ipynb \
 	09_batching_and_concurrency.ipynb 13_build_the_engine.ipynb 15_lora_adapters.ipynb 16_speculative_decoding.ipynb)
 NOTEBOOKS_BESIDE := $(addprefix notebooks/,08_max_model_len_and_kv_capacity.ipynb \
-	12_embeddings_and_context_budget.ipynb 11_fewer_bits.ipynb 10_images_are_tokens.ipynb 14_llama_architecture.ipynb \
-	17_structured_outputs.ipynb 05_generation_and_kv_cache.ipynb 06_memory_budget.ipynb 00_setup_check.ipynb \
-	01_tokens_and_positions.ipynb 02_self_attention.ipynb 03_block_and_lm_head.ipynb)
+	11_fewer_bits.ipynb 18_pipeline_parallel.ipynb 12_embeddings_and_context_budget.ipynb 10_images_are_tokens.ipynb \
+	14_llama_architecture.ipynb 17_structured_outputs.ipynb 05_generation_and_kv_cache.ipynb 06_memory_budget.ipynb \
+	00_setup_check.ipynb 01_tokens_and_positions.ipynb 02_self_attention.ipynb 03_block_and_lm_head.ipynb)
 NOTEBOOKS_FIRST := notebooks/04_training_with_sgd.ipynb
 $(if $(filter-out $(sort $(NOTEBOOKS_FIRST) $(NOTEBOOKS_ALONE) $(NOTEBOOKS_BESIDE)),$(sort $(wildcard notebooks/*.ipynb))),\
 	$(error a notebook is in none of NOTEBOOKS_FIRST, NOTEBOOKS_ALONE, NOTEBOOKS_BESIDE: add it to one))

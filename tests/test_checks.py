@@ -507,6 +507,30 @@ CASES[checks.check_lora_update] = (
 )
 
 
+def stage_layers(n_layer, pp, *, remainder_to="before the last"):
+    """A learner's split of layers over pipeline stages: the remainder before the last stage (vLLM's), on the last,
+    or on the first stages."""
+    base, extra = divmod(n_layer, pp)
+    sizes = [base] * pp
+    if remainder_to == "last":
+        sizes[-1] += extra
+    else:
+        for stage in range(extra) if remainder_to == "first" else range(pp - 1 - extra, pp - 1):
+            sizes[stage] += 1
+    starts = [sum(sizes[:stage]) for stage in range(pp)]
+    return [list(range(start, start + size)) for start, size in zip(starts, sizes, strict=True)]
+
+
+CASES[checks.check_stage_layers] = (
+    stage_layers,
+    [
+        (lambda n, pp: stage_layers(n, pp, remainder_to="last"), "stages before the last"),
+        (lambda n, pp: stage_layers(n, pp, remainder_to="first"), "stages before the last"),
+        (lambda n, pp: [len(stage) for stage in stage_layers(n, pp)], "the layer numbers themselves"),
+    ],
+)
+
+
 CHECKERS = list(CASES)
 
 

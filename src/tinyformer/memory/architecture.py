@@ -248,8 +248,9 @@ class Architecture:
         raise ValueError(f"unknown quant_method {method!r} in quantization_config.")
 
     def weight_bytes_per_gpu(self, dtype: str, tp: int = 1, pp: int = 1) -> list[int]:
-        """Bytes of weights one GPU of each pipeline stage holds: layers split evenly over the stages, the
-        embedding table on the first and the LM head on the last, every matrix split over ``tp`` ranks.
+        """Bytes of weights one GPU of each pipeline stage holds: the layers split over the stages as vLLM
+        splits them (:func:`stage_layer_ranges`), the embedding table on the first stage and the LM head on the last,
+        every matrix split over ``tp`` ranks.
 
         Quantised checkpoints quantise the layers' matrices (gpt-oss, MXFP4: only the experts'), the
         embeddings, norms, routers and vision tower stay in ``dtype``.
@@ -310,16 +311,47 @@ class Architecture:
         return (conv + ssm) * b
 
 
+def stage_layer_ranges(layers: int, pp: int, partition: str | None = None) -> list[range]:
+    """The layers each of ``pp`` pipeline stages holds, as vLLM 0.32's ``get_pp_indices`` splits them.
+
+    ``layers // pp`` per stage; a remainder goes one layer each to the stages *before* the last, from the
+    second-to-last backwards (the last stage also runs the final norm and the LM head, the first the embeddings):
+    10 layers over 4 stages are 2, 3, 3, 2. ``partition`` is vLLM's ``VLLM_PP_LAYER_PARTITION`` ("4,2,2,2": layers
+    per stage), which replaces the rule; it must name ``pp`` stages and ``layers`` layers in all."""
+    if isinstance(pp, bool) or not isinstance(pp, int) or pp < 1:
+        raise ValueError(f"pp (the pipeline-parallel size) must be a whole number of at least 1, got {pp!r}.")
+    if partition is None:
+        base, extra = divmod(layers, pp)
+        sizes = [base] * pp
+        for stage in range(pp - 1 - extra, pp - 1):  # the `extra` stages just before the last
+            sizes[stage] += 1
+    else:
+        sizes = _partition_sizes(partition, layers, pp)
+    starts = [sum(sizes[:stage]) for stage in range(pp)]
+    return [range(start, start + size) for start, size in zip(starts, sizes, strict=True)]
+
+
+def _partition_sizes(partition: str, layers: int, pp: int) -> list[int]:
+    """VLLM_PP_LAYER_PARTITION's layers per stage, refused as vLLM refuses them (in words that say what to change)."""
+    try:
+        sizes = [int(size) for size in partition.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"VLLM_PP_LAYER_PARTITION={partition!r} is not a comma-separated list of layer counts, e.g. '3,1'."
+        ) from None
+    if len(sizes) != pp or sum(sizes) != layers:
+        raise ValueError(
+            f"VLLM_PP_LAYER_PARTITION={partition!r} names {len(sizes)} stage(s) holding {sum(sizes)} layers; the "
+            f"model has {layers} layers over pipeline_parallel_size={pp} stages: give {pp} counts that add up to "
+            f"{layers}."
+        )
+    return sizes
+
+
 def _stage_bounds(layers: int, pp: int) -> list[tuple[int, int]]:
-    """vLLM's get_pp_indices: layers // pp per stage, the remainder to the last stages."""
-    base, extra = divmod(layers, pp)
-    sizes = [base + (1 if stage >= pp - extra else 0) for stage in range(pp)]
-    bounds, start = [], 0
-    for size in sizes:
-        bounds.append((start, start + size))
-        start += size
-    return bounds
+    return [(stage.start, stage.stop) for stage in stage_layer_ranges(layers, pp)]
 
 
 def stage_layer_counts(layers: int, pp: int) -> list[int]:
-    return [stop - start for start, stop in _stage_bounds(layers, pp)]
+    """How many layers each pipeline stage holds (:func:`stage_layer_ranges`)."""
+    return [len(stage) for stage in stage_layer_ranges(layers, pp)]

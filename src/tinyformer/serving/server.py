@@ -830,7 +830,7 @@ def check_enough_cores(tensor_parallel_size: int, pipeline_parallel_size: int = 
     sizes += f" x pipeline_parallel_size={pipeline_parallel_size}" if pipeline_parallel_size > 1 else ""
     raise ServingConfigError(
         f"{sizes} runs {workers} vLLM workers, each on CPU cores of its own, and this machine lets this process use "
-        f"{cores} core(s). Use at most {cores} workers in all, or a machine (or several, with Ray) with more cores."
+        f"{cores} core(s). Use at most {cores} workers in all, or a machine with more cores."
     )
 
 
