@@ -7,10 +7,11 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+import aiohttp
 import httpx
 import torch
 
-from tinyformer.serving.client import RequestRejected, image_message, rejection_message, run_coroutine
+from tinyformer.serving.client import RequestRejected, image_message, load_session, rejection_message, run_coroutine
 
 
 def embeddings(server, texts: list[str], *, timeout: float = 120.0) -> torch.Tensor:
@@ -64,19 +65,18 @@ async def send_embedding_load(server, texts: list[str], *, concurrency: int, tim
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}.")
     semaphore = asyncio.Semaphore(concurrency)
-    # A fresh connection per request, as client.send_load does: kept-alive connections serialised requests.
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
     start = time.perf_counter()
 
-    async def one(client: httpx.AsyncClient, text: str) -> dict:
+    async def one(session: aiohttp.ClientSession, text: str) -> dict:
         async with semaphore:  # waits here while `concurrency` requests are open
-            response = await client.post(f"{server.api_url}/embeddings", json={"model": server.model, "input": text})
-        if response.status_code != 200:
-            raise RequestRejected(rejection_message(server, response.status_code, response.text))
-        return response.json()
+            request = {"model": server.model, "input": text}
+            async with session.post(f"{server.api_url}/embeddings", json=request) as response:
+                if response.status != 200:
+                    raise RequestRejected(rejection_message(server, response.status, await response.text()))
+                return await response.json()
 
-    async with httpx.AsyncClient(headers=server.headers, timeout=timeout, limits=limits) as client:
-        replies = await asyncio.gather(*(one(client, t) for t in texts))
+    async with load_session(server, concurrency, timeout) as session:  # the same connections as send_load's
+        replies = await asyncio.gather(*(one(session, t) for t in texts))
     seconds = time.perf_counter() - start
     vectors = torch.tensor([r["data"][0]["embedding"] for r in replies])
     return EmbeddingLoad(vectors, concurrency, seconds, sum(r["usage"]["prompt_tokens"] for r in replies))
