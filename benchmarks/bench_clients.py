@@ -13,6 +13,22 @@ Two traces: "fixed" (every prompt 6 words of the course corpus) and "random" (ra
 
 Target (exit 1 when missed): every median ratio of vLLM's client to ours streamed within 0.8-1.25.
 
+Measured 2026-12-07 on the 2-core box (3 repeats, lesson 07's nano), after run_load moved from httpx with a fresh
+connection per request to aiohttp with pooled keep-alive connections, as vLLM's client sends:
+
+    trace   concurrency | throughput  latency  TTFT | vLLM's / ours plain
+    fixed             1 |       0.94     1.05  1.18 | 0.88
+    fixed            16 |       0.98     0.99  1.16 | 0.73
+    fixed            64 |       0.82     1.24  1.82 | 0.47
+    random            1 |       1.00     0.99  1.13 | 0.96
+    random           16 |       1.09     0.91  0.95 | 0.88
+    random           64 |       0.98     1.05  1.07 | 0.64
+
+Before the move, ours streamed measured ~30 % less throughput than vLLM's client at 16 and 64 (1.27 and 1.37 on
+the fixed trace): the client's own CPU, on the two cores the server also needs. Still missed: TTFT at 64 on the
+fixed trace, where vLLM's client saw every first token at ~236 ms and ours at ~130 ms (the same prompts, the same
+server, minutes apart); not explained yet.
+
     python benchmarks/bench_clients.py [--requests 64] [--tokens 32] [--repeats 3] [--traces fixed,random]
 """
 
