@@ -81,6 +81,15 @@ def _kill_all(process: subprocess.Popen, descendants: list[psutil.Process]) -> N
             pass
     process.wait()
     psutil.wait_procs(descendants, timeout=5.0)
+    _wait_for_group_gone(process.pid, timeout=5.0)
+
+
+def _wait_for_group_gone(pgid: int, timeout: float) -> None:
+    """SIGKILL is delivered when the kernel next schedules each process: on a busy box a member listed nowhere else
+    (a second Ctrl-C came before the descendants were listed) can still be running right after killpg returns."""
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _wait_for_exit(process: subprocess.Popen, descendants: list[psutil.Process], grace: float) -> None:
