@@ -11,23 +11,35 @@ what streaming costs on this box (64 streams make the API process send 64 x 32 e
 Two traces: "fixed" (every prompt 6 words of the course corpus) and "random" (random words of the vocabulary,
 2-24 tokens, as vLLM's random dataset draws random tokens).
 
-Target (exit 1 when missed): every median ratio of vLLM's client to ours streamed within 0.8-1.25.
+Target (exit 1 when missed): every median ratio of vLLM's client to ours streamed within 0.8-1.25, or, where one
+client disagrees with itself more than that, within its own repeat-to-repeat spread (self_spread): two clients can't
+be asked to agree more closely than either agrees with itself.
 
-Measured 2026-12-07 on the 2-core box (3 repeats, lesson 07's nano), after run_load moved from httpx with a fresh
-connection per request to aiohttp with pooled keep-alive connections, as vLLM's client sends:
+Why the spread and the extra repeats at 16 and 64 (measured 2026-12-07, lesson 07's nano, 64 requests x 32 tokens at
+64 in flight): the engine's steps took under 4 ms each (log_iterations), but the API process, on one core beside the
+engine and the client, took ~100 ms to admit the 64 requests and 500-720 ms to stream their 2,112 events. What one
+run measures is that process's scheduling: 26 runs in a row, order varied, gave ours streamed 1,876-6,001 tok/s and
+vLLM's client 3,268-4,614 tok/s, with no effect of which client ran before (medians 4,421 and 4,330: ratio 0.98).
 
-    trace   concurrency | throughput  latency  TTFT | vLLM's / ours plain
-    fixed             1 |       0.94     1.05  1.18 | 0.88
-    fixed            16 |       0.98     0.99  1.16 | 0.73
-    fixed            64 |       0.82     1.24  1.82 | 0.47
-    random            1 |       1.00     0.99  1.13 | 0.96
-    random           16 |       1.09     0.91  0.95 | 0.88
-    random           64 |       0.98     1.05  1.07 | 0.64
+    trace   concurrency | vLLM's / ours streamed: throughput latency TTFT | either client with itself | / ours plain
+    fixed             1 |                             0.97    1.03 1.13 |       1.03   1.04   1.09 | 0.92
+    fixed            16 |                             0.98    0.99 1.12 |       1.11   1.10   1.15 | 0.79
+    fixed            64 |                             1.03    0.96 1.42 |       1.15   1.14   1.21 | 0.65
+    random            1 |                             1.01    1.01 1.06 |       1.03   1.04   1.25 | 0.89
+    random           16 |                             0.97    1.03 1.09 |       1.06   1.09   1.11 | 0.78
+    random           64 |                             0.90    1.10 1.39 |       1.10   1.14   1.30 | 0.53
 
-Before the move, ours streamed measured ~30 % less throughput than vLLM's client at 16 and 64 (1.27 and 1.37 on
-the fixed trace): the client's own CPU, on the two cores the server also needs. Still missed: TTFT at 64 on the
-fixed trace, where vLLM's client saw every first token at ~236 ms and ours at ~130 ms (the same prompts, the same
-server, minutes apart); not explained yet.
+(3 repeats at concurrency 1, 9 at 16 and 64.) Throughput and latency agree in every cell; the streaming cost column
+is what 64 streams of events cost the API process against plain replies. Before the load generator moved from httpx
+with a fresh connection per request to aiohttp with pooled keep-alive connections (as vLLM's client sends), ours
+streamed measured ~30 % less throughput at 16 and 64: the client's own CPU, on the two cores the server also needs.
+
+Still missed: TTFT at 64 in flight, where vLLM's client reports first tokens ~40 % later than ours (1.42 fixed,
+1.39 random; 1.82 and 2.09 in earlier runs with 3 repeats). Narrowed down, not explained: it is not the request's
+fields (ours with stream_options include_usage or repetition_penalty 1.0, as vLLM's client sends: 131 and 138 ms
+against 132), nor vLLM's request function (async_request_openai_completions driven by asyncio.gather as ours is:
+133 ms against ours 130 ms and vLLM's benchmark() 205 ms, 8 runs each, order rotated), nor its connector settings
+(133 ms), nor the /metrics read before its burst (157 against 159 ms): it is in how benchmark() drives the requests.
 
     python benchmarks/bench_clients.py [--requests 64] [--tokens 32] [--repeats 3] [--traces fixed,random]
 """
@@ -35,6 +47,7 @@ server, minutes apart); not explained yet.
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import statistics
 import sys
@@ -44,6 +57,9 @@ from tinyformer.serving import VLLMServer, run_load, vllm_bench
 from tinyformer.serving.prepare import lesson_export
 
 CONCURRENCY = (1, 16, 64)
+# A run at concurrency 1 sends its requests one by one (~8 s); at 16 and 64 a run takes about a second, and one run
+# is much noisier than the next (below): those cells get this many times the repeats, for about the same time each.
+BUSY_REPEATS_FACTOR = 3
 AGREEMENT = (0.8, 1.25)
 CLIENTS = ("theirs", "streamed", "plain")
 COMPARED = ("throughput", "latency", "ttft")
@@ -76,14 +92,34 @@ def run_client(who: str, server, prompts, tokens: int, concurrency: int) -> dict
 
 
 def paired_ratios(server, prompts, tokens, concurrency, repeats) -> dict:
-    ratios = {what: [] for what in COMPARED} | {"streaming cost": []}
+    """Median over repeats of vLLM's / ours streamed (and / ours plain for throughput), and for each compared
+    measure how far either client disagrees with itself from one repeat to the next (self_spread)."""
+    runs = []
     for r in range(repeats):
         order = CLIENTS[r % 3 :] + CLIENTS[: r % 3]  # who goes first rotates
-        runs = {who: run_client(who, server, prompts, tokens, concurrency) for who in order}
-        for what in COMPARED:
-            ratios[what].append(runs["theirs"][what] / runs["streamed"][what])
-        ratios["streaming cost"].append(runs["theirs"]["throughput"] / runs["plain"]["throughput"])
-    return {what: statistics.median(values) for what, values in ratios.items()} | {"bench": runs["theirs"]["bench"]}
+        runs.append({who: run_client(who, server, prompts, tokens, concurrency) for who in order})
+    row = {what: statistics.median(run["theirs"][what] / run["streamed"][what] for run in runs) for what in COMPARED}
+    row["streaming cost"] = statistics.median(run["theirs"]["throughput"] / run["plain"]["throughput"] for run in runs)
+    row["self"] = {what: self_spread(runs, what) for what in COMPARED}
+    return row | {"bench": runs[-1]["theirs"]["bench"]}
+
+
+def self_spread(runs: list[dict], what: str) -> float:
+    """How much one client disagrees with itself, in the paired ratios' terms: the median over consecutive repeats of
+    the larger-over-smaller ratio of its two measurements (>= 1), for whichever client of vLLM's and ours streamed
+    disagrees more. 1.3: one repeat typically measured 30 % more than the next, with nothing changed."""
+    spreads = []
+    for who in ("theirs", "streamed"):
+        values = [run[who][what] for run in runs]
+        spreads.append(statistics.median(max(a, b) / min(a, b) for a, b in itertools.pairwise(values)))
+    return max(spreads)
+
+
+def agreement_band(spread: float) -> tuple[float, float]:
+    """AGREEMENT, widened to the clients' own repeat-to-repeat spread: two clients can't be asked to agree more
+    closely than either agrees with itself."""
+    low, high = AGREEMENT
+    return min(low, 1 / spread), max(high, spread)
 
 
 def main() -> int:
@@ -93,29 +129,37 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--traces", default="fixed,random")
     args = parser.parse_args()
+    if args.repeats < 2:
+        parser.error("--repeats must be at least 2: the agreement band needs a client's repeat-to-repeat spread")
     _, tokenizer, export_dir = lesson_export("nano")
     traces = {"fixed": fixed_trace(args.requests), "random": random_trace(tokenizer, args.requests)}
-    low, high = AGREEMENT
     missed = []
-    print(f"{args.requests} requests x {args.tokens} tokens; median of {args.repeats} ratios per cell")
+    print(
+        f"{args.requests} requests x {args.tokens} tokens; median of {args.repeats} paired ratios at concurrency 1, "
+        f"{BUSY_REPEATS_FACTOR * args.repeats} above"
+    )
     print(
         f"{'trace':>6} {'concurrency':>11} | vLLM's / ours streamed: {'throughput':>10} {'latency':>8} {'TTFT':>6} | "
-        f"vLLM's / ours plain: throughput | vLLM's client: TTFT p50/p99, TPOT, ITL (ms)"
+        f"either client with itself: throughput latency TTFT | vLLM's / ours plain: throughput | "
+        f"vLLM's client: TTFT p50/p99, TPOT, ITL (ms)"
     )
     with VLLMServer(export_dir, kv_cache_tokens=2 * args.requests * 128, shared=False, progress=False) as server:
         run_load(server, traces["fixed"][:8], concurrency=8, max_tokens=4)  # warm-up
         for name in args.traces.split(","):
             for c in CONCURRENCY:
-                row = paired_ratios(server, traces[name], args.tokens, c, args.repeats)
-                t = row["bench"]
+                repeats = args.repeats if c == 1 else BUSY_REPEATS_FACTOR * args.repeats
+                row = paired_ratios(server, traces[name], args.tokens, c, repeats)
+                t, spread = row["bench"], row["self"]
                 print(
                     f"{name:>6} {c:>11} | {'':>23} {row['throughput']:>10.2f} {row['latency']:>8.2f} "
-                    f"{row['ttft']:>6.2f} | {row['streaming cost']:>30.2f} | "
+                    f"{row['ttft']:>6.2f} | {'':>26} {spread['throughput']:>10.2f} {spread['latency']:>7.2f} "
+                    f"{spread['ttft']:>4.2f} | {row['streaming cost']:>30.2f} | "
                     f"{t.ms('ttft'):.1f}/{t.ms('ttft', 99):.1f}, {t.ms('tpot'):.2f}, {t.ms('itl'):.2f}"
                 )
+                bands = {what: agreement_band(row["self"][what]) for what in COMPARED}
                 missed += [
-                    f"{name} trace, concurrency {c}: {what} ratio {row[what]:.2f} outside {low}-{high}"
-                    for what in COMPARED
+                    f"{name} trace, concurrency {c}: {what} ratio {row[what]:.2f} outside {low:.2f}-{high:.2f}"
+                    for what, (low, high) in bands.items()
                     if not low <= row[what] <= high
                 ]
     for line in missed:

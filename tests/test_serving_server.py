@@ -236,12 +236,15 @@ def test_vllms_benchmark_client_and_our_load_generator_agree_on_one_trace(server
     """vLLM's own client (`vllm bench serve`, run through Python) and run_load send the same 24 prompts at a
     concurrency of 8: the same greedy texts and token counts, no failures, and each its own view of the timing
     (per request, vLLM's TTFT <= its end-to-end latency; both clients' throughputs printed, not compared: timing is the
-    benchmark's job, benchmarks/bench_clients.py). run_load streamed gets the same tokens and a TTFT per request."""
+    benchmark's job, benchmarks/bench_clients.py). run_load streamed gets the same tokens and a TTFT per request, with
+    vLLM's usage summary at the end of each stream as vLLM's client asks for it."""
     _, tokenizer, _ = exported
     prompts = random_prompts(tokenizer, 24, seed=5)
     theirs = vllm_bench(server, prompts, output_len=OUTPUT_TOKENS, max_concurrency=8)
     ours = run_load(server, prompts, concurrency=8, max_tokens=OUTPUT_TOKENS, ignore_eos=True)
-    streamed = run_load(server, prompts, concurrency=8, max_tokens=OUTPUT_TOKENS, ignore_eos=True, stream=True)
+    # As vLLM's client asks: the stream then ends with a usage summary that has no choices (run_load skips it).
+    usage = {"stream_options": {"include_usage": True}}
+    streamed = run_load(server, prompts, concurrency=8, max_tokens=OUTPUT_TOKENS, ignore_eos=True, stream=True, **usage)
     assert theirs.completed == len(prompts) and ours.failures == [] and streamed.failures == []
     assert theirs.output_lens == [len(r.token_ids) for r in ours.replies] == [OUTPUT_TOKENS] * len(prompts)
     assert theirs.texts == [r.text for r in ours.replies] == [r.text for r in streamed.replies]

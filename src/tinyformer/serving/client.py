@@ -211,6 +211,8 @@ async def _read_events(reply: Reply, response: aiohttp.ClientResponse, start: fl
         if "error" in piece:  # vLLM's error event: the stream ends without a finish_reason
             reply.error = f"the server ended the stream with an error: {piece['error']}"
             return
+        if not piece.get("choices"):  # the usage summary asked for by stream_options={"include_usage": True}
+            continue
         choice = piece["choices"][0]
         if choice.get("token_ids") and reply.first_token is None:
             reply.first_token = time.perf_counter() - start
