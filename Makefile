@@ -135,8 +135,9 @@ NOTEBOOKS_ALONE := $(addprefix notebooks/,08_max_model_len_and_kv_capacity.ipynb
 	07_serving_with_vllm.ipynb 09_batching_and_concurrency.ipynb 13_build_the_engine.ipynb 15_lora_adapters.ipynb \
 	16_speculative_decoding.ipynb)
 NOTEBOOKS_BESIDE := $(addprefix notebooks/,11_fewer_bits.ipynb 12_embeddings_and_context_budget.ipynb \
-	10_images_are_tokens.ipynb 14_llama_architecture.ipynb 17_structured_outputs.ipynb 05_generation_and_kv_cache.ipynb \
-	06_memory_budget.ipynb 00_setup_check.ipynb 01_tokens_and_positions.ipynb 02_self_attention.ipynb 03_block_and_lm_head.ipynb)
+	10_images_are_tokens.ipynb 14_llama_architecture.ipynb 17_structured_outputs.ipynb \
+	05_generation_and_kv_cache.ipynb 06_memory_budget.ipynb 00_setup_check.ipynb 01_tokens_and_positions.ipynb \
+	02_self_attention.ipynb 03_block_and_lm_head.ipynb)
 NOTEBOOKS_FIRST := notebooks/04_training_with_sgd.ipynb
 $(if $(filter-out $(sort $(NOTEBOOKS_FIRST) $(NOTEBOOKS_ALONE) $(NOTEBOOKS_BESIDE)),$(sort $(wildcard notebooks/*.ipynb))),\
 	$(error a notebook is in none of NOTEBOOKS_FIRST, NOTEBOOKS_ALONE, NOTEBOOKS_BESIDE: add it to one))
