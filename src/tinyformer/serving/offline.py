@@ -36,16 +36,15 @@ from tinyformer.serving.budget import (
     BLOCK_SIZE,
     KVBudget,
     ServingConfigError,
-    bytes_for_tokens,
     check_serving_config,
     model_config_from_dir,
 )
 from tinyformer.serving.server import (
-    DEFAULT_CONCURRENT_REQUESTS,
     NO_TELEMETRY_ENV,
     _check_pooling,
     _device,
     _dtype_for,
+    kv_budget_bytes,
 )
 
 
@@ -74,31 +73,35 @@ def llm_settings(
     *,
     max_model_len: int | None = None,
     kv_cache_tokens: int | None = None,
+    kv_cache_bytes: int | None = None,
     block_size: int | None = None,
     dtype: str | None = None,
     pooling: str | None = None,
     extra_args: list[str] | tuple[str, ...] = (),
+    check: bool = True,
 ) -> dict:
     """The keyword arguments of ``vllm.LLM`` for ``model_dir``, as ``VLLMServer`` would start it (same defaults,
-    same refusals before anything starts)."""
+    same refusals before anything starts; ``check=False`` lets vLLM meet a problem itself, to see its own error)."""
     model_dir = Path(model_dir)
     config = model_config_from_dir(model_dir)
     device = _device()
     max_model_len = max_model_len if max_model_len is not None else config.n_positions
     block_size = block_size or BLOCK_SIZE[device]
-    dtype = _dtype_for(model_dir, dtype, check=True)
-    tokens = kv_cache_tokens if kv_cache_tokens is not None else DEFAULT_CONCURRENT_REQUESTS * max_model_len
-    kv_bytes = bytes_for_tokens(config, tokens, dtype=dtype, block_size=block_size)
-    check_serving_config(
-        KVBudget(
-            config,
-            max_model_len=max_model_len,
-            kv_cache_bytes=kv_bytes,
-            dtype=dtype,
-            device=device,
-            block_size=block_size,
-        )
+    dtype = _dtype_for(model_dir, dtype, check=check)
+    kv_bytes = kv_budget_bytes(
+        config, kv_cache_tokens, kv_cache_bytes, max_model_len=max_model_len, dtype=dtype, block_size=block_size
     )
+    if check:
+        check_serving_config(
+            KVBudget(
+                config,
+                max_model_len=max_model_len,
+                kv_cache_bytes=kv_bytes,
+                dtype=dtype,
+                device=device,
+                block_size=block_size,
+            )
+        )
     settings = {
         "model": str(model_dir),
         "dtype": dtype,
@@ -108,7 +111,7 @@ def llm_settings(
         "enforce_eager": True,  # no torch.compile: about 35 s on 2 cores, no faster for a model this small
         "distributed_executor_backend": "uni",  # the worker in this process
     }
-    if _check_pooling(pooling, None, max_model_len, check=True) is not None:
+    if _check_pooling(pooling, None, max_model_len, check=check) is not None:
         from vllm.config import PoolerConfig
 
         settings.update(runner="pooling", convert="embed", pooler_config=PoolerConfig(pooling_type=pooling))

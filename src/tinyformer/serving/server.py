@@ -199,7 +199,16 @@ class VLLMServer:
         self.pipeline_parallel_size = _check_size("pipeline_parallel_size", pipeline_parallel_size)
         self.dtype = _dtype_for(self.model_dir, dtype, check)
         self._kv_requested = kv_cache_tokens is not None or kv_cache_bytes is not None
-        self.kv_cache_bytes = self._kv_budget(kv_cache_tokens, kv_cache_bytes)
+        self.kv_cache_bytes = kv_budget_bytes(
+            self.config,
+            kv_cache_tokens,
+            kv_cache_bytes,
+            max_model_len=self.max_model_len,
+            dtype=self.dtype,
+            block_size=self.block_size,
+            tensor_parallel_size=self.tensor_parallel_size,
+            pipeline_parallel_size=self.pipeline_parallel_size,
+        )
         self.predicted = KVBudget(
             self.config,
             max_model_len=self.max_model_len,
@@ -407,24 +416,6 @@ class VLLMServer:
         return f"VLLMServer({self.model!r}, url={self.url!r}, max_model_len={self.max_model_len}, {state})"
 
     # ----- starting ---------------------------------------------------------------------------
-
-    def _kv_budget(self, tokens: int | None, nbytes: int | None) -> int:
-        if tokens is not None and nbytes is not None:
-            raise ServingConfigError("give kv_cache_tokens or kv_cache_bytes, not both.")
-        if nbytes is not None:
-            if not isinstance(nbytes, int) or nbytes < 0:
-                raise ServingConfigError(f"kv_cache_bytes must be a non-negative integer, got {nbytes!r}.")
-            return nbytes
-        if tokens is None:
-            tokens = DEFAULT_CONCURRENT_REQUESTS * self.max_model_len
-        return bytes_for_tokens(
-            self.config,
-            tokens,
-            dtype=self.dtype,
-            tensor_parallel_size=self.tensor_parallel_size,
-            block_size=self.block_size,
-            pipeline_parallel_size=self.pipeline_parallel_size,
-        )
 
     def _environment(self) -> dict[str, str]:
         env = {**os.environ, "VLLM_LOGGING_COLOR": "0"}  # a log file, not a terminal: no colour codes
@@ -692,6 +683,37 @@ def lora_args(lora: dict | None) -> list[str]:
         if lora[key] is not None
     ]
     return args
+
+
+def kv_budget_bytes(
+    config: ModelConfig,
+    tokens: int | None,
+    nbytes: int | None,
+    *,
+    max_model_len: int,
+    dtype: str,
+    block_size: int,
+    tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
+) -> int:
+    """The KV budget per worker in bytes, from ``kv_cache_tokens`` or ``kv_cache_bytes`` (one of them; neither:
+    DEFAULT_CONCURRENT_REQUESTS x max_model_len tokens). Tokens are rounded up to whole blocks."""
+    if tokens is not None and nbytes is not None:
+        raise ServingConfigError("give kv_cache_tokens or kv_cache_bytes, not both.")
+    if nbytes is not None:
+        if not isinstance(nbytes, int) or nbytes < 0:
+            raise ServingConfigError(f"kv_cache_bytes must be a non-negative integer, got {nbytes!r}.")
+        return nbytes
+    if tokens is None:
+        tokens = DEFAULT_CONCURRENT_REQUESTS * max_model_len
+    return bytes_for_tokens(
+        config,
+        tokens,
+        dtype=dtype,
+        tensor_parallel_size=tensor_parallel_size,
+        block_size=block_size,
+        pipeline_parallel_size=pipeline_parallel_size,
+    )
 
 
 def _check_pooling(pooling: str | None, max_num_batched_tokens: int | None, max_model_len: int, check: bool):
