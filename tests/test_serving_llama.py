@@ -1,12 +1,18 @@
-"""Llama exports served by the real vLLM with its own Llama implementation: multi-head, grouped-query and
-multi-query attention side by side, the same size and the same KV budget.
+"""Llama exports run by vLLM's engine with its own Llama implementation: multi-head, grouped-query and
+multi-query attention, the same size and the same KV budget.
 
-Greedy tokens equal tinyformer's generate and the lesson-13 engine; the capacity line vLLM logs grows by exactly
-n_head / n_kv_head against multi-head attention, as vllm_rules (through KVBudget) predicts."""
+Greedy tokens equal tinyformer's generate and the lesson-13 engine; the KV capacity vLLM reports grows by exactly
+n_head / n_kv_head against multi-head attention, as vllm_rules (through KVBudget) predicts.
+
+The three run one after another in vLLM's offline engine (vllm.LLM) in this process: the engine core and worker a
+server runs, without its API process (1-3 s each once vLLM is imported; three servers took 20-25 CPU-seconds each).
+Lesson 14 serves the same three kinds through real servers and checks their capacity lines; llama exports answer
+HTTP requests in test_serving_structured.py and test_serving_lora.py."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -16,7 +22,8 @@ from tinyformer.engine import Engine
 from tinyformer.export import export_hf
 from tinyformer.generate import generate
 from tinyformer.model import Transformer
-from tinyformer.serving import KVBudget, VLLMServer, run_load
+from tinyformer.serving import KVBudget
+from tinyformer.serving.offline import offline_llm
 from tinyformer.tokenizer import build_tokenizer
 
 KV_HEADS = {"mha": 4, "gqa": 2, "mqa": 1}  # of micro's 4 query heads (head_dim 32)
@@ -42,67 +49,77 @@ def kv_budget_bytes(config: ModelConfig) -> int:
     return MHA_BLOCKS * KVBudget(mha, max_model_len=mha.n_positions, kv_cache_bytes=0).bytes_per_block
 
 
+def prompts_for(name: str, vocab_size: int) -> list[list[int]]:
+    rng = random.Random(len(name))
+    return [[rng.randrange(vocab_size) for _ in range(rng.randint(3, 40))] for _ in range(6)]
+
+
+@dataclass
+class Ran:
+    """What vLLM's engine held and did for one export."""
+
+    predicted: KVBudget  # what tinyformer predicts for this export and budget
+    tokens: int  # KV cache tokens vLLM reports ("CPU KV cache size: N tokens")
+    max_concurrency: float
+    num_blocks: int
+    implementation: str  # the module and class vLLM built the model from
+    greedy: list[list[int]]  # the new tokens for prompts_for(name), all six requests at once
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """Three llama exports, one per attention kind, served side by side (starts run in parallel)."""
+def ran(tmp_path_factory):
+    """The three llama exports, one per attention kind, each in vLLM's engine in turn."""
+    from vllm import SamplingParams
+
     tokenizer = build_tokenizer()
     folder = tmp_path_factory.mktemp("llama")
-    models, servers = {}, {}
+    models, ran = {}, {}
+    greedy = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
     for seed, (name, n_kv_head) in enumerate(KV_HEADS.items()):
-        models[name] = spread_llama(len(tokenizer), n_kv_head, seed)
-        path = export_hf(models[name], tokenizer, folder / name)
-        servers[name] = VLLMServer(
-            path, kv_cache_bytes=kv_budget_bytes(models[name].config), max_num_seqs=8, shared=False, progress=False
-        )
-    starts = [server.start_in_background() for server in servers.values()]
-    try:
-        for start in starts:
-            start.result()
-        yield models, servers
-    finally:
-        for server in servers.values():
-            server.stop()
+        models[name] = model = spread_llama(len(tokenizer), n_kv_head, seed)
+        path = export_hf(model, tokenizer, folder / name)
+        budget = kv_budget_bytes(model.config)
+        prompts = [{"prompt_token_ids": p} for p in prompts_for(name, model.config.vocab_size)]
+        with offline_llm(path, kv_cache_bytes=budget, extra_args=["--max-num-seqs", "8"]) as llm:
+            cache = llm.llm_engine.vllm_config.cache_config
+            (implementation,) = llm.apply_model(lambda m: f"{type(m).__module__}.{type(m).__name__}")
+            outputs = llm.generate(prompts, greedy, use_tqdm=False)
+            ran[name] = Ran(
+                predicted=KVBudget(model.config, max_model_len=model.config.n_positions, kv_cache_bytes=budget),
+                tokens=cache.kv_cache_size_tokens,
+                max_concurrency=cache.kv_cache_max_concurrency,
+                num_blocks=cache.num_gpu_blocks,
+                implementation=implementation,
+                greedy=[list(o.outputs[0].token_ids) for o in outputs],
+            )
+    return models, ran
 
 
 @pytest.mark.vllm
-@pytest.mark.slow
-def test_capacity_grows_by_the_group_size_as_predicted(served):
-    models, servers = served
-    reported = {name: server.reported for name, server in servers.items()}
-    for name, server in servers.items():
-        assert reported[name] is not None, f"vLLM did not log its KV cache size; see {server.log_path}"
-        assert reported[name].log_line() == server.predicted.log_line()
-        assert reported[name].num_blocks in (None, server.predicted.num_blocks)
-    for name, model in models.items():
-        group = model.config.n_head // model.config.n_kv_head
-        assert reported[name].tokens == group * reported["mha"].tokens
-        assert reported[name].max_concurrency == pytest.approx(group * reported["mha"].max_concurrency)
-    assert [r.log_line() for r in reported.values()] == [
-        "CPU KV cache size: 640 tokens, Maximum concurrency for 256 tokens per request: 2.50x",
-        "CPU KV cache size: 1,280 tokens, Maximum concurrency for 256 tokens per request: 5.00x",
-        "CPU KV cache size: 2,560 tokens, Maximum concurrency for 256 tokens per request: 10.00x",
-    ]
+def test_capacity_grows_by_the_group_size_as_predicted(ran):
+    models, ran = ran
+    for name, kind in ran.items():
+        assert (kind.tokens, kind.num_blocks) == (kind.predicted.tokens, kind.predicted.num_blocks)
+        assert kind.max_concurrency == pytest.approx(kind.predicted.max_concurrency)
+        group = models[name].config.n_head // models[name].config.n_kv_head
+        assert kind.tokens == group * ran["mha"].tokens
+        assert kind.max_concurrency == pytest.approx(group * ran["mha"].max_concurrency)
+    assert [(kind.tokens, kind.max_concurrency) for kind in ran.values()] == [(640, 2.5), (1280, 5.0), (2560, 10.0)]
 
 
 @pytest.mark.vllm
-@pytest.mark.slow
-def test_vllm_uses_its_own_llama_implementation(served):
-    _, servers = served
-    for server in servers.values():
-        # With --model-impl transformers this line names TransformersForCausalLM instead.
-        assert "Resolved architecture: LlamaForCausalLM" in server.log_text()
+def test_vllm_uses_its_own_llama_implementation(ran):
+    _, ran = ran
+    for kind in ran.values():  # with --model-impl transformers: vllm.model_executor.models.transformers...
+        assert kind.implementation == "vllm.model_executor.models.llama.LlamaForCausalLM"
 
 
 @pytest.mark.vllm
-@pytest.mark.slow
 @pytest.mark.parametrize("name", KV_HEADS)
-def test_greedy_tokens_equal_generate_and_the_engine(served, name):
-    models, servers = served
-    model = models[name]
-    rng = random.Random(len(name))
-    prompts = [[rng.randrange(model.config.vocab_size) for _ in range(rng.randint(3, 40))] for _ in range(6)]
-    load = run_load(servers[name], prompts, concurrency=len(prompts), max_tokens=MAX_NEW, ignore_eos=True)
+def test_greedy_tokens_equal_generate_and_the_engine(ran, name):
+    models, ran = ran
+    model, prompts = models[name], prompts_for(name, models[name].config.vocab_size)
     engine = Engine(model, num_blocks=12, block_size=16, max_num_seqs=8, max_num_batched_tokens=128)
     expected = [generate(model, p, MAX_NEW).tokens[0] for p in prompts]
-    assert [r.token_ids for r in load.replies] == expected
+    assert ran[name].greedy == expected
     assert [o.tokens for o in engine.generate(prompts, MAX_NEW)] == expected
