@@ -1,5 +1,5 @@
-"""The embedding server: VLLMServer(pooling=...) against a real vLLM (one module-scoped server), and the
-refusals it makes before starting one."""
+"""The embedding server: VLLMServer(pooling=...) against a real vLLM (one module-scoped server, MEAN pooling), the
+refusals it makes before starting one, and LAST pooling in vLLM's offline engine (the same pooler, no second server)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tinyformer.config import ModelConfig
 from tinyformer.export import export_hf
 from tinyformer.model import Transformer
 from tinyformer.serving import ServingConfigError, VLLMServer, embeddings, run_embedding_load
+from tinyformer.serving.offline import offline_llm
 from tinyformer.tokenizer import build_tokenizer
 
 TEXTS = ["the cat sleeps .", "the dogs near the fox behind the mice run quietly .", "the foxes swim ."]
@@ -95,14 +96,13 @@ def test_concurrent_embedding_load_returns_the_same_vectors(embedder):
 
 
 @pytest.mark.vllm
-@pytest.mark.slow
-def test_served_embeddings_equal_last_token_pooling_by_hand(embedder):
-    """LAST pooling is a server of its own (the pooler is fixed at start-up); same weights as the MEAN server."""
+def test_vllms_last_token_pooling_equals_pooling_by_hand(embedder):
+    """LAST pooling is an engine of its own (the pooler is fixed at start-up); same weights as the MEAN server.
+    vLLM's offline engine in this process: only the vectors are checked here, which need no second server."""
     model, tokenizer, mean_server = embedder
-    with VLLMServer(
-        mean_server.model_dir, pooling="LAST", kv_cache_tokens=2048, shared=False, progress=False
-    ) as server:
-        served = embeddings(server, TEXTS)
-        assert "Resolved pooling config: pooling_type=LAST" in server.log_text()
-    assert (served - R.embed(model, tokenizer, TEXTS, "last")).abs().max().item() <= 1e-5
-    assert (served - R.embed(model, tokenizer, TEXTS, "mean")).abs().max().item() > 1e-2  # a different vector
+    with offline_llm(mean_server.model_dir, pooling="LAST", kv_cache_tokens=2048) as llm:
+        assert llm.llm_engine.vllm_config.model_config.pooler_config.pooling_type == "LAST"
+        outputs = llm.embed(TEXTS, use_tqdm=False)
+    vectors = torch.tensor([out.outputs.embedding for out in outputs])
+    assert (vectors - R.embed(model, tokenizer, TEXTS, "last")).abs().max().item() <= 1e-5
+    assert (vectors - R.embed(model, tokenizer, TEXTS, "mean")).abs().max().item() > 1e-2  # a different vector
