@@ -1,9 +1,10 @@
-"""Speculative decoding on the real vLLM server, against the learner's engine on the same trace.
+"""Speculative decoding in vLLM's engine, against the learner's engine on the same trace.
 
-Two servers side by side (their starts overlap): one drafts with a small model, one with vLLM's n-gram method.
-Both must give exactly the target's greedy tokens (the target alone: ``tinyformer.generate``, which vLLM without
-speculation matches, tests/test_serving_llama.py), and their acceptance counters in /metrics must equal the counts
-of ``SpeculativeEngine`` with the same draft (or the same n-gram lookup) on the same prompts."""
+Two engines one after another, in vLLM's offline engine (vllm.LLM) in this process: one drafts with a small model,
+one with vLLM's n-gram method. Both must give exactly the target's greedy tokens (the target alone:
+``tinyformer.generate``, which vLLM without speculation matches, tests/test_serving_llama.py), and their acceptance
+counters (the Prometheus text a server serves at /metrics) must equal the counts of ``SpeculativeEngine`` with the
+same draft (or the same n-gram lookup) on the same prompts. Lesson 16 does the same through two real servers."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from tinyformer.engine.speculative import NgramProposer
 from tinyformer.export import export_hf
 from tinyformer.generate import generate
 from tinyformer.model import Transformer
-from tinyformer.serving import VLLMServer, run_load
-from tinyformer.serving.metrics import counters_between, scrape, spec_decode_counters
+from tinyformer.serving import VLLMServer
+from tinyformer.serving.metrics import counters_between, spec_decode_counters
+from tinyformer.serving.offline import metrics_text, offline_llm
 from tinyformer.tokenizer import build_tokenizer
 
 K, MAX_NEW, NGRAM = 3, 24, dict(prompt_lookup_min=1, prompt_lookup_max=3)
@@ -37,36 +39,17 @@ def spread_llama(vocab_size: int, seed: int, n_layer: int = 2) -> Transformer:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def exports(tmp_path_factory):
     tokenizer = build_tokenizer()
     folder = tmp_path_factory.mktemp("speculative")
     target = spread_llama(len(tokenizer), seed=0)
     draft = noisy_copy(target, 0.4, seed=1)
-    target_dir, draft_dir = (
-        export_hf(target, tokenizer, folder / "target"),
-        export_hf(draft, tokenizer, folder / "draft"),
-    )
-    configs = {
-        "draft model": {"model": str(draft_dir), "num_speculative_tokens": K},
-        "ngram": {"method": "ngram", "num_speculative_tokens": K, **NGRAM},
-    }
-    servers = {
-        name: VLLMServer(target_dir, speculative_config=config, max_num_seqs=8, shared=False, progress=False)
-        for name, config in configs.items()
-    }
-    starts = [server.start_in_background() for server in servers.values()]
-    try:
-        for start in starts:
-            start.result()
-        yield target, draft, servers
-    finally:
-        for server in servers.values():
-            server.stop()
+    return target, draft, export_hf(target, tokenizer, folder / "target"), export_hf(draft, tokenizer, folder / "draft")
 
 
 @pytest.fixture(scope="module")
-def trace(served):
-    target, _, _ = served
+def trace(exports):
+    target = exports[0]
     rng = random.Random(24)
     prompts = [[rng.randrange(target.config.vocab_size) for _ in range(rng.randint(3, 30))] for _ in range(6)]
     return prompts, [generate(target, p, MAX_NEW).tokens[0] for p in prompts]
@@ -84,24 +67,36 @@ def our_engine(target, drafter) -> SpeculativeEngine:
     )
 
 
+def vllm_speculating(target_dir, config: dict, prompts: list[list[int]]) -> tuple[list[list[int]], dict]:
+    """vLLM's greedy tokens for every prompt (all at once) and what its speculative counters grew by."""
+    from vllm import SamplingParams
+
+    args = ["--speculative-config", json.dumps(config), "--max-num-seqs", "8"]
+    greedy = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
+    with offline_llm(target_dir, extra_args=args, log_stats=True) as llm:
+        before = spec_decode_counters(metrics_text())
+        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy, use_tqdm=False)
+        after = spec_decode_counters(metrics_text())
+    return [list(o.outputs[0].token_ids) for o in outputs], counters_between(before, after)
+
+
 @pytest.mark.vllm
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["draft model", "ngram"])
-def test_vllm_speculates_to_the_targets_own_tokens_and_counts_as_our_engine(served, trace, name):
-    target, draft, servers = served
-    server = servers[name]
+def test_vllm_speculates_to_the_targets_own_tokens_and_counts_as_our_engine(exports, trace, name):
+    target, draft, target_dir, draft_dir = exports
     prompts, alone = trace
-    before = spec_decode_counters(scrape(server))
-    load = run_load(server, prompts, concurrency=len(prompts), max_tokens=MAX_NEW, ignore_eos=True)
-    assert [r.token_ids for r in load.replies] == alone
-    after = spec_decode_counters(scrape(server))
-    theirs = counters_between(before, after)
+    configs = {
+        "draft model": {"model": str(draft_dir), "num_speculative_tokens": K},
+        "ngram": {"method": "ngram", "num_speculative_tokens": K, **NGRAM},
+    }
+    tokens, theirs = vllm_speculating(target_dir, configs[name], prompts)
+    assert tokens == alone
     ours = our_engine(
         target,
         draft if name == "draft model" else NgramProposer(NGRAM["prompt_lookup_min"], NGRAM["prompt_lookup_max"]),
     )
     assert [o.tokens for o in ours.generate(prompts, MAX_NEW)] == alone
-    assert theirs["num_draft_tokens"] > 0, f"vLLM verified no draft tokens; see {server.log_path}"
+    assert theirs["num_draft_tokens"] > 0, "vLLM verified no draft tokens"
     assert theirs == ours.spec.as_vllm_counters()
 
 

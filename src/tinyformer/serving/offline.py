@@ -79,9 +79,12 @@ def llm_settings(
     pooling: str | None = None,
     extra_args: list[str] | tuple[str, ...] = (),
     check: bool = True,
+    log_stats: bool = False,
 ) -> dict:
     """The keyword arguments of ``vllm.LLM`` for ``model_dir``, as ``VLLMServer`` would start it (same defaults,
-    same refusals before anything starts; ``check=False`` lets vLLM meet a problem itself, to see its own error)."""
+    same refusals before anything starts; ``check=False`` lets vLLM meet a problem itself, to see its own error).
+    log_stats: keep vLLM's counters, as a server does for its /metrics (``vllm.LLM`` leaves them off): read them
+    with ``metrics_text()``."""
     model_dir = Path(model_dir)
     config = model_config_from_dir(model_dir)
     device = _device()
@@ -110,12 +113,22 @@ def llm_settings(
         "block_size": block_size,
         "enforce_eager": True,  # no torch.compile: about 35 s on 2 cores, no faster for a model this small
         "distributed_executor_backend": "uni",  # the worker in this process
+        "disable_log_stats": not log_stats,
     }
     if _check_pooling(pooling, None, max_model_len, check=check) is not None:
         from vllm.config import PoolerConfig
 
         settings.update(runner="pooling", convert="embed", pooler_config=PoolerConfig(pooling_type=pooling))
     return settings | engine_settings(extra_args)
+
+
+def metrics_text() -> str:
+    """vLLM's counters in this process as a server's /metrics shows them (Prometheus text), for the parsers of
+    ``tinyformer.serving.metrics``. Needs ``offline_llm(..., log_stats=True)``. The counters of every engine this
+    process has run add up: read them before and after what you measure."""
+    import prometheus_client
+
+    return prometheus_client.generate_latest().decode()
 
 
 @contextlib.contextmanager
