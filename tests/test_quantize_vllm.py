@@ -1,5 +1,9 @@
-"""Real vLLM (CPU) and quantised checkpoints: the AWQ export is served and agrees with the dequantised model;
-``--quantization awq`` on a plain export stops with vLLM's own message."""
+"""vLLM's engine (CPU) and quantised checkpoints: the AWQ export runs on vLLM's int4 kernel and agrees with the
+dequantised model; ``--quantization awq`` on a plain export, and fp8 on this CPU build, stop with vLLM's own messages.
+
+vLLM's offline engine (vllm.LLM) in this process: the engine core and worker a server runs, without its API
+process, so each case costs seconds once vLLM is imported instead of a server start (20-25 CPU-seconds). Lesson 11
+serves the AWQ export and meets the awq refusal through real servers, and quotes the fp8 messages checked here."""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ from tinyformer import ModelConfig, Transformer
 from tinyformer import quantize as qz
 from tinyformer.export import export_hf
 from tinyformer.export.awq import SERVE_DTYPE, export_quantised
-from tinyformer.serving import VLLMServer, VLLMStartupError, run_load
+from tinyformer.serving.offline import llm_settings, offline_llm
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytestmark = pytest.mark.vllm
 GROUP = 32
 PROMPTS = ["the cat", "the dogs near the fox", "the bird with the goats", "the horse", "the mice under the lion"]
 
@@ -28,16 +32,25 @@ def model(tokenizer) -> Transformer:
     return model.eval()
 
 
-def test_vllm_serves_the_awq_export_like_the_dequantised_model(model, tokenizer, tmp_path):
+def first_linear_kernel(model) -> str:
+    """The class of the kernel vLLM picked for the first quantised linear layer of ``model`` (vLLM's module)."""
+    method = next(m.quant_method for m in model.modules() if hasattr(getattr(m, "quant_method", None), "kernel"))
+    return type(method.kernel).__name__
+
+
+def test_vllm_runs_the_awq_export_like_the_dequantised_model(model, tokenizer, tmp_path):
+    from vllm import SamplingParams
+
     folder = export_quantised(model, tokenizer, tmp_path / "awq", group_size=GROUP)
-    server = VLLMServer(folder, max_model_len=64, kv_cache_tokens=512, progress=False, shared=False)
-    assert server.dtype == SERVE_DTYPE  # the class's defaults pick what the export needs, as `tinyformer serve`
-    with server:
-        replies = run_load(server, PROMPTS, concurrency=4, max_tokens=10, ignore_eos=True).replies
-        assert "Using CPUWNA16LinearKernel" in server.log_text()
+    settings = llm_settings(folder, max_model_len=64, kv_cache_tokens=512)
+    assert settings["dtype"] == SERVE_DTYPE  # the defaults pick what the export needs, as `tinyformer serve`
+    greedy = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    with offline_llm(folder, max_model_len=64, kv_cache_tokens=512) as llm:
+        assert llm.apply_model(first_linear_kernel) == ["CPUWNA16LinearKernel"]  # vLLM's int4 kernel for CPUs
+        outputs = llm.generate(PROMPTS, greedy, use_tqdm=False)
     dequantised = qz.dequantised_model(model, qz.quantise_model(model, "int4", GROUP))
     found = qz.greedy_agreement(
-        dequantised, [tokenizer(p)["input_ids"] for p in PROMPTS], [r.token_ids for r in replies]
+        dequantised, [tokenizer(p)["input_ids"] for p in PROMPTS], [list(o.outputs[0].token_ids) for o in outputs]
     )
     assert found.explained, found  # any difference starts at a near-tie of the dequantised model
     assert found.identical >= 3, found
@@ -45,18 +58,9 @@ def test_vllm_serves_the_awq_export_like_the_dequantised_model(model, tokenizer,
 
 def test_quantization_awq_on_a_plain_export_fails_with_vllms_message(model, tokenizer, tmp_path):
     folder = export_hf(model, tokenizer, tmp_path / "plain", verify=False)
-    server = VLLMServer(
-        folder,
-        max_model_len=64,
-        kv_cache_tokens=256,
-        extra_args=["--quantization", "awq"],
-        progress=False,
-        shared=False,
-    )
-    with pytest.raises(VLLMStartupError) as failure:
-        server.start()
-    assert "Cannot find the config file for awq" in failure.value.root_cause
-    assert not server.is_running()
+    with pytest.raises(ValueError, match="Cannot find the config file for awq"):
+        with offline_llm(folder, max_model_len=64, kv_cache_tokens=256, extra_args=["--quantization", "awq"]):
+            pass
 
 
 def test_fp8_quantises_while_loading_but_this_cpu_build_has_no_kernel_for_it(model, tokenizer, tmp_path):
@@ -70,8 +74,7 @@ def test_fp8_quantises_while_loading_but_this_cpu_build_has_no_kernel_for_it(mod
         ("float32", "torch.float32 is not supported for quantization method fp8"),
         ("bfloat16", "_C::static_scaled_fp8_quant() expected at most 0 argument(s)"),
     ):
-        args = dict(max_model_len=64, kv_cache_tokens=256, progress=False, shared=False)
-        server = VLLMServer(folder, dtype=dtype, extra_args=["--quantization", "fp8"], **args)
-        with pytest.raises(VLLMStartupError) as failure:
-            server.start()
-        assert said in failure.value.root_cause, failure.value.root_cause
+        args = dict(max_model_len=64, kv_cache_tokens=256, extra_args=["--quantization", "fp8"])
+        with pytest.raises((ValueError, RuntimeError)) as failure, offline_llm(folder, dtype=dtype, **args):
+            pass
+        assert said in str(failure.value), failure.value  # the config refused, or the op failing

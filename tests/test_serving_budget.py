@@ -1,6 +1,6 @@
 """KV-capacity prediction, up-front refusals and vLLM-log reading (no server: these are pure functions).
 
-The capacity lines and refusals themselves are one table in test_vllm_rules.py (checked against a real vLLM
+The capacity lines and refusals themselves are one table in test_vllm_rules.py (checked against vLLM's engine
 there); these tests cover KVBudget's own arithmetic and wording."""
 
 from __future__ import annotations

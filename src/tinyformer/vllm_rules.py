@@ -3,7 +3,7 @@
 Everything that sizes a vLLM KV cache or refuses a configuration calls this module: the serving
 lessons' :class:`~tinyformer.serving.budget.KVBudget`, the classroom planner, the GPU planner
 :func:`~tinyformer.memory.plan_serving`, the widgets and the exercise checkers.
-``tests/test_vllm_rules.py`` checks the table of predictions against a real vLLM server.
+``tests/test_vllm_rules.py`` checks the table of predictions against vLLM's own engine.
 
 What vLLM does, in order:
 
