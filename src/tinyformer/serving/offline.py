@@ -18,6 +18,13 @@ with a function that only warns; ``gc.freeze()``; environment variables, and vLL
 start-up; with ``model_impl="transformers"``, the transformers classes it builds the model from, which it decorates in
 place for torch.compile, so that a model built from them later fails with "Current vLLM config is not set").
 Leaving the ``with`` block shuts the engine down and puts those back.
+
+What a server shows in its log and /metrics, read in-process instead (the test suite checks vLLM's rules this way,
+seconds per engine against 20-25 CPU-seconds per server start): the KV capacity is in
+``llm.llm_engine.vllm_config.cache_config`` (``kv_cache_size_tokens``, ``kv_cache_max_concurrency``,
+``num_gpu_blocks``: what vLLM formats its capacity line from; the line itself is logged once per process for a given
+text, so a second engine with the same capacity logs nothing); counters need ``log_stats=True`` (``vllm.LLM`` turns
+them off) and are read with ``metrics_text()``; a refusal is raised here, as the exception the server's log shows.
 """
 
 from __future__ import annotations
