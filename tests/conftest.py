@@ -327,6 +327,16 @@ def interpreter_for_every_account() -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", str(closed), inner]
 
 
+def vllm_greedy(llm, prompts: list, max_tokens: int) -> list[list[int]]:
+    """The new token ids a ``vllm.LLM`` (tinyformer.serving.offline_llm) gives each prompt (text or token ids),
+    greedy, ``max_tokens`` each however early EOS comes, every prompt added before the first engine step."""
+    from vllm import SamplingParams
+
+    greedy = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    requests = [p if isinstance(p, str) else {"prompt_token_ids": p} for p in prompts]
+    return [list(out.outputs[0].token_ids) for out in llm.generate(requests, greedy, use_tqdm=False)]
+
+
 # ----- the course tokenizer, random models and an export folder, shared by many test modules -------------------
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import vllm_greedy
 
 from tinyformer import ModelConfig, Transformer
 from tinyformer import quantize as qz
@@ -39,19 +40,14 @@ def first_linear_kernel(model) -> str:
 
 
 def test_vllm_runs_the_awq_export_like_the_dequantised_model(model, tokenizer, tmp_path):
-    from vllm import SamplingParams
-
     folder = export_quantised(model, tokenizer, tmp_path / "awq", group_size=GROUP)
-    settings = llm_settings(folder, max_model_len=64, kv_cache_tokens=512)
-    assert settings["dtype"] == SERVE_DTYPE  # the defaults pick what the export needs, as `tinyformer serve`
-    greedy = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
-    with offline_llm(folder, max_model_len=64, kv_cache_tokens=512) as llm:
+    budget = dict(max_model_len=64, kv_cache_tokens=512)
+    assert llm_settings(folder, **budget)["dtype"] == SERVE_DTYPE  # what the export needs, as `tinyformer serve`
+    with offline_llm(folder, **budget) as llm:
         assert llm.apply_model(first_linear_kernel) == ["CPUWNA16LinearKernel"]  # vLLM's int4 kernel for CPUs
-        outputs = llm.generate(PROMPTS, greedy, use_tqdm=False)
+        replies = vllm_greedy(llm, PROMPTS, 10)
     dequantised = qz.dequantised_model(model, qz.quantise_model(model, "int4", GROUP))
-    found = qz.greedy_agreement(
-        dequantised, [tokenizer(p)["input_ids"] for p in PROMPTS], [list(o.outputs[0].token_ids) for o in outputs]
-    )
+    found = qz.greedy_agreement(dequantised, [tokenizer(p)["input_ids"] for p in PROMPTS], replies)
     assert found.explained, found  # any difference starts at a near-tie of the dequantised model
     assert found.identical >= 3, found
 

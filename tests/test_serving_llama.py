@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from conftest import vllm_greedy
 
 from tinyformer.config import ModelConfig
 from tinyformer.engine import Engine
@@ -23,7 +24,8 @@ from tinyformer.export import export_hf
 from tinyformer.generate import generate
 from tinyformer.model import Transformer
 from tinyformer.serving import KVBudget
-from tinyformer.serving.offline import offline_llm
+from tinyformer.serving.offline import offline_llm, reported_kv
+from tinyformer.serving.vllm_log import ReportedKV
 from tinyformer.tokenizer import build_tokenizer
 
 KV_HEADS = {"mha": 4, "gqa": 2, "mqa": 1}  # of micro's 4 query heads (head_dim 32)
@@ -43,7 +45,7 @@ def spread_llama(vocab_size: int, n_kv_head: int, seed: int) -> Transformer:
     return model.eval()
 
 
-def kv_budget_bytes(config: ModelConfig) -> int:
+def mha_budget_bytes(config: ModelConfig) -> int:
     """MHA_BLOCKS blocks of the multi-head model of this size, whatever this model's own n_kv_head."""
     mha = ModelConfig(**{**config.to_dict(), "n_kv_head": config.n_head})
     return MHA_BLOCKS * KVBudget(mha, max_model_len=mha.n_positions, kv_cache_bytes=0).bytes_per_block
@@ -59,9 +61,7 @@ class Ran:
     """What vLLM's engine held and did for one export."""
 
     predicted: KVBudget  # what tinyformer predicts for this export and budget
-    tokens: int  # KV cache tokens vLLM reports ("CPU KV cache size: N tokens")
-    max_concurrency: float
-    num_blocks: int
+    reported: ReportedKV  # the KV capacity vLLM reports
     implementation: str  # the module and class vLLM built the model from
     greedy: list[list[int]]  # the new tokens for prompts_for(name), all six requests at once
 
@@ -69,28 +69,20 @@ class Ran:
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
     """The three llama exports, one per attention kind, each in vLLM's engine in turn."""
-    from vllm import SamplingParams
-
     tokenizer = build_tokenizer()
     folder = tmp_path_factory.mktemp("llama")
     models, ran = {}, {}
-    greedy = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
     for seed, (name, n_kv_head) in enumerate(KV_HEADS.items()):
         models[name] = model = spread_llama(len(tokenizer), n_kv_head, seed)
         path = export_hf(model, tokenizer, folder / name)
-        budget = kv_budget_bytes(model.config)
-        prompts = [{"prompt_token_ids": p} for p in prompts_for(name, model.config.vocab_size)]
+        budget = mha_budget_bytes(model.config)
         with offline_llm(path, kv_cache_bytes=budget, extra_args=["--max-num-seqs", "8"]) as llm:
-            cache = llm.llm_engine.vllm_config.cache_config
             (implementation,) = llm.apply_model(lambda m: f"{type(m).__module__}.{type(m).__name__}")
-            outputs = llm.generate(prompts, greedy, use_tqdm=False)
             ran[name] = Ran(
                 predicted=KVBudget(model.config, max_model_len=model.config.n_positions, kv_cache_bytes=budget),
-                tokens=cache.kv_cache_size_tokens,
-                max_concurrency=cache.kv_cache_max_concurrency,
-                num_blocks=cache.num_gpu_blocks,
+                reported=reported_kv(llm),
                 implementation=implementation,
-                greedy=[list(o.outputs[0].token_ids) for o in outputs],
+                greedy=vllm_greedy(llm, prompts_for(name, model.config.vocab_size), MAX_NEW),
             )
     return models, ran
 
@@ -98,13 +90,18 @@ def ran(tmp_path_factory):
 @pytest.mark.vllm
 def test_capacity_grows_by_the_group_size_as_predicted(ran):
     models, ran = ran
+    reported = {name: kind.reported for name, kind in ran.items()}
     for name, kind in ran.items():
-        assert (kind.tokens, kind.num_blocks) == (kind.predicted.tokens, kind.predicted.num_blocks)
-        assert kind.max_concurrency == pytest.approx(kind.predicted.max_concurrency)
+        assert reported[name].log_line() == kind.predicted.log_line()
+        assert reported[name].num_blocks == kind.predicted.num_blocks
         group = models[name].config.n_head // models[name].config.n_kv_head
-        assert kind.tokens == group * ran["mha"].tokens
-        assert kind.max_concurrency == pytest.approx(group * ran["mha"].max_concurrency)
-    assert [(kind.tokens, kind.max_concurrency) for kind in ran.values()] == [(640, 2.5), (1280, 5.0), (2560, 10.0)]
+        assert reported[name].tokens == group * reported["mha"].tokens
+        assert reported[name].max_concurrency == pytest.approx(group * reported["mha"].max_concurrency)
+    assert [r.log_line() for r in reported.values()] == [
+        "CPU KV cache size: 640 tokens, Maximum concurrency for 256 tokens per request: 2.50x",
+        "CPU KV cache size: 1,280 tokens, Maximum concurrency for 256 tokens per request: 5.00x",
+        "CPU KV cache size: 2,560 tokens, Maximum concurrency for 256 tokens per request: 10.00x",
+    ]
 
 
 @pytest.mark.vllm

@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import noisy_copy, spread_weights
+from conftest import noisy_copy, spread_weights, vllm_greedy
 
 from tinyformer.config import ModelConfig
 from tinyformer.engine import SpeculativeEngine
@@ -69,15 +69,12 @@ def our_engine(target, drafter) -> SpeculativeEngine:
 
 def vllm_speculating(target_dir, config: dict, prompts: list[list[int]]) -> tuple[list[list[int]], dict]:
     """vLLM's greedy tokens for every prompt (all at once) and what its speculative counters grew by."""
-    from vllm import SamplingParams
-
     args = ["--speculative-config", json.dumps(config), "--max-num-seqs", "8"]
-    greedy = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
     with offline_llm(target_dir, extra_args=args, log_stats=True) as llm:
         before = spec_decode_counters(metrics_text())
-        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy, use_tqdm=False)
+        tokens = vllm_greedy(llm, prompts, MAX_NEW)
         after = spec_decode_counters(metrics_text())
-    return [list(o.outputs[0].token_ids) for o in outputs], counters_between(before, after)
+    return tokens, counters_between(before, after)
 
 
 @pytest.mark.vllm

@@ -13,8 +13,8 @@ import torch
 
 from tinyformer import ModelConfig, Transformer, build_tokenizer, memory, vllm_rules
 from tinyformer.export import export_hf
-from tinyformer.serving import KVBudget, kv_bytes_per_token, vllm_log
-from tinyformer.serving.offline import offline_llm
+from tinyformer.serving import KVBudget, kv_bytes_per_token
+from tinyformer.serving.offline import offline_llm, reported_kv
 from tinyformer.widgets.budget import CPU_BACKEND, TINY_MODEL, BudgetCalculator
 
 MICRO = ModelConfig(vocab_size=55, n_positions=256, n_embd=128, n_layer=2, n_head=4)
@@ -184,11 +184,9 @@ def micro_engine(export, kv_bytes, max_model_len, block_size):
 def test_vllms_engine_holds_the_predicted_capacity(row, micro_export):
     _, kv_bytes, max_model_len, block_size, _, line = next(r for r in CAPACITY if r[0] == row)
     with micro_engine(micro_export, kv_bytes, max_model_len, block_size) as llm:
-        cache = llm.llm_engine.vllm_config.cache_config  # what vLLM formats its capacity line from
-        tokens, concurrency, blocks = cache.kv_cache_size_tokens, cache.kv_cache_max_concurrency, cache.num_gpu_blocks
-    predicted = vllm_log.parse_kv_report(line)
-    assert (tokens, round(concurrency, 2)) == (predicted.tokens, predicted.max_concurrency)
-    assert blocks == kv_bytes // (block_size * PER_TOKEN)
+        reported = reported_kv(llm)
+    assert reported.log_line() == line
+    assert reported.num_blocks == kv_bytes // (block_size * PER_TOKEN)
 
 
 @pytest.mark.vllm

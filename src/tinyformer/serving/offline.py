@@ -20,10 +20,9 @@ place for torch.compile, so that a model built from them later fails with "Curre
 Leaving the ``with`` block shuts the engine down and puts those back.
 
 What a server shows in its log and /metrics, read in-process instead (the test suite checks vLLM's rules this way,
-seconds per engine against 20-25 CPU-seconds per server start): the KV capacity is in
-``llm.llm_engine.vllm_config.cache_config`` (``kv_cache_size_tokens``, ``kv_cache_max_concurrency``,
-``num_gpu_blocks``: what vLLM formats its capacity line from; the line itself is logged once per process for a given
-text, so a second engine with the same capacity logs nothing); counters need ``log_stats=True`` (``vllm.LLM`` turns
+seconds per engine against 20-25 CPU-seconds per server start): the KV capacity with ``reported_kv(llm)``, from the
+engine's cache config (vLLM logs the capacity line once per process for a given text, so a second engine with the
+same capacity logs nothing); counters need ``log_stats=True`` (``vllm.LLM`` turns
 them off) and are read with ``metrics_text()``; a refusal is raised here, as the exception the server's log shows.
 """
 
@@ -53,6 +52,7 @@ from tinyformer.serving.server import (
     _dtype_for,
     kv_budget_bytes,
 )
+from tinyformer.serving.vllm_log import ReportedKV
 
 
 def engine_settings(extra_args: list[str] | tuple[str, ...]) -> dict:
@@ -127,6 +127,21 @@ def llm_settings(
 
         settings.update(runner="pooling", convert="embed", pooler_config=PoolerConfig(pooling_type=pooling))
     return settings | engine_settings(extra_args)
+
+
+def reported_kv(llm) -> ReportedKV:
+    """What this engine's capacity line and /metrics say about its KV cache (``VLLMServer.reported`` for a server),
+    read off the engine's config, where vLLM formats that line from."""
+    config = llm.llm_engine.vllm_config
+    cache = config.cache_config
+    return ReportedKV(
+        device="GPU" if _device() == "cuda" else "CPU",
+        tokens=cache.kv_cache_size_tokens,
+        max_model_len=config.model_config.max_model_len,
+        max_concurrency=cache.kv_cache_max_concurrency,
+        block_size=cache.block_size,
+        num_blocks=cache.num_gpu_blocks,
+    )
 
 
 def metrics_text() -> str:
