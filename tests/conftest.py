@@ -208,14 +208,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # The groups that took longest in the clean-clone runs of `make test` (setup included; 2026-12-06 and -07):
-# structured outputs' server (113 s, it waits for the nano llama's training), lesson 04 autograded (112 s), the
-# class server (82 s), the hub (65 s), the VLM under vLLM (60 s), pipeline parallel (4 starts). xdist hands out
-# groups in the order they come (`make unit` passes --no-loadscope-reorder), so these go first and the run ends
-# on short tests that either worker can take: no worker sits idle while the other finishes a long group. (The
+# structured outputs' server (113 s, it waits for the nano llama's training), lesson 04 autograded (112 s; lesson 05
+# since), the class server (82 s), the hub (65 s), the VLM under vLLM (60 s), pipeline parallel (4 starts). xdist
+# hands out groups in the order they come (`make unit` passes --no-loadscope-reorder), so these go first and the run
+# ends on short tests that either worker can take: no worker sits idle while the other finishes a long group. (The
 # lesson checkpoints' two tests are ungrouped and marked slow, so they lead the ungrouped tests.)
-# Lesson 04 autograded is an ungrouped test of its own: it leads the ungrouped tests, or it is handed out near the end
-# of the run (the collection order is alphabetical) and one worker sits idle while the other trains nano for two
-# minutes (gw1 waited 59 s in the clean-clone run of 2026-12-07, 05:25).
+# The autograded lesson that writes into artifacts is an ungrouped test of its own: it leads the ungrouped tests, or
+# it is handed out near the end of the run (the collection order is alphabetical) and one worker sits idle while the
+# other grades it (gw1 waited 59 s in the clean-clone run of 2026-12-07, 05:25, when it graded lesson 04, which trains
+# nano for two minutes; lesson 05, graded since, takes under a minute).
 LONGEST_UNGROUPED = ("test_autograding_a_lesson_that_saves_the_model_leaves_the_class_files_as_they_were",)
 LONGEST_GROUPS = (
     "test_serving_structured",
