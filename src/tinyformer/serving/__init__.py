@@ -51,7 +51,7 @@ _HOMES = {
     ),
     "bench": ("BenchResult", "vllm_bench"),
     "embeddings": ("EmbeddingLoad", "embeddings", "image_embedding", "run_embedding_load", "send_embedding_load"),
-    "offline": ("engine_settings", "llm_settings", "metrics_text", "offline_llm", "reported_kv"),
+    "offline": ("engine_settings", "iterations_logged", "llm_settings", "metrics_text", "offline_llm", "reported_kv"),
     "metrics": ("WATCHED", "MetricsSampler", "cache_config", "read_metrics"),
     "process": ("STARTED_PROCESS_GROUPS",),
     "server": (

@@ -22,8 +22,11 @@ Leaving the ``with`` block shuts the engine down and puts those back.
 What a server shows in its log and /metrics, read in-process instead (the test suite checks vLLM's rules this way,
 seconds per engine against 20-25 CPU-seconds per server start): the KV capacity with ``reported_kv(llm)``, from the
 engine's cache config (vLLM logs the capacity line once per process for a given text, so a second engine with the
-same capacity logs nothing); counters need ``log_stats=True`` (``vllm.LLM`` turns
-them off) and are read with ``metrics_text()``; a refusal is raised here, as the exception the server's log shows.
+same capacity logs nothing); counters need ``log_stats=True`` (``vllm.LLM`` turns them off) and are read with
+``metrics_text()``; each engine step's line needs ``log_iterations=True`` and is read with ``iterations_logged()``
+(here every request of one ``generate`` call reaches the scheduler before its first step; requests sent to a server
+at once arrive one by one, and a busy CPU spreads them over several steps); a refusal is raised here, as the
+exception the server's log shows.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import io
+import logging
 import os
 import shlex
 import warnings
@@ -52,7 +57,7 @@ from tinyformer.serving.server import (
     _dtype_for,
     kv_budget_bytes,
 )
-from tinyformer.serving.vllm_log import ReportedKV
+from tinyformer.serving.vllm_log import ReportedKV, parse_iterations
 
 
 def engine_settings(extra_args: list[str] | tuple[str, ...]) -> dict:
@@ -87,11 +92,13 @@ def llm_settings(
     extra_args: list[str] | tuple[str, ...] = (),
     check: bool = True,
     log_stats: bool = False,
+    log_iterations: bool = False,
 ) -> dict:
     """The keyword arguments of ``vllm.LLM`` for ``model_dir``, as ``VLLMServer`` would start it (same defaults,
     same refusals before anything starts; ``check=False`` lets vLLM meet a problem itself, to see its own error).
     log_stats: keep vLLM's counters, as a server does for its /metrics (``vllm.LLM`` leaves them off): read them
-    with ``metrics_text()``."""
+    with ``metrics_text()``. log_iterations: log every engine step, as ``VLLMServer(log_iterations=True)`` does
+    (counters on too): read the steps with ``iterations_logged()``."""
     model_dir = Path(model_dir)
     config = model_config_from_dir(model_dir)
     device = _device()
@@ -120,7 +127,8 @@ def llm_settings(
         "block_size": block_size,
         "enforce_eager": True,  # no torch.compile: about 35 s on 2 cores, no faster for a model this small
         "distributed_executor_backend": "uni",  # the worker in this process
-        "disable_log_stats": not log_stats,
+        "disable_log_stats": not (log_stats or log_iterations),
+        "enable_logging_iteration_details": log_iterations,
     }
     if _check_pooling(pooling, None, max_model_len, check=check) is not None:
         from vllm.config import PoolerConfig
@@ -153,6 +161,26 @@ def metrics_text() -> str:
     return prometheus_client.generate_latest().decode()
 
 
+STAT_LOGGER = "vllm.v1.metrics.loggers"  # the logger of vLLM's module that writes each engine step's line
+
+
+@contextlib.contextmanager
+def iterations_logged():
+    """The engine steps that an offline engine started with ``log_iterations=True`` runs inside the block: a list,
+    filled when the block ends. vLLM's stat logger writes the line a server's log shows for each step
+    (``VLLMServer.iterations()``) in this process, where it is read at INFO however quiet the engine is."""
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    stat_logger = logging.getLogger(STAT_LOGGER)
+    stat_logger.addHandler(handler)
+    steps: list = []
+    try:
+        yield steps
+    finally:
+        stat_logger.removeHandler(handler)
+        steps.extend(parse_iterations(lines.getvalue()))
+
+
 @contextlib.contextmanager
 def offline_llm(model_dir: str | Path, *, quiet: bool = True, **settings):
     """A ``vllm.LLM`` for ``model_dir`` running in this process (settings: see ``llm_settings``), shut down when the
@@ -167,9 +195,13 @@ def _engine_in_this_process(model_dir: str | Path, quiet: bool, settings: dict):
     """offline_llm's engine; on the way out, this process's threads and environment as they were before."""
     import vllm.envs as vllm_envs
     from vllm import LLM  # 5-25 s the first time in a process
+    from vllm.config import LoggingConfig
 
     kwargs = llm_settings(model_dir, **settings)
-    if quiet:
+    quiet_steps = quiet and kwargs["enable_logging_iteration_details"]
+    if quiet_steps:  # vLLM's logging left as _info_kept_errors_shown sets it (vLLM would set ERROR, below INFO)
+        kwargs.update(logging_config=LoggingConfig(configure_logging=False), use_tqdm_on_load=False)
+    elif quiet:
         kwargs.update(log_level="ERROR", use_tqdm_on_load=False)
     saved_environment = dict(os.environ)
     saved_threads, saved_set_threads = torch.get_num_threads(), torch.set_num_threads
@@ -179,14 +211,15 @@ def _engine_in_this_process(model_dir: str | Path, quiet: bool, settings: dict):
     llm = None
     try:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _info_kept_errors_shown(quiet_steps):
                 if quiet:  # vLLM's own deprecation warnings (torch.distributed.reduce_op): nothing a learner can change
                     warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
                 llm = LLM(**kwargs)
         finally:  # read at start-up only: a server started later gets this process's own environment again
             os.environ.clear()
             os.environ.update(saved_environment)
-        yield llm
+        with _info_kept_errors_shown(quiet_steps):
+            yield llm
     finally:
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()  # frees the KV cache, ends torch.distributed, undoes gc.freeze()
@@ -195,6 +228,25 @@ def _engine_in_this_process(model_dir: str | Path, quiet: bool, settings: dict):
         torch.set_num_threads(saved_threads)
         del llm
         gc.collect()
+
+
+@contextlib.contextmanager
+def _info_kept_errors_shown(active: bool):
+    """vLLM logging at INFO with its own handlers showing errors only, while the block runs (when ``active``). vLLM
+    writes each engine step's line only if it logs INFO when the engine starts; iterations_logged() reads those lines
+    from their logger, while a quiet engine shows nothing else."""
+    vllm_logger = logging.getLogger("vllm")
+    saved = vllm_logger.level, [(handler, handler.level) for handler in vllm_logger.handlers]
+    if active:
+        vllm_logger.setLevel(logging.INFO)
+        for handler, _ in saved[1]:
+            handler.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        vllm_logger.setLevel(saved[0])
+        for handler, level in saved[1]:
+            handler.setLevel(level)
 
 
 @contextlib.contextmanager
