@@ -435,7 +435,12 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
 
         with ThreadPoolExecutor(len(LEARNERS)) as pool:
             runs = pool.map(lambda user: learner_runs_lesson_07(hub, user, cells), LEARNERS)
-            results = dict(zip(LEARNERS, runs, strict=True))
+            try:
+                results = dict(zip(LEARNERS, runs, strict=True))
+            except websocket.WebSocketException as error:  # the hub's log says whose server or kernel went, and why
+                hub.fail(
+                    f"a learner's kernel connection closed mid-lesson after {time.monotonic() - started:.0f} s: {error!r}"
+                )
         after = parse_metrics(scrape(vllm), COUNTERS)
         phases["lesson cells run"] = time.monotonic() - started
 
