@@ -438,9 +438,8 @@ def test_three_learners_run_lesson_07_on_one_hub_with_the_shared_server(model_di
             try:
                 results = dict(zip(LEARNERS, runs, strict=True))
             except websocket.WebSocketException as error:  # the hub's log says whose server or kernel went, and why
-                hub.fail(
-                    f"a learner's kernel connection closed mid-lesson after {time.monotonic() - started:.0f} s: {error!r}"
-                )
+                seconds = time.monotonic() - started
+                hub.fail(f"a learner's kernel connection closed mid-lesson after {seconds:.0f} s: {error!r}")
         after = parse_metrics(scrape(vllm), COUNTERS)
         phases["lesson cells run"] = time.monotonic() - started
 
