@@ -66,3 +66,20 @@ def test_a_plain_stop_ends_the_group(tmp_path):
     owner, process, stop = sleeping_group(tmp_path)
     stop()
     assert live_members(process.pid) == [] and process.returncode is not None
+
+
+def test_a_stop_after_the_leader_was_reaped_leaves_a_process_with_its_number_alone():
+    """pids wrap (at 32768 on the CI box, within minutes of a busy run), and a server's finalizer may run long after its
+    group ended: the program that now has the leader's number, a session leader of its own here, is not signalled."""
+    import subprocess
+
+    finished = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE)
+    finished.wait()  # reaped: its number is free for the next process
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        finished.pid = other.pid  # as if the number had come round to another program's new session
+        group.stop_process_group(finished, [0.5])
+        assert other.poll() is None, "stopping a finished group killed the process that reused its number"
+    finally:
+        other.kill()
+        other.wait()

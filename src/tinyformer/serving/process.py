@@ -58,7 +58,7 @@ def stop_process_group(process: subprocess.Popen, grace: list[float]) -> None:
     # behind. On a busy box listing the descendants took long enough for a second Ctrl-C to land there, and the
     # watchdog and vLLM's API process outlived the stop.
     try:
-        if process.returncode is not None and not _group_alive(process.pid):
+        if _number_reused(process) or (process.returncode is not None and not _group_alive(process.pid)):
             _close(process.stdin)
             return
         descendants = _descendants(process.pid)
@@ -73,7 +73,8 @@ def stop_process_group(process: subprocess.Popen, grace: list[float]) -> None:
 
 
 def _kill_all(process: subprocess.Popen, descendants: list[psutil.Process]) -> None:
-    _signal_group(process.pid, signal.SIGKILL)
+    if not _number_reused(process):
+        _signal_group(process.pid, signal.SIGKILL)
     for child in descendants:
         try:
             child.kill()  # psutil checks the pid still belongs to the process we listed
@@ -117,6 +118,14 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
+
+
+def _number_reused(process: subprocess.Popen) -> bool:
+    """True when the group's leader has exited, been reaped, and its number now names another process: pids wrap
+    (at 32768 on the CI box, within minutes of a busy run), and a finalizer may run long after its group ended. While
+    any member of our group lives, Linux hands out neither its id nor the leader's pid; so after the reap, a live
+    process with the leader's pid is another program's, and so are its group and children."""
+    return process.returncode is not None and psutil.pid_exists(process.pid)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
