@@ -12,7 +12,7 @@ import random
 
 import pytest
 import torch
-from conftest import spread_model, spread_weights
+from conftest import spread_model, spread_weights, vllm_greedy
 
 from tinyformer.config import ModelConfig
 from tinyformer.engine import BlockManager, Engine, Sequence, block_hash, blocks_needed, slot_of
@@ -382,7 +382,7 @@ def vllm_engine(tmp_path_factory):
         yield model, llm
 
 
-def served_engine(model) -> Engine:
+def engine_like_vllms(model) -> Engine:
     """Our engine with vLLM's settings, fresh for each test: its counters then do not depend on which tests ran
     before (vLLM's are read as differences)."""
     return engine(model, num_blocks=10, block_size=32, max_num_seqs=64, max_num_batched_tokens=256)
@@ -390,8 +390,6 @@ def served_engine(model) -> Engine:
 
 def vllm_run(llm, prompts, max_tokens):
     """vLLM's greedy tokens for ``prompts`` (all at once), the counters they moved, and the engine steps they took."""
-    from conftest import vllm_greedy
-
     from tinyformer.serving.metrics import parse_metrics
     from tinyformer.serving.offline import iterations_logged, metrics_text
 
@@ -406,7 +404,7 @@ def vllm_run(llm, prompts, max_tokens):
 @pytest.mark.slow
 def test_prefix_cache_hits_equal_vllms_counter(vllm_engine):
     model, llm = vllm_engine
-    ours = served_engine(model)
+    ours = engine_like_vllms(model)
     vocab = model.config.vocab_size
     shared = prompts_of(1, 70, 70, seed=5)[0]
     shared = [t % vocab for t in shared]
@@ -425,7 +423,7 @@ def test_prefix_cache_hits_equal_vllms_counter(vllm_engine):
 @pytest.mark.slow
 def test_under_a_tight_budget_both_preempt_and_answer_alike(vllm_engine):
     model, llm = vllm_engine
-    ours = served_engine(model)
+    ours = engine_like_vllms(model)
     crowd = [[t % model.config.vocab_size for t in p] for p in prompts_of(12, 20, 40, seed=7)]
     tokens, counters, _ = vllm_run(llm, crowd, 70)
     assert [o.tokens for o in ours.generate(crowd, 70)] == tokens
@@ -439,7 +437,7 @@ def test_the_same_most_requests_at_once(vllm_engine):
     model, llm = vllm_engine
     short = [[t % model.config.vocab_size for t in p] for p in prompts_of(24, 4, 10, seed=8)]
     tokens, _, steps = vllm_run(llm, short, 16)
-    fresh = served_engine(model)
+    fresh = engine_like_vllms(model)
     assert [o.tokens for o in fresh.generate(short, 16)] == tokens
     # Each request fits one block for life (at most 26 tokens): no hits, no preemption, so the steps process
     # exactly the prompts and 15 decodes each; all 24 reach both schedulers before the first step, so both take

@@ -90,14 +90,14 @@ def ran(tmp_path_factory):
 @pytest.mark.vllm
 def test_capacity_grows_by_the_group_size_as_predicted(ran):
     models, ran = ran
-    reported = {name: kind.reported for name, kind in ran.items()}
+    mha = ran["mha"].reported
     for name, kind in ran.items():
-        assert reported[name].log_line() == kind.predicted.log_line()
-        assert reported[name].num_blocks == kind.predicted.num_blocks
+        assert kind.reported.log_line() == kind.predicted.log_line()
+        assert kind.reported.num_blocks == kind.predicted.num_blocks
         group = models[name].config.n_head // models[name].config.n_kv_head
-        assert reported[name].tokens == group * reported["mha"].tokens
-        assert reported[name].max_concurrency == pytest.approx(group * reported["mha"].max_concurrency)
-    assert [r.log_line() for r in reported.values()] == [
+        assert kind.reported.tokens == group * mha.tokens
+        assert kind.reported.max_concurrency == pytest.approx(group * mha.max_concurrency)
+    assert [kind.reported.log_line() for kind in ran.values()] == [
         "CPU KV cache size: 640 tokens, Maximum concurrency for 256 tokens per request: 2.50x",
         "CPU KV cache size: 1,280 tokens, Maximum concurrency for 256 tokens per request: 5.00x",
         "CPU KV cache size: 2,560 tokens, Maximum concurrency for 256 tokens per request: 10.00x",

@@ -4,6 +4,7 @@ while a second Ctrl-C lands at each step of the stop. Cheap: no vLLM, a Python c
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 
@@ -71,8 +72,6 @@ def test_a_plain_stop_ends_the_group(tmp_path):
 def test_a_stop_after_the_leader_was_reaped_leaves_a_process_with_its_number_alone():
     """pids wrap (at 32768 on the CI box, within minutes of a busy run), and a server's finalizer may run long after its
     group ended: the program that now has the leader's number, a session leader of its own here, is not signalled."""
-    import subprocess
-
     finished = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE)
     finished.wait()  # reaped: its number is free for the next process
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)

@@ -208,26 +208,26 @@ def _engine_in_this_process(model_dir: str | Path, quiet: bool, settings: dict):
     os.environ.update(NO_TELEMETRY_ENV, VLLM_ENABLE_V1_MULTIPROCESSING="0")  # the engine core in this process
     if _device() == "cpu":
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"  # "auto" would pin this process (the kernel) to one core
-    llm = None
-    try:
+    with _info_kept_errors_shown(quiet_steps):  # from the engine's start to its shutdown
+        llm = None
         try:
-            with warnings.catch_warnings(), _info_kept_errors_shown(quiet_steps):
-                if quiet:  # vLLM's own deprecation warnings (torch.distributed.reduce_op): nothing a learner can change
-                    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
-                llm = LLM(**kwargs)
-        finally:  # read at start-up only: a server started later gets this process's own environment again
-            os.environ.clear()
-            os.environ.update(saved_environment)
-        with _info_kept_errors_shown(quiet_steps):
+            try:
+                with warnings.catch_warnings():
+                    if quiet:  # vLLM's deprecation warnings (torch.distributed.reduce_op): nothing a learner can change
+                        warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
+                    llm = LLM(**kwargs)
+            finally:  # read at start-up only: a server started later gets this process's own environment again
+                os.environ.clear()
+                os.environ.update(saved_environment)
             yield llm
-    finally:
-        if llm is not None:
-            llm.llm_engine.engine_core.shutdown()  # frees the KV cache, ends torch.distributed, undoes gc.freeze()
-        vllm_envs.disable_envs_cache()  # the engine froze vLLM's reading of the environment at start-up: thaw it
-        torch.set_num_threads = saved_set_threads
-        torch.set_num_threads(saved_threads)
-        del llm
-        gc.collect()
+        finally:
+            if llm is not None:
+                llm.llm_engine.engine_core.shutdown()  # frees the KV cache, ends torch.distributed, undoes gc.freeze()
+            vllm_envs.disable_envs_cache()  # the engine froze vLLM's reading of the environment at start-up: thaw it
+            torch.set_num_threads = saved_set_threads
+            torch.set_num_threads(saved_threads)
+            del llm
+            gc.collect()
 
 
 @contextlib.contextmanager
