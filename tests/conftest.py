@@ -225,6 +225,7 @@ LONGEST_GROUPS = (
     "test_hub",
     "test_vision_vllm",
     "test_serving_parallel",
+    "test_browser_widgets",
 )
 
 

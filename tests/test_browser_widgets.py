@@ -3,8 +3,10 @@
 For notebooks 02 (attention weights viewer), 05 (KV cache stepper), 06 (all three memory widgets) and 13 (the
 engine stepper) the test runs every cell up to the notebook's last widget (nbmake runs them all), moves sliders with
 the keyboard, and checks that the numbers on screen become what the pure functions compute. It prints the time from
-the key press to the new numbers (and to the new figure) for each widget, then asserts the target: a median of at most
-200 ms from key press to new figure. On failure a screenshot is saved under test-results/.
+the key press to the new numbers (and to the new figure) for each widget and writes them to
+test-results/widget_latency_NN.json. It asserts no time: the box is shared, and the 200 ms target (median key press to
+new figure) is checked by `python benchmarks/widget_latency.py --browser`, which runs this test on its own and reads
+those files. On failure a screenshot is saved under test-results/.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tinyformer.serving.server import free_port
 from tinyformer.train import load_or_train
 from tinyformer.widgets import attention_row, attention_weights, explorer_numbers
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.solo]  # asserts key-press latency
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 NOTEBOOKS = REPO / "notebooks"
 RESULTS = REPO / "test-results"
@@ -44,7 +46,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-TARGET_MS = 200
 
 
 def widget_notebooks() -> list[str]:
@@ -257,15 +258,14 @@ def readout(page, slider_css: str) -> str:
 
 
 def report(name: str, timings: dict[str, dict[str, float]]) -> None:
+    """Print the times and write them where `benchmarks/widget_latency.py --browser` reads them."""
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"widget_latency_{name.split('_')[0]}.json").write_text(json.dumps(timings, indent=1))
     print()
     for widget, t in timings.items():
-        verdict = "within" if t["figure_ms_median"] <= TARGET_MS else "OVER"
         print(
             f"{name} {widget}: over {t['presses']} key presses, numbers {t['numbers_ms_median']:.0f} ms, figure "
-            f"{t['figure_ms_median']:.0f} ms (median; slowest {t['figure_ms_max']:.0f} ms) after the key press "
-            f"({verdict} the {TARGET_MS} ms target)"
+            f"{t['figure_ms_median']:.0f} ms (median; slowest {t['figure_ms_max']:.0f} ms) after the key press"
         )
 
 
@@ -277,14 +277,6 @@ def test_widgets_respond_to_the_keyboard_with_the_pure_functions_numbers(browser
         timings = CHECKS[name[:2]](page)
         with capsys.disabled():  # the latencies are part of the report, also without -s
             report(name, timings)
-        slow = {
-            widget: round(t["figure_ms_median"]) for widget, t in timings.items() if t["figure_ms_median"] > TARGET_MS
-        }
-        assert not slow, (
-            f"median key-press-to-figure time over the {TARGET_MS} ms target (ms): {slow}. Each update recomputes "
-            "the numbers, moves the figure's artists and sends a PNG; a busy machine (other jobs on its cores) "
-            "slows all three, so rerun on a quiet one before looking for a slow widget."
-        )
     except BaseException:
         RESULTS.mkdir(exist_ok=True)
         page.screenshot(path=str(RESULTS / f"browser_{name}.png"), full_page=True)
