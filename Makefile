@@ -130,9 +130,9 @@ unit: install
 # artifacts/nano-llama.pt is missing or of another recipe, so `make unit` or lesson 14 alone still trains it.
 # Lesson 14 trains only when artifacts/nano-llama.pt is missing, and it is there by then; it only
 # predicts and reads capacity lines, so it runs beside another (alone it left a core idle a third of its 52 s).
-# Lesson 07 runs beside another too: it times nothing against a target (its one timing check, that most of a start
-# is importing vLLM, holds on a busy box too: imports are CPU work like the rest of a start), and alone its single-core
-# starts left a core idle.
+# Lesson 07 runs beside another too: it times nothing against a target (its timing checks compare two parts of one
+# run: most of a start is importing vLLM, the first streamed piece comes before the whole reply; both hold on a busy
+# box), and alone its single-core starts left a core idle.
 # Lessons 08 and 18 start two or three servers side by side themselves, so they fill both cores alone (69 s and 81 s
 # on a quiet box); beside each other and the rest they took 155 s and 131 s in a clean-clone run, and 08 up to 187 s
 # on a slower spell: over the 2.5-minute limit. They run alone, first (the longest).

@@ -35,26 +35,18 @@ subcommand), ``widgets``, ``workshop`` (class server, student copies). vLLM's fa
 ``vllm_rules``; byte formulas in ``memory.formulas``; where files go in ``paths``; Hugging Face folders in ``export``.
 """
 
-from tinyformer.config import PRESETS, VLLM_CPU_HEAD_SIZES, HeadSizeWarning, ModelConfig
-from tinyformer.data import Corpus, TokenStream
-from tinyformer.export.causal_lm import export_hf
-from tinyformer.generate import generate, generate_batch
-from tinyformer.kv_cache import KVCache
-from tinyformer.model import Transformer
-from tinyformer.tokenizer import build_tokenizer, load_tokenizer
+# Names are imported from their home modules on first use: a process that needs only a light module (the watchdog,
+# vLLM's guard middleware, `make test`'s start count, `tinyformer --help`) does not pay for torch and transformers
+# (about 6 s on 2 cores) just because every submodule's import runs this file first.
+from tinyformer.lazy import lazy_names
 
-__all__ = [
-    "PRESETS",
-    "VLLM_CPU_HEAD_SIZES",
-    "Corpus",
-    "HeadSizeWarning",
-    "KVCache",
-    "ModelConfig",
-    "TokenStream",
-    "Transformer",
-    "build_tokenizer",
-    "export_hf",
-    "generate",
-    "generate_batch",
-    "load_tokenizer",
-]
+_HOMES = {
+    "tinyformer.config": ("PRESETS", "VLLM_CPU_HEAD_SIZES", "HeadSizeWarning", "ModelConfig"),
+    "tinyformer.data": ("Corpus", "TokenStream"),
+    "tinyformer.export.causal_lm": ("export_hf",),
+    "tinyformer.generate": ("generate", "generate_batch"),
+    "tinyformer.kv_cache": ("KVCache",),
+    "tinyformer.model": ("Transformer",),
+    "tinyformer.tokenizer": ("build_tokenizer", "load_tokenizer"),
+}
+__getattr__, __dir__, __all__ = lazy_names(__name__, _HOMES)
