@@ -207,26 +207,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = _longest_first(items)
 
 
-# The groups that took longest in the clean-clone runs of `make test` (setup included; 2026-12-08): the hub (100 s),
-# the VLM under vLLM (95 s, its setup trains lesson 10's model when the checkpoint test has not), the browser tests
-# (JupyterLab in Chromium, 90 s), the class server (85 s), nbgrader (75 s), pipeline parallel (4 starts), structured
-# outputs (the nano llama is trained beside lesson 04 since; before, this group trained it: 113-189 s). xdist hands
-# out groups in the order they come (`make unit` passes --no-loadscope-reorder), so these go first and the run
-# ends on short tests that either worker can take: no worker sits idle while the other finishes a long group. (The
-# lesson checkpoints' two tests are ungrouped and marked slow, so they lead the ungrouped tests.)
+# The groups that took longest in the clean-clone runs of `make test` (setup included; 2026-12-06 to -08): structured
+# outputs' server (113-189 s, it waits for the nano llama's training), the VLM under vLLM (95-110 s, its setup trains
+# lesson 10's model when the checkpoint test has not), the hub (100 s), the browser tests (JupyterLab in Chromium,
+# 90 s), the class server (85 s), nbgrader (75 s), pipeline parallel (4 starts). xdist hands out groups in the order
+# they come (`make unit` passes --no-loadscope-reorder), so these go first and the run ends on short tests that either
+# worker can take: no worker sits idle while the other finishes a long group. (The lesson checkpoints' two tests are
+# ungrouped and marked slow, so they lead the ungrouped tests.)
 # The autograded lesson that writes into artifacts is an ungrouped test of its own: it leads the ungrouped tests, or
 # it is handed out near the end of the run (the collection order is alphabetical) and one worker sits idle while the
 # other grades it (gw1 waited 59 s in the clean-clone run of 2026-12-07, 05:25, when it graded lesson 04, which trains
 # nano for two minutes; lesson 05, graded since, takes under a minute).
 LONGEST_UNGROUPED = ("test_autograding_a_lesson_that_saves_the_model_leaves_the_class_files_as_they_were",)
 LONGEST_GROUPS = (
-    "test_hub",
+    "test_serving_structured",
     "test_vision_vllm",
+    "test_hub",
     "test_browser_widgets",
     "test_workshop_server",
     "test_workshop_nbgrader",
     "test_serving_parallel",
-    "test_serving_structured",
 )
 
 
