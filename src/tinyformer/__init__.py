@@ -35,9 +35,9 @@ subcommand), ``widgets``, ``workshop`` (class server, student copies). vLLM's fa
 ``vllm_rules``; byte formulas in ``memory.formulas``; where files go in ``paths``; Hugging Face folders in ``export``.
 """
 
-# Names are imported from their home modules on first use: a process that needs only a light module (the watchdog,
-# vLLM's guard middleware, `make test`'s start count, `tinyformer --help`) does not pay for torch and transformers
-# (about 6 s on 2 cores) just because every submodule's import runs this file first.
+# Names are imported from their home modules on first use: a process that needs only a light module (`make test`'s
+# start count, `tinyformer --help`, the workshop commands) does not pay for torch and transformers (about 6 s on
+# 2 cores) just because every submodule's import runs this file first.
 from tinyformer.lazy import lazy_names
 
 _HOMES = {
